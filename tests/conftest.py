@@ -1,0 +1,186 @@
+"""Fixtures: a real PostgreSQL database per session, SQLite files, moto S3, app data."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import boto3
+import psycopg2
+import pytest
+from moto import mock_aws
+from sqlalchemy import Engine, text
+
+from voicesurvey_exports.app_db import schema
+from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.migrations import upgrade
+
+# Plain postgresql:// on purpose: the form operators write (see the README).
+POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
+TEST_BUCKET = "test-exports"
+TEST_REGION = "eu-central-1"
+
+
+def _admin_execute(statement: str) -> None:
+    connection = psycopg2.connect(f"{POSTGRES_SERVER_URL}/postgres", connect_timeout=3)
+    try:
+        connection.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    try:
+        _admin_execute("SELECT 1")
+    except psycopg2.OperationalError as error:
+        message = f"no PostgreSQL server at {POSTGRES_SERVER_URL}: {str(error).strip()}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {message}")
+        pytest.skip(message)
+    return POSTGRES_SERVER_URL
+
+
+@pytest.fixture(scope="session")
+def create_postgres_database(postgres_server):
+    """Create throwaway databases; all are dropped when the test session ends."""
+    created: list[str] = []
+
+    def create(purpose: str) -> str:
+        name = f"vse_{purpose}_{uuid.uuid4().hex[:10]}"
+        _admin_execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        return f"{postgres_server}/{name}"
+
+    yield create
+    for name in created:
+        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def migrated_postgres_url(create_postgres_database) -> str:
+    url = create_postgres_database("app")
+    upgrade(get_engine(url))
+    return url
+
+
+def _empty_tables(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for table in reversed(schema.metadata.sorted_tables):
+            conn.execute(table.delete())
+
+
+@pytest.fixture
+def postgres_url(migrated_postgres_url) -> str:
+    _empty_tables(get_engine(migrated_postgres_url))
+    return migrated_postgres_url
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(get_engine(url))
+    return url
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def database_url(request) -> str:
+    """The app database on both supported engines."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+@pytest.fixture
+def engine(database_url) -> Engine:
+    return get_engine(database_url)
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch):
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": TEST_REGION,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture
+def s3_client(aws_credentials):
+    """moto's in-process S3 with the export bucket created."""
+    with mock_aws():
+        client = boto3.client("s3", region_name=TEST_REGION)
+        client.create_bucket(
+            Bucket=TEST_BUCKET, CreateBucketConfiguration={"LocationConstraint": TEST_REGION}
+        )
+        yield client
+
+
+class AppData:
+    """Inserts app rows the way the VoiceSurveyAgent app would."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._clock = datetime(2026, 11, 16, 9, 0, 0, tzinfo=UTC)
+
+    def _insert(self, table, **values) -> uuid.UUID:
+        values.setdefault("id", uuid.uuid4())
+        with self.engine.begin() as conn:
+            conn.execute(table.insert().values(**values))
+        return values["id"]
+
+    def user(self, role: str = "campaign_manager") -> uuid.UUID:
+        tag = uuid.uuid4().hex[:8]
+        return self._insert(
+            schema.users, oidc_subject=f"sub-{tag}", email=f"{tag}@example.com", name=tag, role=role
+        )
+
+    def campaign(self, name: str = "Spring satisfaction survey") -> uuid.UUID:
+        return self._insert(schema.campaigns, name=name, status="completed")
+
+    def contact(self, campaign_id: uuid.UUID, state: str = "completed", **values) -> uuid.UUID:
+        self._clock += timedelta(minutes=7, seconds=13)
+        values.setdefault("phone_number", f"+39055{uuid.uuid4().int % 10**7:07d}")
+        values.setdefault("email", f"{uuid.uuid4().hex[:6]}@contact.example")
+        values.setdefault("attempts_count", 1)
+        values.setdefault("last_attempt_at", self._clock)
+        return self._insert(schema.contacts, campaign_id=campaign_id, state=state, **values)
+
+    def response(self, contact_id: uuid.UUID, campaign_id: uuid.UUID, *answers: str | None):
+        padded = list(answers) + [None] * (3 - len(answers))
+        return self._insert(
+            schema.survey_responses,
+            contact_id=contact_id,
+            campaign_id=campaign_id,
+            q1_answer=padded[0],
+            q2_answer=padded[1],
+            q3_answer=padded[2],
+            completed_at=self._clock + timedelta(seconds=42),
+        )
+
+    def export_job(self, campaign_id: uuid.UUID, user_id: uuid.UUID | None = None, **values):
+        return self._insert(
+            schema.export_jobs, campaign_id=campaign_id, requested_by_user_id=user_id, **values
+        )
+
+    def job_row(self, job_id: uuid.UUID) -> dict:
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                schema.export_jobs.select().where(schema.export_jobs.c.id == job_id)
+            ).one()
+        return dict(row._mapping)
+
+    def count(self, table) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(text(f"SELECT count(*) FROM {table.name}")).scalar_one()
+
+
+@pytest.fixture
+def app_data(engine) -> AppData:
+    return AppData(engine)

@@ -1,0 +1,42 @@
+"""Running the export asset in tests with the same definitions and our own resources."""
+
+from __future__ import annotations
+
+import uuid
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG, campaign_export
+from voicesurvey_exports.exports.resources import AppDatabase, ExportDestination
+from voicesurvey_exports.partitions import campaigns_partitions
+
+from .conftest import TEST_BUCKET, TEST_REGION
+
+
+def export_resources(database_url: str, bucket: str = TEST_BUCKET, ttl: int = 3600) -> dict:
+    return {
+        "app_db": AppDatabase(database_url=database_url),
+        "s3": S3Resource(region_name=TEST_REGION),
+        "destination": ExportDestination(bucket=bucket, prefix="exports/", url_ttl_seconds=ttl),
+        "io_manager": dg.InMemoryIOManager(),
+    }
+
+
+def materialize_export(
+    instance: dg.DagsterInstance,
+    database_url: str,
+    campaign_id: uuid.UUID | str,
+    export_job_id: uuid.UUID | None = None,
+    **resource_options,
+) -> dg.ExecuteInProcessResult:
+    """Materialise one campaign partition, as the sensor (with a job tag) or the UI (without)."""
+    instance.add_dynamic_partitions(campaigns_partitions.name, [str(campaign_id)])
+    return dg.materialize(
+        [campaign_export],
+        partition_key=str(campaign_id),
+        instance=instance,
+        resources=export_resources(database_url, **resource_options),
+        tags={EXPORT_JOB_TAG: str(export_job_id)} if export_job_id else None,
+        raise_on_error=False,
+    )

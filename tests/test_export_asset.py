@@ -1,0 +1,213 @@
+import csv
+import io
+from urllib.parse import parse_qs, urlparse
+
+import dagster as dg
+import pytest
+from sqlalchemy import select
+
+from voicesurvey_exports.app_db.schema import export_jobs
+from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG
+from voicesurvey_exports.exports.csv_format import CSV_COLUMNS
+from voicesurvey_exports.exports.resources import AppDatabase
+from voicesurvey_exports.exports.sensors import export_run_failure_sensor
+
+from .conftest import TEST_BUCKET
+from .dagster_harness import materialize_export
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def read_export(s3_client, key: str) -> list[dict]:
+    body = s3_client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read().decode("utf-8")
+    return list(csv.DictReader(io.StringIO(body, newline="")))
+
+
+def run_failure_sensor(instance, result, database_url):
+    context = dg.build_run_status_sensor_context(
+        sensor_name="export_run_failure_sensor",
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=result.get_run_failure_event(),
+        resources={"app_db": AppDatabase(database_url=database_url)},
+    ).for_run_failure()
+    export_run_failure_sensor(context)
+
+
+def test_requested_job_becomes_completed_with_only_terminal_contacts(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign()
+    other_campaign = app_data.campaign("Other")
+    manager = app_data.user("campaign_manager")
+    exported = {}
+    for state in ("completed", "refused", "not_reached", "excluded"):
+        contact = app_data.contact(campaign, state, external_contact_id=f"ext-{state}")
+        exported[str(contact)] = state
+    answered = app_data.contact(campaign, "completed", external_contact_id="=cmd()")
+    app_data.response(answered, campaign, 'Sì, "bene"', "line1\nline2", "=1+1")
+    exported[str(answered)] = "completed"
+    for state in ("pending", "in_progress"):
+        app_data.contact(campaign, state)
+    app_data.contact(other_campaign, "completed")
+    job_id = app_data.export_job(campaign, manager)
+
+    result = materialize_export(instance, database_url, campaign, job_id)
+
+    assert result.success
+    job = app_data.job_row(job_id)
+    assert job["status"] == "completed"
+    assert job["total_records"] == 5
+    assert job["s3_key"] == f"exports/{campaign}/{job_id}.csv"
+    assert job["url_expires_at"] is not None and job["completed_at"] is not None
+    rows = read_export(s3_client, job["s3_key"])
+    assert list(rows[0]) == list(CSV_COLUMNS)
+    assert [row["contact_id"] for row in rows] == sorted(exported)
+    assert {row["contact_id"]: row["outcome"] for row in rows} == exported
+    answered_row = next(row for row in rows if row["contact_id"] == str(answered))
+    assert answered_row["external_contact_id"] == "'=cmd()"
+    assert [answered_row[f"q{i}_answer"] for i in (1, 2, 3)] == ['Sì, "bene"', "line1\nline2", "'=1+1"]
+    assert answered_row["completed_at"].endswith("Z")
+
+
+def test_object_is_private_encrypted_csv_with_a_named_attachment_link(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign("Ümfrage Frühling 2026")
+    app_data.contact(campaign, "completed")
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    assert materialize_export(instance, database_url, campaign, job_id, ttl=900).success
+
+    job = app_data.job_row(job_id)
+    head = s3_client.head_object(Bucket=TEST_BUCKET, Key=job["s3_key"])
+    assert head["ContentType"] == "text/csv; charset=utf-8"
+    assert head["ServerSideEncryption"] == "AES256"
+    query = parse_qs(urlparse(job["download_url"]).query)
+    disposition = query["response-content-disposition"][0]
+    assert disposition.startswith('attachment; filename="Umfrage-Fruhling-2026-')
+    assert query.get("X-Amz-Expires", query.get("Expires"))  # a time-limited link
+
+
+def test_materialisation_metadata_shows_counts_not_contact_data(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign()
+    for state in ("completed", "completed", "refused"):
+        contact = app_data.contact(campaign, state, external_contact_id="secret-id")
+        app_data.response(contact, campaign, "secret answer")
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    result = materialize_export(instance, database_url, campaign, job_id)
+
+    metadata = result.asset_materializations_for_node("campaign_export")[0].metadata
+    values = {key: value.value for key, value in metadata.items()}
+    assert values["dagster/row_count"] == 3
+    assert values["outcome/completed"] == 2 and values["outcome/refused"] == 1
+    assert values["outcome/excluded"] == 0
+    assert values["export_job_id"] == str(job_id)
+    assert values["s3_uri"] == f"s3://{TEST_BUCKET}/exports/{campaign}/{job_id}.csv"
+    assert values["bytes"] > 0
+    assert "secret" not in repr(values)
+
+
+def test_campaign_without_terminal_contacts_completes_with_header_only_file(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "pending")
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    assert materialize_export(instance, database_url, campaign, job_id).success
+
+    job = app_data.job_row(job_id)
+    assert (job["status"], job["total_records"]) == ("completed", 0)
+    body = s3_client.get_object(Bucket=TEST_BUCKET, Key=job["s3_key"])["Body"].read()
+    assert body.decode() == ",".join(CSV_COLUMNS) + "\r\n"
+
+
+def test_ui_materialisation_inserts_its_own_export_job(instance, database_url, app_data, s3_client):
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "refused")
+
+    result = materialize_export(instance, database_url, campaign)
+
+    assert result.success
+    with app_data.engine.connect() as conn:
+        jobs = conn.execute(select(export_jobs)).all()
+    assert len(jobs) == 1
+    job = jobs[0]
+    assert (job.status, job.requested_by_user_id, job.total_records) == ("completed", None, 1)
+    tagged = instance.get_run_by_id(result.run_id).tags[EXPORT_JOB_TAG]
+    assert tagged == str(job.id)
+
+
+def test_ui_materialisation_of_unknown_campaign_fails_clearly_and_writes_nothing(
+    instance, database_url, app_data, s3_client
+):
+    missing = "7c0a6a4e-0000-4000-8000-000000000000"
+    result = materialize_export(instance, database_url, missing)
+    assert not result.success
+    failure = result.get_step_failure_events()[0].step_failure_data.user_failure_data
+    assert failure.description == f"campaign {missing} does not exist"
+    assert app_data.count(export_jobs) == 0
+
+
+def test_failed_upload_fails_the_job_with_a_one_line_reason(
+    instance, postgres_url, s3_client
+):
+    from .conftest import AppData
+    from voicesurvey_exports.app_db.engine import get_engine
+
+    app_data = AppData(get_engine(postgres_url))
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "completed")
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    result = materialize_export(instance, postgres_url, campaign, job_id, bucket="no-such-bucket")
+    assert not result.success
+    run_failure_sensor(instance, result, postgres_url)
+
+    job = app_data.job_row(job_id)
+    assert job["status"] == "failed"
+    assert job["error_message"].startswith(
+        f"upload to s3://no-such-bucket/exports/{campaign}/{job_id}.csv failed after 3 attempts: "
+    )
+    assert "NoSuchBucket" in job["error_message"] and "\n" not in job["error_message"]
+    assert job["download_url"] is None
+
+
+def test_job_for_another_campaign_partition_fails_with_reason(
+    instance, database_url, app_data, s3_client
+):
+    campaign, other = app_data.campaign(), app_data.campaign("Other")
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    result = materialize_export(instance, database_url, other, job_id)
+    run_failure_sensor(instance, result, database_url)
+
+    job = app_data.job_row(job_id)
+    assert job["status"] == "failed"
+    assert job["error_message"] == (
+        f"export job {job_id} belongs to campaign {campaign}, not to partition {other}"
+    )
+
+
+def test_re_executing_a_failed_export_completes_the_same_job(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "completed")
+    job_id = app_data.export_job(campaign, app_data.user())
+    failed = materialize_export(instance, database_url, campaign, job_id, bucket="no-such-bucket")
+    run_failure_sensor(instance, failed, database_url)
+    assert app_data.job_row(job_id)["status"] == "failed"
+
+    assert materialize_export(instance, database_url, campaign, job_id).success
+
+    job = app_data.job_row(job_id)
+    assert (job["status"], job["error_message"], job["total_records"]) == ("completed", None, 1)

@@ -1,0 +1,50 @@
+import pytest
+
+from voicesurvey_exports.settings import Settings, SettingsError
+
+BASE = {"DATABASE_URL": "sqlite:///app.db"}
+
+
+def settings(**overrides) -> Settings:
+    return Settings.from_env({**BASE, **overrides})
+
+
+def test_seed_defaults_apply_when_unset():
+    s = settings()
+    assert (s.s3_bucket_name, s.s3_export_prefix, s.url_ttl_seconds, s.aws_region) == (
+        "voicesurvey-exports",
+        "exports/",
+        3600,
+        "eu-central-1",
+    )
+    assert s.aws_endpoint_url is None
+
+
+def test_missing_database_url_is_reported():
+    with pytest.raises(SettingsError, match="DATABASE_URL is not set"):
+        Settings.from_env({})
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "604801", "1.5", ""])
+def test_url_expiration_outside_s3_limits_is_rejected_naming_value_and_rule(value):
+    with pytest.raises(SettingsError) as error:
+        settings(EXPORT_URL_EXPIRATION_SECONDS=value)
+    message = str(error.value)
+    assert f"EXPORT_URL_EXPIRATION_SECONDS={value!r}" in message
+    assert "604800" in message and "\n" not in message
+
+
+def test_url_expiration_at_seven_days_is_accepted():
+    assert settings(EXPORT_URL_EXPIRATION_SECONDS="604800").url_ttl_seconds == 604800
+
+
+@pytest.mark.parametrize("value", ["", "Upper_Case", "a", "x" * 64, "-starts-with-dash"])
+def test_invalid_bucket_names_are_rejected(value):
+    with pytest.raises(SettingsError, match=f"S3_BUCKET_NAME={value!r}"):
+        settings(S3_BUCKET_NAME=value)
+
+
+@pytest.mark.parametrize("value", ["", "p" * 424, "/exports/"])
+def test_empty_oversized_or_absolute_prefix_is_rejected(value):
+    with pytest.raises(SettingsError, match="S3_EXPORT_PREFIX="):
+        settings(S3_EXPORT_PREFIX=value)

@@ -1,0 +1,1 @@
+"""The VoiceSurveyAgent app database: schema, migrations and the queries this pipeline runs."""

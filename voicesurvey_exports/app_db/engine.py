@@ -1,0 +1,74 @@
+"""Engines for the app database, from the URL as the app writes it."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+# The app uses asyncpg; this pipeline is synchronous. Plain postgresql:// is pinned to
+# psycopg2 explicitly because SQLAlchemy 2.1 would pick psycopg 3 for it.
+_SYNC_DRIVERS = {
+    "postgresql": "postgresql+psycopg2",
+    "postgres": "postgresql+psycopg2",
+    "postgresql+asyncpg": "postgresql+psycopg2",
+    "postgresql+psycopg2": "postgresql+psycopg2",
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite",
+    "sqlite+aiosqlite": "sqlite",
+}
+
+
+class DatabaseUrlError(ValueError):
+    pass
+
+
+def sync_database_url(database_url: str) -> str:
+    """Map ``postgresql+asyncpg://`` and ``postgresql://`` to psycopg2; keep SQLite as is."""
+    try:
+        url = make_url(database_url)
+    except Exception:
+        raise DatabaseUrlError(
+            f"DATABASE_URL={_redact(database_url)!r} is not a database URL "
+            "(expected postgresql://... or sqlite:///path)"
+        ) from None
+    driver = _SYNC_DRIVERS.get(url.drivername)
+    if driver is None:
+        raise DatabaseUrlError(
+            f"DATABASE_URL uses {url.drivername!r}: supported are postgresql://, "
+            "postgresql+asyncpg://, postgresql+psycopg2:// and sqlite:///"
+        )
+    return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _redact(database_url: str) -> str:
+    # Keep passwords out of error messages even when the URL does not parse.
+    scheme, sep, rest = database_url.partition("://")
+    if sep and "@" in rest:
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return database_url
+
+
+@cache
+def get_engine(database_url: str) -> Engine:
+    """One pooled engine per URL and process."""
+    url = sync_database_url(database_url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    # pool_pre_ping: a long-lived run or daemon must survive the database restarting.
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    # WAL lets the demo's sensor read while a run writes.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.close()
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"

@@ -1,0 +1,152 @@
+"""The app's tables as SQLAlchemy Core metadata.
+
+One definition serves PostgreSQL (production: native enums, uuid, timestamptz)
+and SQLite (the local demo), so every query in this package runs on both.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    DDL,
+    Boolean,
+    Column,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    Uuid,
+    event,
+    false,
+    func,
+)
+
+USER_ROLES = ("admin", "campaign_manager", "viewer")
+CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
+CONTACT_STATES = ("pending", "in_progress", "completed", "refused", "not_reached", "excluded")
+EXPORT_JOB_STATUSES = ("pending", "running", "completed", "failed")
+
+# The contacts an export contains: those whose calling is over, one way or another.
+TERMINAL_CONTACT_STATES = ("completed", "refused", "not_reached", "excluded")
+# Roles allowed to request, list, read and refresh exports (the CSV holds survey answers).
+EXPORT_ROLES = ("campaign_manager", "admin")
+
+metadata = MetaData()
+
+
+def _timestamptz(**kwargs) -> Column:
+    return Column(DateTime(timezone=True), **kwargs)
+
+
+def _created_at() -> Column:
+    return _timestamptz(name="created_at", nullable=False, server_default=func.now())
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("oidc_subject", Text, unique=True, nullable=False),
+    Column("email", Text, unique=True, nullable=False),
+    Column("name", Text),
+    Column("role", Enum(*USER_ROLES, name="user_role"), nullable=False),
+    _created_at(),
+)
+
+campaigns = Table(
+    "campaigns",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("description", Text),
+    Column(
+        "status",
+        Enum(*CAMPAIGN_STATUSES, name="campaign_status"),
+        nullable=False,
+        server_default="draft",
+    ),
+    Column("language", Text, nullable=False, server_default="en"),
+    Column("created_by_user_id", Uuid, ForeignKey("users.id")),
+    _created_at(),
+    _timestamptz(name="updated_at", nullable=False, server_default=func.now()),
+)
+
+contacts = Table(
+    "contacts",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("campaign_id", Uuid, ForeignKey("campaigns.id"), nullable=False),
+    Column("external_contact_id", Text),
+    Column("phone_number", Text, nullable=False),
+    Column("email", Text),
+    Column("preferred_language", Text),
+    Column("has_prior_consent", Boolean, nullable=False, server_default=false()),
+    Column("do_not_call", Boolean, nullable=False, server_default=false()),
+    Column(
+        "state",
+        Enum(*CONTACT_STATES, name="contact_state"),
+        nullable=False,
+        server_default="pending",
+    ),
+    Column("attempts_count", Integer, nullable=False, server_default="0"),
+    _timestamptz(name="last_attempt_at"),
+    Column("last_outcome", Text),
+    _created_at(),
+    _timestamptz(name="updated_at", nullable=False, server_default=func.now()),
+    Index("ix_contacts_campaign_id_state", "campaign_id", "state"),
+)
+
+survey_responses = Table(
+    "survey_responses",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("contact_id", Uuid, ForeignKey("contacts.id"), nullable=False, unique=True),
+    Column("campaign_id", Uuid, ForeignKey("campaigns.id"), nullable=False),
+    Column("q1_answer", Text),
+    Column("q2_answer", Text),
+    Column("q3_answer", Text),
+    _timestamptz(name="completed_at", nullable=False, server_default=func.now()),
+)
+
+export_jobs = Table(
+    "export_jobs",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("campaign_id", Uuid, ForeignKey("campaigns.id"), nullable=False),
+    Column("requested_by_user_id", Uuid, ForeignKey("users.id")),
+    Column(
+        "status",
+        Enum(*EXPORT_JOB_STATUSES, name="export_job_status"),
+        nullable=False,
+        server_default="pending",
+    ),
+    Column("s3_key", String(500)),
+    Column("download_url", Text),
+    _timestamptz(name="url_expires_at"),
+    Column("error_message", Text),
+    Column("total_records", Integer),
+    _created_at(),
+    _timestamptz(name="completed_at"),
+    # The sensor asks for "pending jobs, oldest first" every few seconds.
+    Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
+)
+
+# Rows inserted by hand or by other tools get an id on PostgreSQL (the app sets its own).
+for _table in (users, campaigns, contacts, survey_responses, export_jobs):
+    event.listen(
+        _table,
+        "after_create",
+        DDL(f"ALTER TABLE {_table.name} ALTER COLUMN id SET DEFAULT gen_random_uuid()").execute_if(
+            dialect="postgresql"
+        ),
+    )
+
+# Which tables each migration version introduces, in order.
+MIGRATIONS: dict[int, tuple[str, tuple[Table, ...]]] = {
+    1: ("app tables", (users, campaigns, contacts, survey_responses)),
+    2: ("export_jobs", (export_jobs,)),
+}

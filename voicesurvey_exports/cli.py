@@ -1,0 +1,87 @@
+"""The ``voicesurvey-exports`` command: schema upgrades and the request API from a shell.
+
+Success prints JSON on stdout and exits 0; any error prints one ``error:`` line
+on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from .app_db.engine import DatabaseUrlError, get_engine
+from .app_db.migrations import LATEST_VERSION, current_version, upgrade
+from .exports.failures import one_line
+from .requests import ExportRequestError, ExportRequests
+from .settings import Settings, SettingsError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="voicesurvey-exports",
+        description="Campaign CSV exports: request, inspect and refresh export jobs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    db = commands.add_parser("db", help="manage the app database schema")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    db_commands.add_parser("upgrade", help="create or upgrade the schema in DATABASE_URL")
+
+    request = commands.add_parser("request", help="request an export of a campaign")
+    request.add_argument("--campaign-id", required=True)
+    request.add_argument("--user-id", required=True)
+
+    status = commands.add_parser("status", help="show one export job")
+    status.add_argument("job_id")
+    status.add_argument("--user-id", required=True)
+
+    listing = commands.add_parser("list", help="list a campaign's export jobs, newest first")
+    listing.add_argument("--campaign-id", required=True)
+    listing.add_argument("--user-id", required=True)
+
+    refresh = commands.add_parser("refresh-url", help="re-sign a completed export's download URL")
+    refresh.add_argument("job_id")
+    refresh.add_argument("--user-id", required=True)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> object:
+    if args.command == "db":
+        database_url = os.environ.get("DATABASE_URL")
+        if not database_url:
+            raise SettingsError("DATABASE_URL is not set: give the app database URL to upgrade")
+        engine = get_engine(database_url)
+        applied = upgrade(engine)
+        return {"applied": applied, "version": current_version(engine), "latest": LATEST_VERSION}
+    api = ExportRequests.from_settings(Settings.from_env())
+    if args.command == "request":
+        return api.request_export(args.campaign_id, args.user_id).to_json()
+    if args.command == "status":
+        return api.get_export(args.job_id, args.user_id).to_json()
+    if args.command == "list":
+        return [job.to_json() for job in api.list_exports(args.campaign_id, args.user_id)]
+    return api.refresh_download_url(args.job_id, args.user_id).to_json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = _run(args)
+    except (ExportRequestError, SettingsError, DatabaseUrlError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as error:
+        detail = one_line(str(getattr(error, "orig", None) or error))
+        print(f"error: database: {detail}", file=sys.stderr)
+        return 1
+    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""The one Definitions object, built from validated environment settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+
+from .exports.assets import campaign_export, campaign_export_job
+from .exports.resources import AppDatabase, ExportDestination
+from .exports.sensors import (
+    build_export_requests_sensor,
+    campaign_partitions_sensor,
+    export_run_canceled_sensor,
+    export_run_failure_sensor,
+)
+from .settings import Settings
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[campaign_export],
+        jobs=[campaign_export_job],
+        sensors=[
+            build_export_requests_sensor(
+                settings.sensor_interval_seconds, settings.sensor_batch_size
+            ),
+            campaign_partitions_sensor,
+            export_run_failure_sensor,
+            export_run_canceled_sensor,
+        ],
+        resources={
+            # The URL may hold a password: pass it by name so the UI never shows it.
+            "app_db": AppDatabase(database_url=dg.EnvVar("DATABASE_URL")),
+            "s3": S3Resource(region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
+            "destination": ExportDestination(
+                bucket=settings.s3_bucket_name,
+                prefix=settings.s3_export_prefix,
+                url_ttl_seconds=settings.url_ttl_seconds,
+            ),
+            # Contact rows and CSV bytes pass between ops in memory, never to disk.
+            "io_manager": dg.InMemoryIOManager(),
+        },
+        executor=dg.in_process_executor,
+    )
+
+
+defs = build_defs(Settings.from_env())

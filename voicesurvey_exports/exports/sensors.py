@@ -1,0 +1,128 @@
+"""Sensors: export requests in, campaign partitions in step, failures and cancellations out."""
+
+import json
+import uuid
+
+import dagster as dg
+
+from ..app_db import export_jobs
+from ..app_db.campaigns import all_campaign_ids
+from ..partitions import campaigns_partitions
+from .assets import EXPORT_JOB_TAG, campaign_export_job
+from .failures import one_line, reason_from_step_failures
+from .resources import AppDatabase
+
+
+def build_export_requests_sensor(
+    interval_seconds: int = 5, batch_size: int = 50
+) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="export_requests_sensor",
+        job=campaign_export_job,
+        minimum_interval_seconds=interval_seconds,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Launches one campaign_export run per pending export_jobs row, oldest first.",
+    )
+    def export_requests_sensor(
+        context: dg.SensorEvaluationContext, app_db: AppDatabase
+    ) -> dg.SensorResult:
+        # The cursor holds the jobs already handed to Dagster whose runs have not
+        # started yet (their rows are still pending), so a queue of waiting runs never
+        # hides newer requests. run_key = job id makes a repeat (e.g. after a cursor
+        # reset) a no-op.
+        handed_over = {uuid.UUID(job_id) for job_id in json.loads(context.cursor or "[]")}
+        with app_db.engine.begin() as conn:
+            handed_over = export_jobs.still_pending(conn, handed_over)
+            batch = export_jobs.next_pending_jobs(conn, handed_over, batch_size)
+            run_requests = []
+            for job in batch:
+                if not job.campaign_exists:
+                    export_jobs.mark_failed(
+                        conn, job.id, f"campaign {job.campaign_id} does not exist"
+                    )
+                    continue
+                run_requests.append(
+                    dg.RunRequest(
+                        run_key=str(job.id),
+                        partition_key=str(job.campaign_id),
+                        tags={EXPORT_JOB_TAG: str(job.id)},
+                    )
+                )
+                handed_over.add(job.id)
+        new_partitions = sorted(
+            {request.partition_key for request in run_requests}
+            - set(context.instance.get_dynamic_partitions(campaigns_partitions.name))
+        )
+        return dg.SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=(
+                [campaigns_partitions.build_add_request(new_partitions)] if new_partitions else []
+            ),
+            cursor=json.dumps(sorted(str(job_id) for job_id in handed_over)),
+        )
+
+    return export_requests_sensor
+
+
+@dg.sensor(
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Keeps the campaigns partitions equal to the campaigns table, so any "
+    "campaign can be materialised or backfilled from the UI.",
+)
+def campaign_partitions_sensor(
+    context: dg.SensorEvaluationContext, app_db: AppDatabase
+) -> dg.SensorResult | dg.SkipReason:
+    with app_db.engine.connect() as conn:
+        in_database = all_campaign_ids(conn)
+    in_dagster = set(context.instance.get_dynamic_partitions(campaigns_partitions.name))
+    to_add, to_delete = sorted(in_database - in_dagster), sorted(in_dagster - in_database)
+    if not to_add and not to_delete:
+        return dg.SkipReason(f"{len(in_dagster)} campaign partitions already in step")
+    requests = []
+    if to_add:
+        requests.append(campaigns_partitions.build_add_request(to_add))
+    if to_delete:
+        requests.append(campaigns_partitions.build_delete_request(to_delete))
+    return dg.SensorResult(dynamic_partitions_requests=requests)
+
+
+def _export_job_id(context: dg.RunStatusSensorContext) -> uuid.UUID | None:
+    # Re-read the run: a UI or backfill run tags itself after it starts.
+    run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+    job_id = run.tags.get(EXPORT_JOB_TAG)
+    return uuid.UUID(job_id) if job_id else None
+
+
+# No monitored_jobs: runs from the UI and backfills use Dagster's implicit asset job,
+# so every job of this code location is watched; runs without the tag are ignored.
+@dg.run_failure_sensor(
+    name="export_run_failure_sensor",
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks an export job failed, with a one-line reason, when its run fails.",
+)
+def export_run_failure_sensor(context: dg.RunFailureSensorContext, app_db: AppDatabase) -> None:
+    job_id = _export_job_id(context)
+    if job_id is None:
+        return
+    reason = reason_from_step_failures(context.get_step_failure_events()) or one_line(
+        f"export run {context.dagster_run.run_id} failed: {context.failure_event.message}"
+    )
+    with app_db.engine.begin() as conn:
+        export_jobs.mark_failed(conn, job_id, reason)
+
+
+@dg.run_status_sensor(
+    name="export_run_canceled_sensor",
+    run_status=dg.DagsterRunStatus.CANCELED,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Marks an export job failed when its run is cancelled.",
+)
+def export_run_canceled_sensor(context: dg.RunStatusSensorContext, app_db: AppDatabase) -> None:
+    job_id = _export_job_id(context)
+    if job_id is None:
+        return
+    with app_db.engine.begin() as conn:
+        export_jobs.mark_failed(
+            conn, job_id, f"export run {context.dagster_run.run_id} was cancelled"
+        )

@@ -1,0 +1,108 @@
+"""Environment configuration, read and validated once.
+
+The variable names and defaults are the seed spec's (REQ-018), plus
+``AWS_ENDPOINT_URL`` for S3-compatible endpoints (moto, MinIO). Every
+validation error is one line naming the variable, its value and the rule.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+# S3 refuses presigned URLs valid for longer than 7 days.
+MAX_URL_EXPIRATION_SECONDS = 7 * 24 * 3600
+# export_jobs.s3_key is VARCHAR(500); a key is prefix + "<uuid>/<uuid>.csv" (77 chars).
+MAX_PREFIX_LENGTH = 500 - 77
+_BUCKET_RULE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+DEFAULTS = {
+    "S3_BUCKET_NAME": "voicesurvey-exports",
+    "S3_EXPORT_PREFIX": "exports/",
+    "EXPORT_URL_EXPIRATION_SECONDS": "3600",
+    "AWS_REGION": "eu-central-1",
+    "EXPORT_SENSOR_INTERVAL_SECONDS": "5",
+    "EXPORT_SENSOR_BATCH_SIZE": "50",
+}
+
+
+class SettingsError(ValueError):
+    """A configuration value breaks its rule; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    s3_bucket_name: str
+    s3_export_prefix: str
+    url_ttl_seconds: int
+    aws_region: str
+    aws_endpoint_url: str | None
+    sensor_interval_seconds: int
+    sensor_batch_size: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = dict(DEFAULTS)
+        env.update(os.environ if environ is None else environ)
+        database_url = env.get("DATABASE_URL")
+        if not database_url:
+            raise SettingsError(
+                "DATABASE_URL is not set: give the app database URL, "
+                "e.g. postgresql://user@host/db or sqlite:///path/app.db"
+            )
+        return cls(
+            database_url=database_url,
+            s3_bucket_name=validate_bucket_name(env["S3_BUCKET_NAME"]),
+            s3_export_prefix=validate_export_prefix(env["S3_EXPORT_PREFIX"]),
+            url_ttl_seconds=parse_int_setting(
+                "EXPORT_URL_EXPIRATION_SECONDS",
+                env["EXPORT_URL_EXPIRATION_SECONDS"],
+                1,
+                MAX_URL_EXPIRATION_SECONDS,
+                "S3's 7-day limit for presigned URLs",
+            ),
+            aws_region=env["AWS_REGION"],
+            aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            sensor_interval_seconds=parse_int_setting(
+                "EXPORT_SENSOR_INTERVAL_SECONDS", env["EXPORT_SENSOR_INTERVAL_SECONDS"], 1, 3600
+            ),
+            sensor_batch_size=parse_int_setting(
+                "EXPORT_SENSOR_BATCH_SIZE", env["EXPORT_SENSOR_BATCH_SIZE"], 1, 1000
+            ),
+        )
+
+
+def parse_int_setting(name: str, raw: str, low: int, high: int, why: str = "") -> int:
+    rule = f"must be a whole number of at least {low} and at most {high}"
+    if why:
+        rule += f" ({why})"
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} {rule}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name}={raw!r} {rule}")
+    return value
+
+
+def validate_bucket_name(name: str) -> str:
+    if not _BUCKET_RULE.match(name) or ".." in name:
+        raise SettingsError(
+            f"S3_BUCKET_NAME={name!r} must be a valid S3 bucket name: 3-63 characters, "
+            "lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+        )
+    return name
+
+
+def validate_export_prefix(prefix: str) -> str:
+    if not 1 <= len(prefix) <= MAX_PREFIX_LENGTH:
+        raise SettingsError(
+            f"S3_EXPORT_PREFIX={prefix!r} must be 1-{MAX_PREFIX_LENGTH} characters "
+            "so that the object key fits export_jobs.s3_key (500 characters)"
+        )
+    if prefix.startswith("/"):
+        raise SettingsError(f"S3_EXPORT_PREFIX={prefix!r} must not start with '/'")
+    return prefix
