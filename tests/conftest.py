@@ -165,6 +165,9 @@ class AppData:
         )
 
     def export_job(self, campaign_id: uuid.UUID, user_id: uuid.UUID | None = None, **values):
+        # Distinct creation times: SQLite's now() has one-second resolution.
+        self._clock += timedelta(seconds=1)
+        values.setdefault("created_at", self._clock)
         return self._insert(
             schema.export_jobs, campaign_id=campaign_id, requested_by_user_id=user_id, **values
         )

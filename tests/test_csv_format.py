@@ -38,7 +38,11 @@ def test_campaign_without_terminal_contacts_gives_header_only_file():
 
 def test_commas_quotes_newlines_and_unicode_survive_a_round_trip():
     answers = ['Sì, "molto" bene', "Zeile eins\nZeile zwei\r\ndrei", "Größe 🎉 ✓"]
-    parsed = parse(render_csv(rows({"q1_answer": answers[0], "q2_answer": answers[1], "q3_answer": answers[2]})))
+    parsed = parse(
+        render_csv(
+            rows({"q1_answer": answers[0], "q2_answer": answers[1], "q3_answer": answers[2]})
+        )
+    )
     assert parsed[1][7:10] == answers
 
 
@@ -50,7 +54,9 @@ def test_rows_end_with_crlf_as_rfc_4180_says():
 
 def test_timestamps_are_iso_8601_utc_with_z_and_null_is_empty():
     berlin = timezone(timedelta(hours=1))
-    parsed = parse(render_csv(rows({"last_attempt_at": datetime(2026, 11, 16, 10, 49, 55, tzinfo=berlin)})))
+    parsed = parse(
+        render_csv(rows({"last_attempt_at": datetime(2026, 11, 16, 10, 49, 55, tzinfo=berlin)}))
+    )
     assert parsed[1][5] == "2026-11-16T09:49:55Z"
     assert parsed[1][6] == ""
 
@@ -61,19 +67,29 @@ def test_naive_timestamps_from_sqlite_are_read_as_utc():
 
 
 def test_formula_prefixes_in_free_text_are_neutralised_with_a_quote():
-    dangerous = ["=HYPERLINK(\"http://x\")", "+1+2", "-3", "@SUM(A1)", "\tcmd", "\rcmd"]
+    dangerous = ['=HYPERLINK("http://x")', "+1+2", "-3", "@SUM(A1)", "\tcmd", "\rcmd"]
     for text in dangerous:
-        parsed = parse(render_csv(rows({"external_contact_id": text, "q1_answer": text, "q3_answer": text})))
+        parsed = parse(
+            render_csv(rows({"external_contact_id": text, "q1_answer": text, "q3_answer": text}))
+        )
         assert parsed[1][2] == "'" + text
         assert parsed[1][7] == "'" + text
         assert parsed[1][9] == "'" + text
 
 
 def test_harmless_text_is_not_prefixed():
-    parsed = parse(render_csv(rows({"q1_answer": "a = b", "q2_answer": "it's 5-3", "q3_answer": ""})))
+    parsed = parse(
+        render_csv(rows({"q1_answer": "a = b", "q2_answer": "it's 5-3", "q3_answer": ""}))
+    )
     assert parsed[1][7:10] == ["a = b", "it's 5-3", ""]
 
 
 def test_ids_and_counts_are_plain_text():
     parsed = parse(render_csv(rows({})))
-    assert parsed[1][:5] == [str(uuid.UUID(int=1)), str(uuid.UUID(int=2)), "ext-1", "completed", "2"]
+    assert parsed[1][:5] == [
+        str(uuid.UUID(int=1)),
+        str(uuid.UUID(int=2)),
+        "ext-1",
+        "completed",
+        "2",
+    ]

@@ -70,7 +70,11 @@ def test_requested_job_becomes_completed_with_only_terminal_contacts(
     assert {row["contact_id"]: row["outcome"] for row in rows} == exported
     answered_row = next(row for row in rows if row["contact_id"] == str(answered))
     assert answered_row["external_contact_id"] == "'=cmd()"
-    assert [answered_row[f"q{i}_answer"] for i in (1, 2, 3)] == ['Sì, "bene"', "line1\nline2", "'=1+1"]
+    assert [answered_row[f"q{i}_answer"] for i in (1, 2, 3)] == [
+        'Sì, "bene"',
+        "line1\nline2",
+        "'=1+1",
+    ]
     assert answered_row["completed_at"].endswith("Z")
 
 
@@ -157,11 +161,10 @@ def test_ui_materialisation_of_unknown_campaign_fails_clearly_and_writes_nothing
     assert app_data.count(export_jobs) == 0
 
 
-def test_failed_upload_fails_the_job_with_a_one_line_reason(
-    instance, postgres_url, s3_client
-):
-    from .conftest import AppData
+def test_failed_upload_fails_the_job_with_a_one_line_reason(instance, postgres_url, s3_client):
     from voicesurvey_exports.app_db.engine import get_engine
+
+    from .conftest import AppData
 
     app_data = AppData(get_engine(postgres_url))
     campaign = app_data.campaign()

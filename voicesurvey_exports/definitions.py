@@ -31,7 +31,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
         resources={
             # The URL may hold a password: pass it by name so the UI never shows it.
             "app_db": AppDatabase(database_url=dg.EnvVar("DATABASE_URL")),
-            "s3": S3Resource(region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
+            "s3": S3Resource(
+                region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url
+            ),
             "destination": ExportDestination(
                 bucket=settings.s3_bucket_name,
                 prefix=settings.s3_export_prefix,

@@ -92,9 +92,7 @@ class ExportRequests:
             self._authorize(conn, user_id)
             return self._job(conn, job_id)
 
-    def refresh_download_url(
-        self, job_id: str | uuid.UUID, user_id: str | uuid.UUID
-    ) -> ExportJob:
+    def refresh_download_url(self, job_id: str | uuid.UUID, user_id: str | uuid.UUID) -> ExportJob:
         """Re-sign a completed export's file with a fresh expiry."""
         job_id = parse_uuid(job_id, "export job id")
         user_id = parse_uuid(user_id, "user id")
@@ -124,8 +122,7 @@ class ExportRequests:
             raise PermissionDenied(f"user {user_id} is not a known user and may not use exports")
         if role not in EXPORT_ROLES:
             raise PermissionDenied(
-                f"user {user_id} has role {role}; exports need role "
-                + " or ".join(EXPORT_ROLES)
+                f"user {user_id} has role {role}; exports need role " + " or ".join(EXPORT_ROLES)
             )
 
     @staticmethod

@@ -92,7 +92,8 @@ def validate_bucket_name(name: str) -> str:
     if not _BUCKET_RULE.match(name) or ".." in name:
         raise SettingsError(
             f"S3_BUCKET_NAME={name!r} must be a valid S3 bucket name: 3-63 characters, "
-            "lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit"
+            "lowercase letters, digits, dots and hyphens, "
+            "starting and ending with a letter or digit"
         )
     return name
 

@@ -136,7 +136,10 @@ def next_pending_jobs(
     )
     if exclude_ids:
         query = query.where(export_jobs.c.id.not_in(list(exclude_ids)))
-    return [PendingJob(row.id, row.campaign_id, bool(row.campaign_exists)) for row in conn.execute(query)]
+    return [
+        PendingJob(row.id, row.campaign_id, bool(row.campaign_exists))
+        for row in conn.execute(query)
+    ]
 
 
 def mark_running(conn: Connection, job_id: uuid.UUID) -> None:
@@ -184,9 +187,7 @@ def mark_failed(conn: Connection, job_id: uuid.UUID, error_message: str) -> bool
     """Fail a job that is not finished yet; return whether this call failed it."""
     result = conn.execute(
         export_jobs.update()
-        .where(
-            and_(export_jobs.c.id == job_id, export_jobs.c.status.in_(("pending", "running")))
-        )
+        .where(and_(export_jobs.c.id == job_id, export_jobs.c.status.in_(("pending", "running"))))
         .values(status="failed", error_message=error_message, completed_at=utcnow())
     )
     return result.rowcount == 1
@@ -200,4 +201,3 @@ def update_download_url(
         .where(export_jobs.c.id == job_id)
         .values(download_url=download_url, url_expires_at=url_expires_at)
     )
-

@@ -30,7 +30,9 @@ def current_version(engine: Engine) -> int:
     with engine.connect() as conn:
         if not engine.dialect.has_table(conn, schema_migrations.name):
             return 0
-        return conn.execute(select(func.coalesce(func.max(schema_migrations.c.version), 0))).scalar_one()
+        return conn.execute(
+            select(func.coalesce(func.max(schema_migrations.c.version), 0))
+        ).scalar_one()
 
 
 def upgrade(engine: Engine) -> list[int]:
@@ -46,6 +48,8 @@ def upgrade(engine: Engine) -> list[int]:
                 continue
             for table in tables:
                 table.create(conn, checkfirst=True)
-            conn.execute(schema_migrations.insert().values(version=version, description=description))
+            conn.execute(
+                schema_migrations.insert().values(version=version, description=description)
+            )
             applied.append(version)
     return applied

@@ -20,7 +20,13 @@ from ..app_db.campaigns import get_campaign
 from ..app_db.contacts import terminal_contacts_query
 from ..app_db.schema import TERMINAL_CONTACT_STATES
 from ..partitions import campaigns_partitions
-from ..storage import download_filename, object_key, presigned_download_url, s3_uri, upload_csv_bytes
+from ..storage import (
+    download_filename,
+    object_key,
+    presigned_download_url,
+    s3_uri,
+    upload_csv_bytes,
+)
 from .csv_format import render_csv as render_csv_bytes
 from .failures import permanent_failure
 from .resources import AppDatabase, ExportDestination
@@ -131,8 +137,7 @@ def upload_csv(
         if attempts <= UPLOAD_RETRY_POLICY.max_retries:
             raise  # the retry policy tries again
         raise permanent_failure(
-            f"upload to {s3_uri(destination.bucket, key)} failed after {attempts} "
-            f"attempts: {error}"
+            f"upload to {s3_uri(destination.bucket, key)} failed after {attempts} attempts: {error}"
         ) from error
     return key
 
@@ -194,4 +199,3 @@ campaign_export_job = dg.define_asset_job(
     selection=[campaign_export],
     description="Export one campaign; launched by export_requests_sensor for each pending request.",
 )
-

@@ -38,7 +38,9 @@ CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 def guard_formula(series: pd.Series) -> pd.Series:
     """Prefix free-text cells that a spreadsheet would run as a formula with ``'``."""
     text = series.astype("object")
-    starts_formula = text.map(lambda cell: isinstance(cell, str) and cell.startswith(FORMULA_PREFIXES))
+    starts_formula = text.map(
+        lambda cell: isinstance(cell, str) and cell.startswith(FORMULA_PREFIXES)
+    )
     return text.where(~starts_formula.astype(bool), INJECTION_GUARD + text.astype(str))
 
 

@@ -1,0 +1,36 @@
+# `make dev` runs the pipeline locally; `make test` runs every test but the soak group.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install dev test soak lint format clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --editable '.[dev]'
+	@# The Dagster family must stay in lock-step (a mismatch falls back to ancient releases).
+	$(BIN)/pip check
+	touch $@
+
+install: $(BIN)/.installed
+
+dev: install
+	$(BIN)/python scripts/dev.py
+
+test: install
+	$(BIN)/python -m pytest -m "not soak"
+
+soak: install
+	$(BIN)/python -m pytest -m soak
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .local .pytest_cache .ruff_cache *.egg-info

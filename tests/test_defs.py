@@ -1,0 +1,74 @@
+"""The definitions load, and run, with Dagster's deprecation warnings as errors."""
+
+import importlib
+import warnings
+
+import dagster as dg
+import pytest
+
+from voicesurvey_exports.exports.assets import campaign_export
+
+from .dagster_harness import materialize_export
+
+DAGSTER_WARNINGS = (DeprecationWarning, dg.SupersessionWarning, dg.BetaWarning, dg.PreviewWarning)
+
+
+@pytest.fixture
+def strict_warnings():
+    with warnings.catch_warnings():
+        for category in DAGSTER_WARNINGS:
+            warnings.filterwarnings("error", category=category, module="dagster.*")
+            warnings.filterwarnings("error", category=category, module="voicesurvey_exports.*")
+        yield
+
+
+def load_defs(monkeypatch, **env) -> dg.Definitions:
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///unused.db")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    import voicesurvey_exports.definitions as module
+
+    return importlib.reload(module).defs
+
+
+def test_definitions_load_without_deprecated_calls(monkeypatch, strict_warnings):
+    defs = load_defs(monkeypatch)
+    dg.Definitions.validate_loadable(defs)
+    repository = defs.get_repository_def()
+    assert repository.has_job("campaign_export_job")
+    assert {s.name for s in repository.sensor_defs} == {
+        "export_requests_sensor",
+        "campaign_partitions_sensor",
+        "export_run_failure_sensor",
+        "export_run_canceled_sensor",
+    }
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in repository.sensor_defs)
+
+
+def test_sensor_interval_and_batch_come_from_the_environment(monkeypatch):
+    defs = load_defs(monkeypatch, EXPORT_SENSOR_INTERVAL_SECONDS="2")
+    sensor = defs.get_repository_def().get_sensor_def("export_requests_sensor")
+    assert sensor.minimum_interval_seconds == 2
+
+
+def test_bad_settings_stop_the_code_location_from_loading(monkeypatch):
+    with pytest.raises(ValueError, match="EXPORT_URL_EXPIRATION_SECONDS='999999999'"):
+        load_defs(monkeypatch, EXPORT_URL_EXPIRATION_SECONDS="999999999")
+
+
+def test_export_runs_without_deprecated_calls(strict_warnings, postgres_url, s3_client):
+    from voicesurvey_exports.app_db.engine import get_engine
+
+    from .conftest import AppData
+
+    data = AppData(get_engine(postgres_url))
+    campaign = data.campaign()
+    data.contact(campaign, "completed")
+    with dg.instance_for_test() as instance:
+        assert materialize_export(instance, postgres_url, campaign).success
+
+
+def test_asset_declares_its_kinds_and_partitions():
+    spec = next(iter(campaign_export.specs))
+    assert spec.kinds == {"postgres", "pandas", "s3"}
+    assert spec.partitions_def.name == "campaigns"

@@ -1,0 +1,238 @@
+"""The whole flow with real processes: dagster-daemon and dagster-webserver on the root
+dagster.yaml (PostgreSQL instance storage), the app database on PostgreSQL, and a moto
+S3 server on loopback. URLs are plain postgresql://, as operators write them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from sqlalchemy import text
+
+from voicesurvey_exports import process_group as processes
+from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.migrations import upgrade
+from voicesurvey_exports.exports.csv_format import CSV_COLUMNS
+
+from .conftest import AppData
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "e2e-exports"
+BIN = Path(sys.executable).parent
+ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
+
+
+@pytest.fixture(scope="module")
+def stack(create_postgres_database, tmp_path_factory):
+    """moto server, dagster-daemon and dagster-webserver, as separate process groups."""
+    home = tmp_path_factory.mktemp("dagster_home")
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    moto_port, web_port = processes.free_port(), processes.free_port()
+    app_url = create_postgres_database("e2e_app")
+    upgrade(get_engine(app_url))
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_POSTGRES_URL": create_postgres_database("e2e_dagster"),
+        "DATABASE_URL": app_url,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "eu-central-1",
+        "S3_BUCKET_NAME": BUCKET,
+        "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
+    }
+    started = []
+    try:
+        started.append(
+            processes.start(
+                [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
+                home / "moto.log",
+                env,
+            )
+        )
+        processes.wait_for(lambda: processes.port_open(moto_port), 30, "moto server")
+        s3 = boto3.client(
+            "s3",
+            region_name="eu-central-1",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(
+            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
+        )
+        started.append(
+            processes.start(
+                [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+                home / "daemon.log",
+                env,
+                cwd=REPO,
+            )
+        )
+        started.append(
+            processes.start(
+                [
+                    str(BIN / "dagster-webserver"),
+                    "-w",
+                    "workspace.yaml",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(web_port),
+                ],
+                home / "webserver.log",
+                env,
+                cwd=REPO,
+            )
+        )
+        yield {
+            "env": env,
+            "app": AppData(get_engine(app_url)),
+            "s3": s3,
+            "home": home,
+            "graphql": f"http://127.0.0.1:{web_port}/graphql",
+            "web_port": web_port,
+        }
+    finally:
+        processes.stop_all(started)
+
+
+def job_status(app: AppData, job_id) -> str | None:
+    row = app.job_row(job_id)
+    return row["status"] if row["status"] in ("completed", "failed") else None
+
+
+def database_rows(app: AppData, campaign_id) -> list[list[str]]:
+    """The expected CSV body, computed straight from the tables with SQL."""
+    with app.engine.connect() as conn:
+        rows = conn.execute(
+            text("""
+            SELECT c.campaign_id::text, c.id::text, coalesce(c.external_contact_id, ''),
+                   c.state::text, c.attempts_count::text,
+                   coalesce(to_char(c.last_attempt_at AT TIME ZONE 'UTC', :iso), ''),
+                   coalesce(to_char(r.completed_at AT TIME ZONE 'UTC', :iso), ''),
+                   coalesce(r.q1_answer, ''), coalesce(r.q2_answer, ''), coalesce(r.q3_answer, '')
+            FROM contacts c LEFT JOIN survey_responses r ON r.contact_id = c.id
+            WHERE c.campaign_id = :campaign
+              AND c.state IN ('completed', 'refused', 'not_reached', 'excluded')
+            ORDER BY c.id"""),
+            {"campaign": campaign_id, "iso": ISO_UTC},
+        ).all()
+    guard = ("=", "+", "-", "@", "\t", "\r", "\n")
+    return [
+        [
+            ("'" + cell if i in (2, 7, 8, 9) and cell.startswith(guard) else cell)
+            for i, cell in enumerate(row)
+        ]
+        for row in rows
+    ]
+
+
+def test_pending_request_becomes_a_downloadable_csv(stack):
+    app = stack["app"]
+    manager = app.user("campaign_manager")
+    campaign = app.campaign("Sondaggio clienti — Primavera")
+    answers = ['Sì, "ottimo"', "Zeile 1\nZeile 2", '=HYPERLINK("x")', "👍 très bien", None]
+    for i in range(40):
+        state = ("completed", "refused", "not_reached", "excluded", "pending", "in_progress")[i % 6]
+        contact = app.contact(campaign, state, external_contact_id=f"crm-{i}" if i % 7 else "+39")
+        if state == "completed":
+            app.response(
+                contact, campaign, answers[i % 5], answers[(i + 1) % 5], answers[(i + 2) % 5]
+            )
+    job_id = uuid.uuid4()
+    with app.engine.begin() as conn:  # exactly what the app does
+        conn.execute(
+            text(
+                "INSERT INTO export_jobs (id, campaign_id, requested_by_user_id, status) "
+                "VALUES (:id, :campaign, :user, 'pending')"
+            ),
+            {"id": job_id, "campaign": campaign, "user": manager},
+        )
+
+    processes.wait_for(lambda: job_status(app, job_id), 180, "the export job to finish")
+
+    job = app.job_row(job_id)
+    assert job["status"] == "completed", job["error_message"]
+    response = requests.get(job["download_url"], timeout=30)
+    assert response.status_code == 200
+    assert "attachment" in response.headers["Content-Disposition"]
+    assert ".csv" in response.headers["Content-Disposition"]
+    parsed = list(csv.reader(io.StringIO(response.content.decode("utf-8"), newline="")))
+    assert parsed[0] == list(CSV_COLUMNS)
+    expected = database_rows(app, campaign)
+    assert len(expected) == job["total_records"] > 0
+    assert parsed[1:] == expected
+
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+
+
+def test_backfill_of_fifty_campaigns_gives_fifty_completed_jobs(stack):
+    app = stack["app"]
+    campaigns = [str(app.campaign(f"Backfill {i}")) for i in range(50)]
+    for campaign in campaigns:
+        app.contact(uuid.UUID(campaign), "completed")
+
+    def partitions_known():
+        response = requests.post(
+            stack["graphql"],
+            json={
+                "query": """
+            { partitionSetsOrError: assetNodes(assetKeys: [{path: ["campaign_export"]}]) {
+                partitionKeysByDimension { partitionKeys } } }"""
+            },
+            timeout=30,
+        )
+        nodes = response.json().get("data", {}).get("partitionSetsOrError") or []
+        keys = set(nodes[0]["partitionKeysByDimension"][0]["partitionKeys"]) if nodes else set()
+        return set(campaigns) <= keys
+
+    processes.wait_for(partitions_known, 120, "the campaign partitions sensor", interval=2)
+    launched = requests.post(
+        stack["graphql"],
+        json={
+            "query": LAUNCH_BACKFILL,
+            "variables": {
+                "params": {
+                    "assetSelection": [{"path": ["campaign_export"]}],
+                    "partitionNames": campaigns,
+                }
+            },
+        },
+        timeout=60,
+    ).json()
+    assert launched["data"]["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", (
+        launched
+    )
+
+    def completed_backfill_jobs() -> int:
+        with app.engine.connect() as conn:
+            return conn.execute(
+                text(
+                    "SELECT count(*) FROM export_jobs WHERE status = 'completed' "
+                    "AND requested_by_user_id IS NULL AND campaign_id::text = ANY(:ids)"
+                ),
+                {"ids": campaigns},
+            ).scalar_one()
+
+    processes.wait_for(lambda: completed_backfill_jobs() >= 50, 600, "50 backfill jobs", interval=3)
+    assert completed_backfill_jobs() == 50

@@ -1,0 +1,161 @@
+import json
+
+import dagster as dg
+import pytest
+from sqlalchemy import text
+
+from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG
+from voicesurvey_exports.exports.resources import AppDatabase
+from voicesurvey_exports.exports.sensors import (
+    build_export_requests_sensor,
+    campaign_partitions_sensor,
+    export_run_canceled_sensor,
+)
+from voicesurvey_exports.partitions import campaigns_partitions
+
+from .conftest import AppData
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def tick(sensor, instance, database_url, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"app_db": AppDatabase(database_url=database_url)},
+    )
+    return sensor(context), context
+
+
+def test_each_pending_job_gets_one_run_keyed_by_job_id(instance, database_url, app_data):
+    campaign = app_data.campaign()
+    user = app_data.user()
+    jobs = [app_data.export_job(campaign, user) for _ in range(3)]
+    done = app_data.export_job(campaign, user, status="completed")
+    sensor = build_export_requests_sensor()
+
+    result, _ = tick(sensor, instance, database_url)
+
+    assert [r.run_key for r in result.run_requests] == [str(j) for j in jobs]
+    assert all(r.partition_key == str(campaign) for r in result.run_requests)
+    assert [r.tags[EXPORT_JOB_TAG] for r in result.run_requests] == [str(j) for j in jobs]
+    assert str(done) not in {r.run_key for r in result.run_requests}
+    added = result.dynamic_partitions_requests[0]
+    assert (added.partitions_def_name, list(added.partition_keys)) == ("campaigns", [str(campaign)])
+
+
+def test_next_tick_does_not_repeat_jobs_waiting_for_their_run(instance, database_url, app_data):
+    campaign, user = app_data.campaign(), app_data.user()
+    first = app_data.export_job(campaign, user)
+    sensor = build_export_requests_sensor()
+    result, _ = tick(sensor, instance, database_url)
+    assert len(result.run_requests) == 1
+
+    second = app_data.export_job(campaign, user)
+    result, _ = tick(sensor, instance, database_url, cursor=result.cursor)
+
+    assert [r.run_key for r in result.run_requests] == [str(second)]
+    assert set(json.loads(result.cursor)) == {str(first), str(second)}
+
+
+def test_started_jobs_leave_the_cursor(instance, database_url, app_data):
+    campaign, user = app_data.campaign(), app_data.user()
+    job = app_data.export_job(campaign, user)
+    sensor = build_export_requests_sensor()
+    result, _ = tick(sensor, instance, database_url)
+    with app_data.engine.begin() as conn:
+        conn.execute(text("UPDATE export_jobs SET status = 'running'"))
+
+    result, _ = tick(sensor, instance, database_url, cursor=result.cursor)
+
+    assert result.run_requests == [] and json.loads(result.cursor) == []
+    assert app_data.job_row(job)["status"] == "running"
+
+
+def test_bounded_batch_reaches_newer_jobs_while_older_ones_wait(instance, database_url, app_data):
+    campaign, user = app_data.campaign(), app_data.user()
+    jobs = [str(app_data.export_job(campaign, user)) for _ in range(5)]
+    sensor = build_export_requests_sensor(batch_size=2)
+
+    seen, cursor = [], None
+    for _ in range(3):
+        result, _ = tick(sensor, instance, database_url, cursor=cursor)
+        assert len(result.run_requests) <= 2
+        seen += [r.run_key for r in result.run_requests]
+        cursor = result.cursor
+
+    assert sorted(seen) == sorted(jobs) and len(seen) == 5
+
+
+def test_request_for_missing_campaign_fails_that_job_only(instance, postgres_url):
+    app_data = AppData(get_engine(postgres_url))
+    campaign, user = app_data.campaign(), app_data.user()
+    good = app_data.export_job(campaign, user)
+    missing = "7c0a6a4e-0000-4000-8000-00000000dead"
+    with app_data.engine.begin() as conn:
+        # An app schema without the foreign key lets such a row exist.
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(
+            text(
+                "INSERT INTO export_jobs (id, campaign_id, status) "
+                "VALUES (gen_random_uuid(), :c, 'pending')"
+            ),
+            {"c": missing},
+        )
+    result, _ = tick(build_export_requests_sensor(), instance, postgres_url)
+
+    assert [r.run_key for r in result.run_requests] == [str(good)]
+    with app_data.engine.connect() as conn:
+        status, message = conn.execute(
+            text("SELECT status, error_message FROM export_jobs WHERE campaign_id = :c"),
+            {"c": missing},
+        ).one()
+    assert (status, message) == ("failed", f"campaign {missing} does not exist")
+
+
+def test_campaign_partitions_follow_the_campaigns_table(instance, database_url, app_data):
+    first, second = app_data.campaign(), app_data.campaign("B")
+    instance.add_dynamic_partitions(campaigns_partitions.name, ["deleted-campaign"])
+
+    result, _ = tick(campaign_partitions_sensor, instance, database_url)
+
+    add, delete = result.dynamic_partitions_requests
+    assert sorted(add.partition_keys) == sorted([str(first), str(second)])
+    assert list(delete.partition_keys) == ["deleted-campaign"]
+
+
+def test_campaign_partitions_sensor_skips_when_in_step(instance, database_url, app_data):
+    campaign = app_data.campaign()
+    instance.add_dynamic_partitions(campaigns_partitions.name, [str(campaign)])
+    result, _ = tick(campaign_partitions_sensor, instance, database_url)
+    assert isinstance(result, dg.SkipReason)
+
+
+def test_cancelled_run_fails_its_job(instance, database_url, app_data):
+    campaign = app_data.campaign()
+    job = app_data.export_job(campaign, app_data.user(), status="running")
+    run = instance.create_run_for_job(
+        dg.GraphDefinition(name="noop").to_job(), tags={EXPORT_JOB_TAG: str(job)}
+    )
+    instance.report_run_canceled(run)
+    context = dg.build_run_status_sensor_context(
+        sensor_name="export_run_canceled_sensor",
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(run.run_id),
+        dagster_event=dg.DagsterEvent(
+            event_type_value="PIPELINE_CANCELED", job_name="noop", message="cancelled"
+        ),
+        resources={"app_db": AppDatabase(database_url=database_url)},
+    )
+    export_run_canceled_sensor(context)
+
+    row = app_data.job_row(job)
+    assert (row["status"], row["error_message"]) == (
+        "failed",
+        f"export run {run.run_id} was cancelled",
+    )
