@@ -1,9 +1,9 @@
-# `make dev` runs the pipeline locally; `make test` runs every test but the soak group.
+# `make dev` runs the pipeline locally; `make test` runs the test suite.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install dev test soak lint format clean
+.PHONY: install dev test lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,9 +20,6 @@ dev: install
 
 test: install
 	$(BIN)/python -m pytest -m "not soak"
-
-soak: install
-	$(BIN)/python -m pytest -m soak
 
 lint: install
 	$(BIN)/ruff check .
