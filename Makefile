@@ -1,9 +1,9 @@
-# `make dev` runs the pipeline locally; `make test` runs the test suite.
+# `make demo` runs the whole flow locally; `make test` runs the test suite.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install dev test lint format clean
+.PHONY: install demo test lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,8 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-dev: install
-	$(BIN)/python scripts/dev.py
+demo: install
+	$(BIN)/python scripts/demo.py
 
 test: install
 	$(BIN)/python -m pytest -m "not soak"

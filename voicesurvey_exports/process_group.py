@@ -40,6 +40,21 @@ def stop_all(processes: list[subprocess.Popen], grace_seconds: float = 10) -> No
         process.wait()
 
 
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes in a process group (Linux /proc)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name in field 2 may hold spaces: split after its closing ')'.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                members.append((int(stat.parent.name), cmdline.decode(errors="replace")))
+        except (OSError, IndexError, ValueError):
+            continue
+    return members
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
