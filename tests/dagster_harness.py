@@ -9,16 +9,20 @@ from dagster_aws.s3 import S3Resource
 
 from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG, campaign_export
 from voicesurvey_exports.exports.resources import AppDatabase, ExportDestination
+from voicesurvey_exports.exports.spool import SpoolStorage
 from voicesurvey_exports.partitions import campaigns_partitions
 
 from .conftest import TEST_BUCKET, TEST_REGION
 
 
-def export_resources(database_url: str, bucket: str = TEST_BUCKET, ttl: int = 3600) -> dict:
+def export_resources(
+    database_url: str, bucket: str = TEST_BUCKET, ttl: int = 3600, spool_dir: str | None = None
+) -> dict:
     return {
         "app_db": AppDatabase(database_url=database_url),
         "s3": S3Resource(region_name=TEST_REGION),
         "destination": ExportDestination(bucket=bucket, prefix="exports/", url_ttl_seconds=ttl),
+        "spool": SpoolStorage(base_dir=spool_dir) if spool_dir else SpoolStorage(),
         "io_manager": dg.InMemoryIOManager(),
     }
 

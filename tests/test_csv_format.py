@@ -4,8 +4,28 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pandas as pd
+import pytest
 
-from voicesurvey_exports.exports.csv_format import CSV_COLUMNS, render_csv
+from voicesurvey_exports.app_db.contacts import write_spool_rows
+from voicesurvey_exports.exports.csv_format import CSV_COLUMNS, render_rows, render_spool
+
+
+def render_streaming(rows: pd.DataFrame, tmp_path) -> bytes:
+    spool, out = tmp_path / "spool.csv", tmp_path / "out.csv"
+    with open(spool, "w", encoding="utf-8", newline="") as spool_file:
+        write_spool_rows(rows, spool_file)
+    stats = render_spool(spool, out)
+    body = out.read_bytes()
+    assert (stats.row_count, stats.byte_count) == (len(rows), len(body))
+    return body
+
+
+@pytest.fixture(params=["reference", "streaming"])
+def render_csv(request, tmp_path):
+    """Both renderers must meet every rule of the CSV format."""
+    if request.param == "reference":
+        return render_rows
+    return lambda rows: render_streaming(rows, tmp_path)
 
 
 def rows(*records: dict) -> pd.DataFrame:
@@ -28,15 +48,15 @@ def parse(body: bytes) -> list[list[str]]:
     return list(csv.reader(io.StringIO(body.decode("utf-8"), newline="")))
 
 
-def test_header_is_the_documented_columns_in_order():
+def test_header_is_the_documented_columns_in_order(render_csv):
     assert parse(render_csv(rows({})))[0] == list(CSV_COLUMNS)
 
 
-def test_campaign_without_terminal_contacts_gives_header_only_file():
+def test_campaign_without_terminal_contacts_gives_header_only_file(render_csv):
     assert parse(render_csv(rows().iloc[0:0])) == [list(CSV_COLUMNS)]
 
 
-def test_commas_quotes_newlines_and_unicode_survive_a_round_trip():
+def test_commas_quotes_newlines_and_unicode_survive_a_round_trip(render_csv):
     answers = ['Sì, "molto" bene', "Zeile eins\nZeile zwei\r\ndrei", "Größe 🎉 ✓"]
     parsed = parse(
         render_csv(
@@ -46,13 +66,13 @@ def test_commas_quotes_newlines_and_unicode_survive_a_round_trip():
     assert parsed[1][7:10] == answers
 
 
-def test_rows_end_with_crlf_as_rfc_4180_says():
+def test_rows_end_with_crlf_as_rfc_4180_says(render_csv):
     body = render_csv(rows({}))
     assert body.count(b"\r\n") == 2
     assert b"\n" not in body.replace(b"\r\n", b"")
 
 
-def test_timestamps_are_iso_8601_utc_with_z_and_null_is_empty():
+def test_timestamps_are_iso_8601_utc_with_z_and_null_is_empty(render_csv):
     berlin = timezone(timedelta(hours=1))
     parsed = parse(
         render_csv(rows({"last_attempt_at": datetime(2026, 11, 16, 10, 49, 55, tzinfo=berlin)}))
@@ -61,12 +81,12 @@ def test_timestamps_are_iso_8601_utc_with_z_and_null_is_empty():
     assert parsed[1][6] == ""
 
 
-def test_naive_timestamps_from_sqlite_are_read_as_utc():
+def test_naive_timestamps_from_sqlite_are_read_as_utc(render_csv):
     parsed = parse(render_csv(rows({"completed_at": datetime(2026, 1, 2, 3, 4, 5)})))
     assert parsed[1][6] == "2026-01-02T03:04:05Z"
 
 
-def test_formula_prefixes_in_free_text_are_neutralised_with_a_quote():
+def test_formula_prefixes_in_free_text_are_neutralised_with_a_quote(render_csv):
     dangerous = ['=HYPERLINK("http://x")', "+1+2", "-3", "@SUM(A1)", "\tcmd", "\rcmd"]
     for text in dangerous:
         parsed = parse(
@@ -77,14 +97,14 @@ def test_formula_prefixes_in_free_text_are_neutralised_with_a_quote():
         assert parsed[1][9] == "'" + text
 
 
-def test_harmless_text_is_not_prefixed():
+def test_harmless_text_is_not_prefixed(render_csv):
     parsed = parse(
         render_csv(rows({"q1_answer": "a = b", "q2_answer": "it's 5-3", "q3_answer": ""}))
     )
     assert parsed[1][7:10] == ["a = b", "it's 5-3", ""]
 
 
-def test_ids_and_counts_are_plain_text():
+def test_ids_and_counts_are_plain_text(render_csv):
     parsed = parse(render_csv(rows({})))
     assert parsed[1][:5] == [
         str(uuid.UUID(int=1)),

@@ -214,3 +214,16 @@ def test_re_executing_a_failed_export_completes_the_same_job(
 
     job = app_data.job_row(job_id)
     assert (job["status"], job["error_message"], job["total_records"]) == ("completed", None, 1)
+
+
+def test_no_contact_data_is_left_on_local_disk_after_success_or_failure(
+    instance, database_url, app_data, s3_client, tmp_path
+):
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "completed", external_contact_id="private")
+    ok = materialize_export(instance, database_url, campaign, spool_dir=str(tmp_path))
+    failed = materialize_export(
+        instance, database_url, campaign, spool_dir=str(tmp_path), bucket="no-such-bucket"
+    )
+    assert ok.success and not failed.success
+    assert list(tmp_path.iterdir()) == []

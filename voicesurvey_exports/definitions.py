@@ -13,6 +13,7 @@ from .exports.sensors import (
     export_run_canceled_sensor,
     export_run_failure_sensor,
 )
+from .exports.spool import SpoolStorage
 from .settings import Settings
 
 
@@ -39,7 +40,8 @@ def build_defs(settings: Settings) -> dg.Definitions:
                 prefix=settings.s3_export_prefix,
                 url_ttl_seconds=settings.url_ttl_seconds,
             ),
-            # Contact rows and CSV bytes pass between ops in memory, never to disk.
+            "spool": SpoolStorage(base_dir=settings.spool_dir),
+            # Ops hand each other paths and counts; nothing is written to Dagster's storage.
             "io_manager": dg.InMemoryIOManager(),
         },
         executor=dg.in_process_executor,

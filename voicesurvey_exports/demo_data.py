@@ -86,6 +86,8 @@ def seed_demo_data(engine: Engine) -> bool:
         if conn.execute(select(func.count()).select_from(campaigns)).scalar_one():
             return False
         rng = random.Random(SEED)
+        # Fixed creation times too: the same seed gives the same rows, byte for byte.
+        created = {"created_at": datetime(2026, 10, 20, 8, 0, tzinfo=UTC)}
         conn.execute(
             users.insert(),
             [
@@ -95,6 +97,7 @@ def seed_demo_data(engine: Engine) -> bool:
                     "email": "ada@example.com",
                     "name": "Ada Admin",
                     "role": "admin",
+                    **created,
                 },
                 {
                     "id": MANAGER_ID,
@@ -102,6 +105,7 @@ def seed_demo_data(engine: Engine) -> bool:
                     "email": "maria@example.com",
                     "name": "Maria Rossi",
                     "role": "campaign_manager",
+                    **created,
                 },
                 {
                     "id": VIEWER_ID,
@@ -109,6 +113,7 @@ def seed_demo_data(engine: Engine) -> bool:
                     "email": "victor@example.com",
                     "name": "Victor Viewer",
                     "role": "viewer",
+                    **created,
                 },
             ],
         )
@@ -121,6 +126,8 @@ def seed_demo_data(engine: Engine) -> bool:
                     status=campaign.status,
                     language=campaign.language,
                     created_by_user_id=MANAGER_ID,
+                    updated_at=created["created_at"],
+                    **created,
                 )
             )
             contact_rows, response_rows = [], []
@@ -141,6 +148,8 @@ def seed_demo_data(engine: Engine) -> bool:
                         "attempts_count": 0 if state == "pending" else 1 + n % 3,
                         "last_attempt_at": None if state == "pending" else attempted,
                         "last_outcome": state,
+                        "updated_at": attempted,
+                        **created,
                     }
                 )
                 if state == "completed":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ class Settings:
     aws_endpoint_url: str | None
     sensor_interval_seconds: int
     sensor_batch_size: int
+    spool_dir: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +74,7 @@ class Settings:
             sensor_batch_size=parse_int_setting(
                 "EXPORT_SENSOR_BATCH_SIZE", env["EXPORT_SENSOR_BATCH_SIZE"], 1, 1000
             ),
+            spool_dir=validate_spool_dir(env.get("EXPORT_SPOOL_DIR") or tempfile.gettempdir()),
         )
 
 
@@ -86,6 +89,12 @@ def parse_int_setting(name: str, raw: str, low: int, high: int, why: str = "") -
     if not low <= value <= high:
         raise SettingsError(f"{name}={raw!r} {rule}")
     return value
+
+
+def validate_spool_dir(path: str) -> str:
+    if not os.path.isdir(path) or not os.access(path, os.W_OK):
+        raise SettingsError(f"EXPORT_SPOOL_DIR={path!r} must be an existing, writable directory")
+    return path
 
 
 def validate_bucket_name(name: str) -> str:

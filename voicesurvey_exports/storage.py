@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import io
 import re
 import unicodedata
 import uuid
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote
+
+from boto3.exceptions import S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from .exports.csv_format import CSV_CONTENT_TYPE
 
@@ -23,14 +27,29 @@ def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def upload_csv_bytes(s3_client, bucket: str, key: str, body: bytes) -> None:
-    """Upload through boto3's managed transfer (multipart for large files, aborted on error)."""
-    s3_client.upload_fileobj(
-        io.BytesIO(body),
+# Multipart in 16 MiB parts, four at a time: bounded memory, and a failed upload is
+# aborted by boto3's transfer manager, so no partial object appears at the key.
+TRANSFER_CONFIG = TransferConfig(
+    multipart_threshold=16 * 1024 * 1024, multipart_chunksize=16 * 1024 * 1024, max_concurrency=4
+)
+
+
+def upload_csv_file(s3_client, path: Path, bucket: str, key: str) -> None:
+    s3_client.upload_file(
+        str(path),
         bucket,
         key,
         ExtraArgs={"ContentType": CSV_CONTENT_TYPE, "ServerSideEncryption": SERVER_SIDE_ENCRYPTION},
+        Config=TRANSFER_CONFIG,
     )
+
+
+def describe_s3_error(error: BaseException) -> str:
+    """The S3 service's own words, without boto3's wrapper (which names local temp files)."""
+    cause = error.__cause__ or error.__context__
+    if isinstance(error, S3UploadFailedError) and isinstance(cause, ClientError):
+        error = cause
+    return str(error)
 
 
 def download_filename(campaign_name: str, export_date: date) -> str:

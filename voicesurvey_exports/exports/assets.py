@@ -2,34 +2,38 @@
 
 start_export_job -> extract_terminal_contacts -> render_csv -> upload_csv -> record_export
 
-Intermediate values (contact rows, CSV bytes) stay in the run's memory
-(in-process executor, in-memory IO manager): no contact data is written to
-Dagster's storage, and the UI shows only counts and locations.
+The contact rows stream from the database to a spool file, through pandas in small
+batches to the CSV file, and to S3 in multipart chunks, so memory stays flat at any
+campaign size. Ops hand each other file paths and counts only; the spool folder is
+private to the run and removed when it ends. Dagster's storage and UI see counts and
+locations, never contact data.
 """
 
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 import dagster as dg
-import pandas as pd
 from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import get_campaign
-from ..app_db.contacts import terminal_contacts_query
+from ..app_db.contacts import copy_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
 from ..partitions import campaigns_partitions
 from ..storage import (
+    describe_s3_error,
     download_filename,
     object_key,
     presigned_download_url,
     s3_uri,
-    upload_csv_bytes,
+    upload_csv_file,
 )
-from .csv_format import render_csv as render_csv_bytes
+from .csv_format import render_spool
 from .failures import permanent_failure
 from .resources import AppDatabase, ExportDestination
+from .spool import SpoolStorage, remove_spool_on_failure
 
 # Run tag linking a run to its export_jobs row (set by the sensor, or by the run itself).
 EXPORT_JOB_TAG = "export_job_id"
@@ -51,9 +55,15 @@ class ExportTarget:
 
 
 @dataclass(frozen=True)
+class ExtractedContacts:
+    spool_path: str
+
+
+@dataclass(frozen=True)
 class RenderedCsv:
-    body: bytes
+    path: str
     row_count: int
+    byte_count: int
     outcome_counts: dict[str, int]
 
 
@@ -100,23 +110,31 @@ def start_export_job(context: dg.OpExecutionContext, app_db: AppDatabase) -> Exp
 
 @dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY)
 def extract_terminal_contacts(
-    context: dg.OpExecutionContext, app_db: AppDatabase, target: ExportTarget
-) -> pd.DataFrame:
-    """The campaign's contacts in a terminal state with their answers, ordered by contact id."""
-    with app_db.engine.connect() as conn:
-        rows = pd.read_sql(terminal_contacts_query(target.campaign_id), conn)
-    context.log.info(f"extracted {len(rows)} terminal contacts")
-    return rows
+    context: dg.OpExecutionContext, app_db: AppDatabase, spool: SpoolStorage, target: ExportTarget
+) -> ExtractedContacts:
+    """Stream the campaign's terminal contacts and their answers to a raw spool file."""
+    spool_path = spool.run_dir(context.run_id) / "contacts.spool.csv"
+    with open(spool_path, "wb") as spool_file:
+        copy_terminal_contacts(app_db.engine, target.campaign_id, spool_file)
+    context.log.info(f"extracted {spool_path.stat().st_size} bytes of terminal contacts")
+    return ExtractedContacts(str(spool_path))
 
 
 @dg.op
-def render_csv(rows: pd.DataFrame) -> RenderedCsv:
-    """Format the rows as the export CSV (quoting, timestamps, injection guard)."""
-    counts = rows["outcome"].value_counts()
+def render_csv(context: dg.OpExecutionContext, extracted: ExtractedContacts) -> RenderedCsv:
+    """Format the rows as the export CSV (quoting, timestamps, injection guard), in batches."""
+    spool_path = Path(extracted.spool_path)
+    csv_path = spool_path.with_name("export.csv")
+    stats = render_spool(spool_path, csv_path)
+    spool_path.unlink()
+    context.log.info(f"rendered {stats.row_count} rows, {stats.byte_count} bytes")
     return RenderedCsv(
-        body=render_csv_bytes(rows),
-        row_count=len(rows),
-        outcome_counts={state: int(counts.get(state, 0)) for state in TERMINAL_CONTACT_STATES},
+        path=str(csv_path),
+        row_count=stats.row_count,
+        byte_count=stats.byte_count,
+        outcome_counts={
+            state: stats.outcome_counts.get(state, 0) for state in TERMINAL_CONTACT_STATES
+        },
     )
 
 
@@ -131,13 +149,14 @@ def upload_csv(
     """Upload the file to its private, encrypted object; return the object key."""
     key = object_key(destination.prefix, target.campaign_id, target.export_job_id)
     try:
-        upload_csv_bytes(s3.get_client(), destination.bucket, key, rendered.body)
+        upload_csv_file(s3.get_client(), Path(rendered.path), destination.bucket, key)
     except Exception as error:
         attempts = context.retry_number + 1
         if attempts <= UPLOAD_RETRY_POLICY.max_retries:
             raise  # the retry policy tries again
         raise permanent_failure(
-            f"upload to {s3_uri(destination.bucket, key)} failed after {attempts} attempts: {error}"
+            f"upload to {s3_uri(destination.bucket, key)} failed after {attempts} attempts: "
+            f"{describe_s3_error(error)}"
         ) from error
     return key
 
@@ -149,6 +168,7 @@ def record_export(
     s3: S3Resource,
     destination: ExportDestination,
     target: ExportTarget,
+    spool: SpoolStorage,
     rendered: RenderedCsv,
     s3_key: str,
 ) -> None:
@@ -172,19 +192,21 @@ def record_export(
     context.add_output_metadata(
         {
             "dagster/row_count": rendered.row_count,
-            "bytes": len(rendered.body),
+            "bytes": rendered.byte_count,
             "s3_uri": s3_uri(destination.bucket, s3_key),
             "export_job_id": str(target.export_job_id),
             "url_expires_at": export_jobs.iso_utc(expires_at),
             **{f"outcome/{state}": n for state, n in rendered.outcome_counts.items()},
         }
     )
+    spool.remove(context.run_id)
 
 
 @dg.graph_asset(
     partitions_def=campaigns_partitions,
     kinds={"postgres", "pandas", "s3"},
     group_name="exports",
+    hooks={remove_spool_on_failure},
     description="A campaign's terminal contacts and survey answers as a CSV file in S3, "
     "with a time-limited download link recorded on its export_jobs row.",
 )

@@ -1,0 +1,149 @@
+"""The streaming export (COPY or chunks -> spool -> Arrow batches) against the
+straightforward one (read everything with pandas, DataFrame.to_csv)."""
+
+import csv
+import io
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pandas as pd
+
+from voicesurvey_exports.app_db.contacts import copy_terminal_contacts, terminal_contacts_query
+from voicesurvey_exports.exports.csv_format import render_rows, render_spool
+
+AWKWARD_TEXT = [
+    'She said "yes", then "no"',
+    "line one\nline two\r\nline three\rend",
+    "Sì, è così — ÄÖÜ ß 中文 👍🏽🎉",
+    '=HYPERLINK("http://evil")',
+    "+33 6 12 34 56 78",
+    "-1",
+    "@SUM(A1)",
+    "\tindented",
+    "\rcarriage",
+    "\nnewline first",
+    "\u200fright-to-left mark",
+    "",
+    "   spaces   ",
+    "x" * 10_000,
+    None,
+]
+
+
+def parse(body: bytes) -> list[list[str]]:
+    return list(csv.reader(io.StringIO(body.decode("utf-8"), newline="")))
+
+
+def test_streaming_file_parses_to_exactly_the_reference_rows(engine, app_data, tmp_path):
+    campaign = app_data.campaign()
+    # SQLite stores no offsets (the app writes UTC there); PostgreSQL converts them.
+    offset = timezone(timedelta(hours=-7)) if engine.dialect.name == "postgresql" else UTC
+    for i, text in enumerate(AWKWARD_TEXT):
+        state = ("completed", "refused", "not_reached", "excluded")[i % 4]
+        contact = app_data.contact(
+            campaign,
+            state,
+            external_contact_id=text,
+            attempts_count=i,
+            last_attempt_at=None
+            if i % 5 == 0
+            else datetime(2026, 3, 29, 1, 30, 7, 999_999, offset),
+        )
+        if state == "completed" or i % 3 == 0:
+            app_data.response(contact, campaign, text, AWKWARD_TEXT[-1 - i], None)
+    app_data.contact(campaign, "pending", external_contact_id="not exported")
+
+    with engine.connect() as conn:
+        reference = render_rows(pd.read_sql(terminal_contacts_query(campaign), conn))
+    spool, streamed = tmp_path / "spool.csv", tmp_path / "export.csv"
+    with open(spool, "wb") as spool_file:
+        copy_terminal_contacts(engine, campaign, spool_file)
+    stats = render_spool(spool, streamed)
+
+    expected = parse(reference)
+    assert len(expected) == len(AWKWARD_TEXT) + 1
+    assert parse(streamed.read_bytes()) == expected
+    assert stats.row_count == len(AWKWARD_TEXT)
+    assert streamed.read_bytes().startswith(reference.split(b"\r\n", 1)[0] + b"\r\n")
+    # Spot-check the reference itself, so that both cannot be wrong the same way.
+    by_id = {row[2]: row for row in expected[1:]}
+    expected_time = "2026-03-29T08:30:07Z" if offset != UTC else "2026-03-29T01:30:07Z"
+    assert by_id['\'=HYPERLINK("http://evil")'][5] == expected_time
+    assert "'\nnewline first" in by_id and "line one\nline two\r\nline three\rend" in by_id
+
+
+def test_empty_campaign_streams_a_header_only_file(engine, app_data, tmp_path):
+    campaign = app_data.campaign()
+    spool, streamed = tmp_path / "spool.csv", tmp_path / "export.csv"
+    with open(spool, "wb") as spool_file:
+        copy_terminal_contacts(engine, campaign, spool_file)
+    stats = render_spool(spool, streamed)
+    assert parse(streamed.read_bytes()) == parse(
+        render_rows(
+            pd.DataFrame(
+                columns=[
+                    "campaign_id",
+                    "contact_id",
+                    "external_contact_id",
+                    "outcome",
+                    "attempts_count",
+                    "last_attempt_at",
+                    "completed_at",
+                    "q1_answer",
+                    "q2_answer",
+                    "q3_answer",
+                ]
+            )
+        )
+    )
+    assert stats.row_count == 0
+
+
+def test_large_campaign_streams_in_many_batches_with_the_same_rows(postgres_url, tmp_path):
+    from sqlalchemy import text
+
+    from voicesurvey_exports.app_db.engine import get_engine
+
+    engine = get_engine(postgres_url)
+    campaign = uuid.uuid4()
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO campaigns (id, name) VALUES (:c, 'big')"), {"c": campaign})
+        conn.execute(
+            text("""
+            INSERT INTO contacts (campaign_id, external_contact_id, phone_number, state,
+                                  attempts_count, last_attempt_at)
+            SELECT :c, CASE WHEN g % 11 = 0 THEN '=cmd' || g ELSE 'crm,' || g END, '+39',
+                   (ARRAY['completed','refused','pending']::contact_state[])[1 + g % 3],
+                   g % 4, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 minute'
+            FROM generate_series(1, 60000) g"""),
+            {"c": campaign},
+        )
+        conn.execute(
+            text("""
+            INSERT INTO survey_responses (contact_id, campaign_id, q1_answer, completed_at)
+            SELECT id, campaign_id, 'a "quoted"' || chr(10) || 'answer', now()
+            FROM contacts WHERE campaign_id = :c AND state = 'completed'"""),
+            {"c": campaign},
+        )
+    with engine.connect() as conn:
+        reference = render_rows(pd.read_sql(terminal_contacts_query(campaign), conn))
+    spool, streamed = tmp_path / "spool.csv", tmp_path / "export.csv"
+    with open(spool, "wb") as spool_file:
+        copy_terminal_contacts(engine, campaign, spool_file)
+    assert spool.stat().st_size > 4 * (1 << 20)  # several reader blocks
+    stats = render_spool(spool, streamed)
+    assert stats.row_count == 40_000
+    assert stats.outcome_counts == {"completed": 20_000, "refused": 20_000}
+    assert parse(streamed.read_bytes()) == parse(reference)
+
+
+def test_timestamps_are_truncated_to_whole_seconds_in_utc(engine, app_data, tmp_path):
+    campaign = app_data.campaign()
+    app_data.contact(
+        campaign, "refused", last_attempt_at=datetime(2026, 5, 1, 23, 59, 59, 900_000, UTC)
+    )
+    spool, streamed = tmp_path / "spool.csv", tmp_path / "export.csv"
+    with open(spool, "wb") as spool_file:
+        copy_terminal_contacts(engine, campaign, spool_file)
+    render_spool(spool, streamed)
+    assert parse(streamed.read_bytes())[1][5] == "2026-05-01T23:59:59Z"
