@@ -21,12 +21,11 @@ from pathlib import Path
 import boto3
 import psycopg2
 
-from voicesurvey_exports import process_group
+from voicesurvey_exports import local_services, process_group
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 BUCKET = "bench-exports"
 PATHS = ("floor", "naive", "project")
 LABELS = {
@@ -172,22 +171,14 @@ def main() -> int:
     env = {
         **os.environ,
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
+        **local_services.LOCAL_CREDENTIALS,
         "AWS_REGION": "eu-central-1",
     }
     os.environ.update(env)
     workdir = Path(os.environ.get("TMPDIR", "/tmp"))
-    moto = process_group.start(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
-        workdir / f"bench-moto-{s3_port}.log",
-        env,
-    )
+    moto = local_services.start_s3_server(s3_port, workdir / f"bench-moto-{s3_port}.log", env)
     try:
-        process_group.wait_for(lambda: process_group.port_open(s3_port), 30, "moto server")
-        boto3.client("s3", region_name="eu-central-1").create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
-        )
+        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
         print(
             f"S3: local moto server on http://127.0.0.1:{s3_port} (loopback), "
             f"PostgreSQL: {args.postgres}; {args.repeat} runs per path, medians"

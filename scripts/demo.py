@@ -22,11 +22,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-import boto3
 import psycopg2
 from sqlalchemy.engine import make_url
 
-from voicesurvey_exports import process_group
+from voicesurvey_exports import local_services, process_group
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
 from voicesurvey_exports.demo_data import LARGE_CAMPAIGN_ID, MANAGER_ID, seed_demo_data
@@ -94,8 +93,7 @@ def main() -> int:
     env["DAGSTER_HOME"] = str(home / "dagster_home")
     env.update(
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
-        AWS_ACCESS_KEY_ID="demo",
-        AWS_SECRET_ACCESS_KEY="demo",
+        **local_services.LOCAL_CREDENTIALS,
         EXPORT_SENSOR_INTERVAL_SECONDS=env.get("EXPORT_SENSOR_INTERVAL_SECONDS", "2"),
     )
     Path(env["DAGSTER_HOME"]).mkdir(exist_ok=True)
@@ -112,13 +110,10 @@ def main() -> int:
         pid_file.write_text(json.dumps([process.pid for process in started]))
 
     try:
-        launch([str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)], "moto.log")
-        process_group.wait_for(lambda: process_group.port_open(s3_port), 30, "the S3 server")
-        boto3.client(
-            "s3", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url
-        ).create_bucket(
-            Bucket=settings.s3_bucket_name,
-            CreateBucketConfiguration={"LocationConstraint": settings.aws_region},
+        started.append(local_services.start_s3_server(s3_port, home / "moto.log", env))
+        pid_file.write_text(json.dumps([process.pid for process in started]))
+        local_services.create_bucket(
+            settings.aws_endpoint_url, settings.s3_bucket_name, settings.aws_region
         )
 
         ensure_postgres_database(settings.database_url)

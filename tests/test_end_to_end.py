@@ -8,15 +8,14 @@ import csv
 import io
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 import requests
 from sqlalchemy import text
 
+from voicesurvey_exports import local_services
 from voicesurvey_exports import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
@@ -28,7 +27,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "e2e-exports"
-BIN = Path(sys.executable).parent
 ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
 
 
@@ -46,60 +44,19 @@ def stack(create_postgres_database, tmp_path_factory):
         "DAGSTER_POSTGRES_URL": create_postgres_database("e2e_dagster"),
         "DATABASE_URL": app_url,
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
+        **local_services.LOCAL_CREDENTIALS,
         "AWS_REGION": "eu-central-1",
         "S3_BUCKET_NAME": BUCKET,
         "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
     }
     started = []
     try:
-        started.append(
-            processes.start(
-                [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(moto_port)],
-                home / "moto.log",
-                env,
-            )
-        )
-        processes.wait_for(lambda: processes.port_open(moto_port), 30, "moto server")
-        s3 = boto3.client(
-            "s3",
-            region_name="eu-central-1",
-            endpoint_url=env["AWS_ENDPOINT_URL"],
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-        s3.create_bucket(
-            Bucket=BUCKET, CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
-        )
-        started.append(
-            processes.start(
-                [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
-                home / "daemon.log",
-                env,
-                cwd=REPO,
-            )
-        )
-        started.append(
-            processes.start(
-                [
-                    str(BIN / "dagster-webserver"),
-                    "-w",
-                    "workspace.yaml",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(web_port),
-                ],
-                home / "webserver.log",
-                env,
-                cwd=REPO,
-            )
-        )
+        started.append(local_services.start_s3_server(moto_port, home / "moto.log", env))
+        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
+        started += local_services.start_dagster(home, env, REPO, web_port=web_port)
         yield {
             "env": env,
             "app": AppData(get_engine(app_url)),
-            "s3": s3,
             "home": home,
             "graphql": f"http://127.0.0.1:{web_port}/graphql",
             "web_port": web_port,

@@ -1,0 +1,69 @@
+"""Local stand-ins for production services, for the demo, the end-to-end tests and the
+benchmarks: a moto S3 server on loopback and Dagster's processes on one machine."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+
+from . import process_group
+
+BIN = Path(sys.executable).parent
+LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+
+
+def start_s3_server(port: int, log_path: Path, env) -> subprocess.Popen:
+    """moto's S3 server on 127.0.0.1:port, ready when this returns."""
+    server = process_group.start(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_path, env
+    )
+    process_group.wait_for(lambda: process_group.port_open(port), 30, f"the S3 server on {port}")
+    return server
+
+
+def create_bucket(endpoint_url: str, bucket: str, region: str = "eu-central-1") -> None:
+    s3 = boto3.client(
+        "s3",
+        region_name=region,
+        endpoint_url=endpoint_url,
+        **{
+            "aws_access_key_id": LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        },
+    )
+    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+
+
+def start_dagster(
+    home: Path, env, workdir: Path, web_port: int | None = None
+) -> list[subprocess.Popen]:
+    """dagster-daemon (and dagster-webserver if web_port) on workspace.yaml, separately."""
+    processes = [
+        process_group.start(
+            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            home / "daemon.log",
+            env,
+            cwd=workdir,
+        )
+    ]
+    if web_port:
+        processes.append(
+            process_group.start(
+                [
+                    str(BIN / "dagster-webserver"),
+                    "-w",
+                    "workspace.yaml",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(web_port),
+                ],
+                home / "webserver.log",
+                env,
+                cwd=workdir,
+            )
+        )
+    return processes
