@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint format clean
+.PHONY: install demo test bench lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -m "not soak"
+
+# Speed, memory, latency and backfill figures (see benchmarks/README.md); about 15 minutes.
+bench: install
+	mkdir -p .local/bench
+	$(BIN)/python benchmarks/export_benchmark.py --rows 100000 --rows 1000000 \
+		--json .local/bench/export.json
+	$(BIN)/python benchmarks/pipeline_benchmark.py --requests 10 --backfill 200 \
+		--json .local/bench/pipeline.json
 
 lint: install
 	$(BIN)/ruff check .

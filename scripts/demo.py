@@ -94,7 +94,6 @@ def main() -> int:
     env.update(
         AWS_ENDPOINT_URL=f"http://127.0.0.1:{s3_port}",
         **local_services.LOCAL_CREDENTIALS,
-        EXPORT_SENSOR_INTERVAL_SECONDS=env.get("EXPORT_SENSOR_INTERVAL_SECONDS", "2"),
     )
     Path(env["DAGSTER_HOME"]).mkdir(exist_ok=True)
     shutil.copy(REPO / "scripts" / "demo.dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml")

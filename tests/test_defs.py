@@ -72,3 +72,8 @@ def test_asset_declares_its_kinds_and_partitions():
     spec = next(iter(campaign_export.specs))
     assert spec.kinds == {"postgres", "pandas", "s3"}
     assert spec.partitions_def.name == "campaigns"
+
+
+def test_backfills_run_one_campaign_per_run_so_failures_stay_separate():
+    policy = campaign_export.backfill_policy
+    assert policy.max_partitions_per_run == 1

@@ -207,6 +207,9 @@ def record_export(
     kinds={"postgres", "pandas", "s3"},
     group_name="exports",
     hooks={remove_spool_on_failure},
+    # One run per campaign, also in backfills: a failing campaign fails its own run and
+    # export job only, and each run's memory is bounded by one campaign.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
     description="A campaign's terminal contacts and survey answers as a CSV file in S3, "
     "with a time-limited download link recorded on its export_jobs row.",
 )

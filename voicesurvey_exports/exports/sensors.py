@@ -14,7 +14,7 @@ from .resources import AppDatabase
 
 
 def build_export_requests_sensor(
-    interval_seconds: int = 5, batch_size: int = 50
+    interval_seconds: int = 2, batch_size: int = 50
 ) -> dg.SensorDefinition:
     @dg.sensor(
         name="export_requests_sensor",

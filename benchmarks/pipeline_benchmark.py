@@ -1,0 +1,226 @@
+"""Request-to-link latency and backfill throughput with the real daemon.
+
+    python benchmarks/pipeline_benchmark.py --requests 10 --backfill 200 --json pipeline.json
+
+Starts, on loopback: a moto S3 server, dagster-daemon and dagster-webserver on the root
+dagster.yaml (PostgreSQL instance storage, default run launcher), with fresh app and
+instance databases. Latency: insert a pending export_jobs row for a 100-contact
+campaign, as the app does, and time until it is completed; one request at a time.
+Backfill: launch a backfill of N small campaigns through the webserver's GraphQL API,
+as the UI does, and time until every export job is completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import psycopg2
+from sqlalchemy import text
+
+from voicesurvey_exports import local_services, process_group
+from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.migrations import upgrade
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "bench-pipeline"
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+PARTITION_KEYS = """
+{ assetNodes(assetKeys: [{path: ["campaign_export"]}]) {
+    partitionKeysByDimension { partitionKeys } } }"""
+
+
+def admin_execute(server_url: str, statement: str) -> None:
+    conn = psycopg2.connect(f"{server_url}/postgres")
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(statement)
+    conn.close()
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def add_campaign(engine, contacts: int) -> str:
+    campaign = str(uuid.uuid4())
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO campaigns (id, name) VALUES (:c, 'Bench')"), {"c": campaign})
+        conn.execute(
+            text(
+                "INSERT INTO contacts (campaign_id, phone_number, state, attempts_count) "
+                "SELECT :c, '+39', (ARRAY['completed','refused','not_reached']::contact_state[])"
+                "[1 + g % 3], 1 FROM generate_series(1, :n) g"
+            ),
+            {"c": campaign, "n": contacts},
+        )
+    return campaign
+
+
+def completed_count(engine, campaigns: list[str]) -> int:
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT count(*) FROM export_jobs WHERE status = 'completed' "
+                "AND campaign_id::text = ANY(:ids)"
+            ),
+            {"ids": campaigns},
+        ).scalar_one()
+
+
+def measure_latency(engine, requests: int) -> list[float]:
+    campaign = add_campaign(engine, 100)
+    latencies = []
+    for _ in range(requests):
+        job_id = uuid.uuid4()
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO export_jobs (id, campaign_id, status) VALUES (:id, :c, 'pending')"
+                ),
+                {"id": job_id, "c": campaign},
+            )
+        start = time.perf_counter()
+
+        def finished(job_id=job_id):
+            with engine.connect() as conn:
+                return conn.execute(
+                    text("SELECT status FROM export_jobs WHERE id = :id"), {"id": job_id}
+                ).scalar_one() in ("completed", "failed")
+
+        process_group.wait_for(finished, 120, "an export job", interval=0.05)
+        latencies.append(time.perf_counter() - start)
+        print(f"  request {len(latencies)}: {latencies[-1]:.2f} s", flush=True)
+    return latencies
+
+
+def measure_backfill(engine, graphql_url: str, campaigns_count: int, timeout: float) -> dict:
+    campaigns = [add_campaign(engine, 5) for _ in range(campaigns_count)]
+
+    def partitions_known():
+        nodes = graphql(graphql_url, PARTITION_KEYS)["data"]["assetNodes"]
+        keys = set(nodes[0]["partitionKeysByDimension"][0]["partitionKeys"]) if nodes else set()
+        return set(campaigns) <= keys
+
+    process_group.wait_for(partitions_known, 120, "the campaign partitions", interval=1)
+    start = time.perf_counter()
+    launched = graphql(
+        graphql_url,
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "assetSelection": [{"path": ["campaign_export"]}],
+                "partitionNames": campaigns,
+            }
+        },
+    )
+    if launched["data"]["launchPartitionBackfill"]["__typename"] != "LaunchBackfillSuccess":
+        raise SystemExit(f"error: backfill not launched: {launched}")
+    with contextlib.suppress(TimeoutError):
+        process_group.wait_for(
+            lambda: completed_count(engine, campaigns) >= campaigns_count,
+            timeout,
+            "the backfill",
+            interval=1,
+        )
+    seconds = time.perf_counter() - start
+    done = completed_count(engine, campaigns)
+    return {
+        "campaigns": campaigns_count,
+        "completed": done,
+        "seconds": round(seconds, 1),
+        "campaigns_per_minute": round(done / seconds * 60, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--backfill", type=int, default=200, help="campaigns (0 to skip)")
+    parser.add_argument("--backfill-timeout", type=float, default=900)
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="vse-pipeline-bench-"))
+    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    databases = [
+        f"vse_bench_app_{uuid.uuid4().hex[:8]}",
+        f"vse_bench_dagster_{uuid.uuid4().hex[:8]}",
+    ]
+    for database in databases:
+        admin_execute(args.postgres, f'CREATE DATABASE "{database}"')
+    app_url, instance_url = (f"{args.postgres}/{database}" for database in databases)
+    s3_port, web_port = process_group.free_port(), process_group.free_port()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_POSTGRES_URL": instance_url,
+        "DATABASE_URL": app_url,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+        **local_services.LOCAL_CREDENTIALS,
+        "S3_BUCKET_NAME": BUCKET,
+    }
+    engine = get_engine(app_url)
+    upgrade(engine)
+    started = []
+    try:
+        started.append(local_services.start_s3_server(s3_port, home / "moto.log", env))
+        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
+        started += local_services.start_dagster(home, env, REPO, web_port=web_port)
+        graphql_url = f"http://127.0.0.1:{web_port}/graphql"
+        process_group.wait_for(lambda: process_group.port_open(web_port), 120, "the webserver")
+        print("S3: local moto server on loopback; Dagster: daemon + webserver, root dagster.yaml")
+        report = {"s3_endpoint": "moto server on loopback"}
+        if args.requests:
+            print(f"request-to-link latency, 100-contact campaign, {args.requests} requests:")
+            latencies = measure_latency(engine, args.requests)
+            report["latency_seconds"] = {
+                "median": round(statistics.median(latencies), 2),
+                "all": [round(x, 2) for x in latencies],
+            }
+            print(f"median {report['latency_seconds']['median']:.2f} s")
+        if args.backfill:
+            print(f"backfill of {args.backfill} campaigns launched as the UI does...")
+            report["backfill"] = measure_backfill(
+                engine, graphql_url, args.backfill, args.backfill_timeout
+            )
+            b = report["backfill"]
+            print(
+                f"{b['completed']}/{b['campaigns']} export jobs completed in {b['seconds']} s "
+                f"({b['campaigns_per_minute']} campaigns per minute)"
+            )
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"written to {args.json}")
+    finally:
+        process_group.stop_all(started)
+        engine.dispose()
+        for database in databases:
+            admin_execute(args.postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        shutil.rmtree(home, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
