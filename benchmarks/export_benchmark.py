@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 import boto3
-import psycopg2
 
 from voicesurvey_exports import local_services, process_group
 from voicesurvey_exports.app_db.engine import get_engine
@@ -62,14 +61,6 @@ ANALYZE;
 """
 
 
-def admin_execute(server_url: str, statement: str) -> None:
-    conn = psycopg2.connect(f"{server_url}/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(statement)
-    conn.close()
-
-
 def empty_bucket() -> None:
     """Each run starts with an empty bucket: moto slows down as it holds more objects."""
     s3 = boto3.client("s3", region_name="eu-central-1")
@@ -94,7 +85,7 @@ def run_path(path: str, database_url: str, campaign_id: str, env: dict) -> dict:
 
 def measure(rows: int, repeat: int, server_url: str, env: dict) -> dict:
     database = f"vse_bench_{uuid.uuid4().hex[:8]}"
-    admin_execute(server_url, f'CREATE DATABASE "{database}"')
+    local_services.postgres_admin(server_url, f'CREATE DATABASE "{database}"')
     database_url = f"{server_url}/{database}"
     engine = get_engine(database_url)
     try:
@@ -136,7 +127,9 @@ def measure(rows: int, repeat: int, server_url: str, env: dict) -> dict:
         return results
     finally:
         engine.dispose()
-        admin_execute(server_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        local_services.postgres_admin(
+            server_url, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'
+        )
 
 
 def print_table(rows: int, results: dict) -> None:

@@ -21,11 +21,9 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
-import psycopg2
 from sqlalchemy import text
 
 from voicesurvey_exports import local_services, process_group
@@ -34,33 +32,6 @@ from voicesurvey_exports.app_db.migrations import upgrade
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-pipeline"
-
-LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}"""
-PARTITION_KEYS = """
-{ assetNodes(assetKeys: [{path: ["campaign_export"]}]) {
-    partitionKeysByDimension { partitionKeys } } }"""
-
-
-def admin_execute(server_url: str, statement: str) -> None:
-    conn = psycopg2.connect(f"{server_url}/postgres")
-    conn.autocommit = True
-    with conn.cursor() as cursor:
-        cursor.execute(statement)
-    conn.close()
-
-
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    body = json.dumps({"query": query, "variables": variables or {}}).encode()
-    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read())
 
 
 def add_campaign(engine, contacts: int) -> str:
@@ -118,25 +89,14 @@ def measure_latency(engine, requests: int) -> list[float]:
 def measure_backfill(engine, graphql_url: str, campaigns_count: int, timeout: float) -> dict:
     campaigns = [add_campaign(engine, 5) for _ in range(campaigns_count)]
 
-    def partitions_known():
-        nodes = graphql(graphql_url, PARTITION_KEYS)["data"]["assetNodes"]
-        keys = set(nodes[0]["partitionKeysByDimension"][0]["partitionKeys"]) if nodes else set()
-        return set(campaigns) <= keys
-
-    process_group.wait_for(partitions_known, 120, "the campaign partitions", interval=1)
-    start = time.perf_counter()
-    launched = graphql(
-        graphql_url,
-        LAUNCH_BACKFILL,
-        {
-            "params": {
-                "assetSelection": [{"path": ["campaign_export"]}],
-                "partitionNames": campaigns,
-            }
-        },
+    process_group.wait_for(
+        lambda: set(campaigns) <= local_services.campaign_partition_keys(graphql_url),
+        120,
+        "the campaign partitions",
+        interval=1,
     )
-    if launched["data"]["launchPartitionBackfill"]["__typename"] != "LaunchBackfillSuccess":
-        raise SystemExit(f"error: backfill not launched: {launched}")
+    start = time.perf_counter()
+    local_services.launch_backfill(graphql_url, campaigns)
     with contextlib.suppress(TimeoutError):
         process_group.wait_for(
             lambda: completed_count(engine, campaigns) >= campaigns_count,
@@ -170,7 +130,7 @@ def main() -> int:
         f"vse_bench_dagster_{uuid.uuid4().hex[:8]}",
     ]
     for database in databases:
-        admin_execute(args.postgres, f'CREATE DATABASE "{database}"')
+        local_services.postgres_admin(args.postgres, f'CREATE DATABASE "{database}"')
     app_url, instance_url = (f"{args.postgres}/{database}" for database in databases)
     s3_port, web_port = process_group.free_port(), process_group.free_port()
     env = {
@@ -217,7 +177,9 @@ def main() -> int:
         process_group.stop_all(started)
         engine.dispose()
         for database in databases:
-            admin_execute(args.postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            local_services.postgres_admin(
+                args.postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'
+            )
         shutil.rmtree(home, ignore_errors=True)
     return 0
 

@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
+from voicesurvey_exports.local_services import postgres_admin
 
 # Plain postgresql:// on purpose: the form operators write (see the README).
 POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
@@ -23,20 +24,10 @@ TEST_BUCKET = "test-exports"
 TEST_REGION = "eu-central-1"
 
 
-def _admin_execute(statement: str) -> None:
-    connection = psycopg2.connect(f"{POSTGRES_SERVER_URL}/postgres", connect_timeout=3)
-    try:
-        connection.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
-
-
 @pytest.fixture(scope="session")
 def postgres_server() -> str:
     try:
-        _admin_execute("SELECT 1")
+        postgres_admin(POSTGRES_SERVER_URL, "SELECT 1")
     except psycopg2.OperationalError as error:
         message = f"no PostgreSQL server at {POSTGRES_SERVER_URL}: {str(error).strip()}"
         if REQUIRE_POSTGRES:
@@ -52,13 +43,13 @@ def create_postgres_database(postgres_server):
 
     def create(purpose: str) -> str:
         name = f"vse_{purpose}_{uuid.uuid4().hex[:10]}"
-        _admin_execute(f'CREATE DATABASE "{name}"')
+        postgres_admin(POSTGRES_SERVER_URL, f'CREATE DATABASE "{name}"')
         created.append(name)
         return f"{postgres_server}/{name}"
 
     yield create
     for name in created:
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        postgres_admin(POSTGRES_SERVER_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

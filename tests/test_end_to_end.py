@@ -133,53 +133,19 @@ def test_pending_request_becomes_a_downloadable_csv(stack):
     assert parsed[1:] == expected
 
 
-LAUNCH_BACKFILL = """
-mutation($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}"""
-
-
 def test_backfill_of_fifty_campaigns_gives_fifty_completed_jobs(stack):
     app = stack["app"]
     campaigns = [str(app.campaign(f"Backfill {i}")) for i in range(50)]
     for campaign in campaigns:
         app.contact(uuid.UUID(campaign), "completed")
 
-    def partitions_known():
-        response = requests.post(
-            stack["graphql"],
-            json={
-                "query": """
-            { partitionSetsOrError: assetNodes(assetKeys: [{path: ["campaign_export"]}]) {
-                partitionKeysByDimension { partitionKeys } } }"""
-            },
-            timeout=30,
-        )
-        nodes = response.json().get("data", {}).get("partitionSetsOrError") or []
-        keys = set(nodes[0]["partitionKeysByDimension"][0]["partitionKeys"]) if nodes else set()
-        return set(campaigns) <= keys
-
-    processes.wait_for(partitions_known, 120, "the campaign partitions sensor", interval=2)
-    launched = requests.post(
-        stack["graphql"],
-        json={
-            "query": LAUNCH_BACKFILL,
-            "variables": {
-                "params": {
-                    "assetSelection": [{"path": ["campaign_export"]}],
-                    "partitionNames": campaigns,
-                }
-            },
-        },
-        timeout=60,
-    ).json()
-    assert launched["data"]["launchPartitionBackfill"]["__typename"] == "LaunchBackfillSuccess", (
-        launched
+    processes.wait_for(
+        lambda: set(campaigns) <= local_services.campaign_partition_keys(stack["graphql"]),
+        120,
+        "the campaign partitions sensor",
+        interval=2,
     )
+    local_services.launch_backfill(stack["graphql"], campaigns)
 
     def completed_backfill_jobs() -> int:
         with app.engine.connect() as conn:

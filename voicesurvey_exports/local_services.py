@@ -3,11 +3,14 @@ benchmarks: a moto S3 server on loopback and Dagster's processes on one machine.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import boto3
+import psycopg2
 
 from . import process_group
 
@@ -67,3 +70,57 @@ def start_dagster(
             )
         )
     return processes
+
+
+def postgres_admin(server_url: str, statement: str) -> None:
+    """Run CREATE/DROP DATABASE and the like on the server's postgres database."""
+    connection = psycopg2.connect(f"{server_url}/postgres", connect_timeout=3)
+    try:
+        connection.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+        with connection.cursor() as cursor:
+            cursor.execute(statement)
+    finally:
+        connection.close()
+
+
+LAUNCH_BACKFILL = """
+mutation($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+  }
+}"""
+PARTITION_KEYS = """
+{ assetNodes(assetKeys: [{path: ["campaign_export"]}]) {
+    partitionKeysByDimension { partitionKeys } } }"""
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    body = json.dumps({"query": query, "variables": variables or {}}).encode()
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
+
+
+def campaign_partition_keys(graphql_url: str) -> set[str]:
+    nodes = graphql(graphql_url, PARTITION_KEYS).get("data", {}).get("assetNodes") or []
+    return set(nodes[0]["partitionKeysByDimension"][0]["partitionKeys"]) if nodes else set()
+
+
+def launch_backfill(graphql_url: str, campaign_ids: list[str]) -> str:
+    """Backfill campaign_export over these campaigns the way the UI does; return its id."""
+    result = graphql(
+        graphql_url,
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "assetSelection": [{"path": ["campaign_export"]}],
+                "partitionNames": campaign_ids,
+            }
+        },
+    )
+    launched = result["data"]["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"backfill not launched: {launched}")
+    return launched["backfillId"]
