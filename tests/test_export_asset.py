@@ -219,11 +219,13 @@ def test_re_executing_a_failed_export_completes_the_same_job(
 def test_no_contact_data_is_left_on_local_disk_after_success_or_failure(
     instance, database_url, app_data, s3_client, tmp_path
 ):
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
     campaign = app_data.campaign()
     app_data.contact(campaign, "completed", external_contact_id="private")
-    ok = materialize_export(instance, database_url, campaign, spool_dir=str(tmp_path))
+    ok = materialize_export(instance, database_url, campaign, spool_dir=str(spool_dir))
     failed = materialize_export(
-        instance, database_url, campaign, spool_dir=str(tmp_path), bucket="no-such-bucket"
+        instance, database_url, campaign, spool_dir=str(spool_dir), bucket="no-such-bucket"
     )
     assert ok.success and not failed.success
-    assert list(tmp_path.iterdir()) == []
+    assert list(spool_dir.iterdir()) == []
