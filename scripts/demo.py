@@ -5,7 +5,8 @@ Starts, each in its own process group: a moto S3 server on loopback and `dg dev`
 .local/ unless $DATABASE_URL says otherwise. Seeds demo data once, submits one export
 as a campaign manager, prints how to fetch it, and stops everything on Ctrl-C.
 
-Environment: DEMO_HOME (default .local), DEMO_UI_PORT (3000), DEMO_S3_PORT (5001).
+Environment: DEMO_HOME (default .local), DEMO_UI_PORT (3000), DEMO_S3_PORT (5001),
+DEMO_API_PORT (8000, the HTTP API).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -22,6 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import jwt
 import psycopg2
 from sqlalchemy.engine import make_url
 
@@ -88,6 +91,7 @@ def main() -> int:
     home.mkdir(parents=True, exist_ok=True)
     ui_port = int(env.get("DEMO_UI_PORT", "3000"))
     s3_port = int(env.get("DEMO_S3_PORT", "5001"))
+    api_port = int(env.get("DEMO_API_PORT", "8000"))
     pid_file = home / "demo.pids"
     env.setdefault("DATABASE_URL", f"sqlite:///{home / 'app.db'}")
     env["DAGSTER_HOME"] = str(home / "dagster_home")
@@ -102,6 +106,11 @@ def main() -> int:
     stop_stale_processes(pid_file)
     require_free_port(s3_port, "DEMO_S3_PORT")
     require_free_port(ui_port, "DEMO_UI_PORT")
+    require_free_port(api_port, "DEMO_API_PORT")
+    # The HTTP API checks bearer tokens; the demo signs its own with a fresh secret.
+    env.setdefault("AUTH_ISSUER", "voicesurvey-demo")
+    env.setdefault("AUTH_AUDIENCE", "voicesurvey-exports")
+    env.setdefault("AUTH_JWT_SECRET", secrets.token_urlsafe(32))
     started: list[subprocess.Popen] = []
 
     def launch(command: list[str], log_name: str) -> None:
@@ -141,6 +150,10 @@ def main() -> int:
             flush=True,
         )
 
+        started.append(local_services.start_http_api(api_port, home / "api.log", env, REPO))
+        pid_file.write_text(json.dumps([process.pid for process in started]))
+        bearer = demo_token(env, "demo-manager")
+
         api = ExportRequests.from_settings(settings)
         job = api.request_export(LARGE_CAMPAIGN_ID, MANAGER_ID)
         print(
@@ -163,6 +176,8 @@ Export {job.id}: {job.status}, {job.total_records} rows{
   another:   source {env_file}
              {cli} request --campaign-id {LARGE_CAMPAIGN_ID} --user-id {MANAGER_ID}
              {cli} status JOB_ID --user-id {MANAGER_ID}
+  http:      curl -X POST -H "Authorization: Bearer {bearer}" \\
+               http://127.0.0.1:{api_port}/api/campaigns/{LARGE_CAMPAIGN_ID}/export
 Ctrl-C stops the demo.""",
             flush=True,
         )
@@ -178,6 +193,19 @@ Ctrl-C stops the demo.""",
     finally:
         process_group.stop_all(started)
         pid_file.unlink(missing_ok=True)
+
+
+def demo_token(env, subject: str) -> str:
+    """A day-long token for a demo user, signed with the demo's secret."""
+    now = int(time.time())
+    claims = {
+        "sub": subject,
+        "iss": env["AUTH_ISSUER"],
+        "aud": env["AUTH_AUDIENCE"],
+        "iat": now,
+        "exp": now + 24 * 3600,
+    }
+    return jwt.encode(claims, env["AUTH_JWT_SECRET"], algorithm="HS256")
 
 
 def _responds(url: str) -> bool:

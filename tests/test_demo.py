@@ -26,12 +26,22 @@ pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[1]
 CURL = re.compile(r'curl -o export\.csv "([^"]+)"')
+HTTP_CURL = re.compile(r'curl -X POST -H "Authorization: Bearer ([^"]+)"')
 
 
 class Demo:
-    def __init__(self, home: Path, ui_port: int, s3_port: int):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "DATABASE_URL"))}
-        env.update(DEMO_HOME=str(home), DEMO_UI_PORT=str(ui_port), DEMO_S3_PORT=str(s3_port))
+    def __init__(self, home: Path, ui_port: int, s3_port: int, api_port: int):
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "DATABASE_URL", "AUTH_"))
+        }
+        env.update(
+            DEMO_HOME=str(home),
+            DEMO_UI_PORT=str(ui_port),
+            DEMO_S3_PORT=str(s3_port),
+            DEMO_API_PORT=str(api_port),
+        )
         self.process = subprocess.Popen(
             [sys.executable, "scripts/demo.py"],
             cwd=REPO,
@@ -78,9 +88,11 @@ def alive_groups(pgids) -> list[int]:
 
 
 def test_demo_serves_a_download_restarts_after_a_crash_and_leaves_nothing(tmp_path):
-    ui_port, s3_port = process_group.free_port(), process_group.free_port()
-    first = Demo(tmp_path, ui_port, s3_port)
+    ports = [process_group.free_port() for _ in range(3)]
+    ui_port, s3_port, api_port = ports
+    first = Demo(tmp_path, *ports)
     url = first.wait_for_line(CURL).group(1)
+    bearer = first.wait_for_line(HTTP_CURL).group(1)
     first_groups = json.loads((tmp_path / "demo.pids").read_text())
 
     response = requests.get(url, timeout=30)
@@ -90,12 +102,19 @@ def test_demo_serves_a_download_restarts_after_a_crash_and_leaves_nothing(tmp_pa
     assert len(rows) - 1 == terminal_contacts(tmp_path / "app.db") > 10_000
     assert any(cell.startswith("'=") for row in rows for cell in row)  # the injection guard
     assert any("\n" in cell for row in rows for cell in row)
+    # The printed HTTP command works too.
+    created = requests.post(
+        f"http://127.0.0.1:{api_port}/api/campaigns/{LARGE_CAMPAIGN_ID}/export",
+        headers={"Authorization": f"Bearer {bearer}"},
+        timeout=30,
+    )
+    assert created.status_code == 202 and created.json()["status"] == "pending"
 
     # An unclean stop leaves the services running; the next start must clear them.
     first.process.kill()
     first.process.wait()
     assert alive_groups(first_groups)
-    second = Demo(tmp_path, ui_port, s3_port)
+    second = Demo(tmp_path, *ports)
     second.wait_for_line(CURL)
     assert any("demo data reused" in line for line in second.output)
     with sqlite3.connect(tmp_path / "app.db") as conn:
@@ -106,4 +125,4 @@ def test_demo_serves_a_download_restarts_after_a_crash_and_leaves_nothing(tmp_pa
     second.process.send_signal(signal.SIGINT)  # Ctrl-C
     assert second.process.wait(timeout=60) == 0
     assert not alive_groups(first_groups + second_groups)
-    assert not process_group.port_open(ui_port) and not process_group.port_open(s3_port)
+    assert not any(process_group.port_open(port) for port in ports)

@@ -22,6 +22,7 @@ from voicesurvey_exports.app_db.migrations import upgrade
 from voicesurvey_exports.exports.csv_format import CSV_COLUMNS
 
 from .conftest import AppData
+from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
@@ -35,7 +36,7 @@ def stack(create_postgres_database, tmp_path_factory):
     """moto server, dagster-daemon and dagster-webserver, as separate process groups."""
     home = tmp_path_factory.mktemp("dagster_home")
     shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    moto_port, web_port = processes.free_port(), processes.free_port()
+    moto_port, web_port, api_port = (processes.free_port() for _ in range(3))
     app_url = create_postgres_database("e2e_app")
     upgrade(get_engine(app_url))
     env = {
@@ -48,18 +49,23 @@ def stack(create_postgres_database, tmp_path_factory):
         "AWS_REGION": "eu-central-1",
         "S3_BUCKET_NAME": BUCKET,
         "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
+        "AUTH_ISSUER": ISSUER,
+        "AUTH_AUDIENCE": AUDIENCE,
+        "AUTH_JWT_SECRET": SECRET,
     }
     started = []
     try:
         started.append(local_services.start_s3_server(moto_port, home / "moto.log", env))
         local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
         started += local_services.start_dagster(home, env, REPO, web_port=web_port)
+        started.append(local_services.start_http_api(api_port, home / "api.log", env, REPO))
         yield {
             "env": env,
             "app": AppData(get_engine(app_url)),
             "home": home,
             "graphql": f"http://127.0.0.1:{web_port}/graphql",
             "web_port": web_port,
+            "api": f"http://127.0.0.1:{api_port}",
         }
     finally:
         processes.stop_all(started)
@@ -159,3 +165,30 @@ def test_backfill_of_fifty_campaigns_gives_fifty_completed_jobs(stack):
 
     processes.wait_for(lambda: completed_backfill_jobs() >= 50, 600, "50 backfill jobs", interval=3)
     assert completed_backfill_jobs() == 50
+
+
+def test_http_request_through_the_daemon_to_a_downloaded_file(stack):
+    """A campaign manager's client over real HTTP: request, poll, download."""
+    app = stack["app"]
+    manager = app.user("campaign_manager")
+    campaign = app.campaign("HTTP campaign")
+    for state in ("completed", "refused", "pending"):
+        contact = app.contact(campaign, state, external_contact_id=f"http-{state}")
+        app.response(contact, campaign, 'Sì, "grazie"\nciao')
+    headers = {"Authorization": f"Bearer {token(oidc_subject(app, manager))}"}
+
+    created = requests.post(f"{stack['api']}/api/campaigns/{campaign}/export", headers=headers)
+    assert created.status_code == 202, created.text
+    job_url = f"{stack['api']}/api/exports/{created.json()['job_id']}"
+
+    def finished():
+        job = requests.get(job_url, headers=headers, timeout=10).json()
+        return job if job["status"] in ("completed", "failed") else None
+
+    job = processes.wait_for(finished, 180, "the export over HTTP")
+    assert job["status"] == "completed", job["error_message"]
+    body = requests.get(job["download_url"], timeout=30).content.decode("utf-8")
+    rows = list(csv.reader(io.StringIO(body, newline="")))
+    assert rows[1:] == database_rows(app, campaign) and job["total_records"] == 2
+    unauthenticated = requests.get(job_url, timeout=10)
+    assert unauthenticated.status_code == 401

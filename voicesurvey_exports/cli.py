@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     refresh = commands.add_parser("refresh-url", help="re-sign a completed export's download URL")
     refresh.add_argument("job_id")
     refresh.add_argument("--user-id", required=True)
+    serve = commands.add_parser("serve", help="serve the export HTTP API (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+
+    commands.add_parser("openapi", help="print the HTTP API's OpenAPI document")
     return parser
 
 
@@ -57,6 +62,12 @@ def _run(args: argparse.Namespace) -> object:
         engine = get_engine(database_url)
         applied = upgrade(engine)
         return {"applied": applied, "version": current_version(engine), "latest": LATEST_VERSION}
+    if args.command == "openapi":
+        from .http.app import openapi_document
+
+        return openapi_document()
+    if args.command == "serve":
+        return _serve(args.host, args.port)
     api = ExportRequests.from_settings(Settings.from_env())
     if args.command == "request":
         return api.request_export(args.campaign_id, args.user_id).to_json()
@@ -65,6 +76,15 @@ def _run(args: argparse.Namespace) -> object:
     if args.command == "list":
         return [job.to_json() for job in api.list_exports(args.campaign_id, args.user_id)]
     return api.refresh_download_url(args.job_id, args.user_id).to_json()
+
+
+def _serve(host: str, port: int) -> None:
+    import uvicorn
+
+    from .http.app import create_app
+
+    app = create_app()  # validates every setting, token keys included, before listening
+    uvicorn.run(app, host=host, port=port, log_level="info")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         detail = one_line(str(getattr(error, "orig", None) or error))
         print(f"error: database: {detail}", file=sys.stderr)
         return 1
-    json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
-    sys.stdout.write("\n")
+    if result is not None:
+        json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
     return 0
 
 

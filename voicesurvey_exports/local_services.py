@@ -72,6 +72,18 @@ def start_dagster(
     return processes
 
 
+def start_http_api(port: int, log_path: Path, env, workdir: Path) -> subprocess.Popen:
+    """`voicesurvey-exports serve` on 127.0.0.1:port, ready when this returns."""
+    server = process_group.start(
+        [str(BIN / "voicesurvey-exports"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+        log_path,
+        env,
+        cwd=workdir,
+    )
+    process_group.wait_for(lambda: process_group.port_open(port), 60, f"the HTTP API on {port}")
+    return server
+
+
 def postgres_admin(server_url: str, statement: str) -> None:
     """Run CREATE/DROP DATABASE and the like on the server's postgres database."""
     connection = psycopg2.connect(f"{server_url}/postgres", connect_timeout=3)

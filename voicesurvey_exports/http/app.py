@@ -1,0 +1,135 @@
+"""The four export endpoints of the seed, as a router the app mounts and as a service.
+
+The endpoints only read and write export_jobs rows (through requests.ExportRequests);
+the Dagster pipeline does the exporting.
+"""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
+
+from ..app_db.schema import users
+from ..requests import ExportRequests, InvalidRequest, NotFound, PermissionDenied
+from ..settings import Settings
+from .auth import AuthSettings, InvalidToken, TokenVerifier
+from .schemas import ErrorResponse, ExportJobCreateResponse, ExportJobResponse
+
+_bearer = HTTPBearer(auto_error=False)
+ERRORS = {
+    401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
+    403: {"model": ErrorResponse, "description": "the user may not use exports"},
+    404: {"model": ErrorResponse, "description": "no such campaign or export job"},
+}
+
+
+def build_export_router(
+    api: ExportRequests | None = None, verifier: TokenVerifier | None = None
+) -> APIRouter:
+    """The router; by default configured from the environment (see the README)."""
+    api = api or ExportRequests.from_settings(Settings.from_env())
+    verifier = verifier or TokenVerifier(AuthSettings.from_env())
+    router = APIRouter(prefix="/api", tags=["exports"], responses=ERRORS)
+
+    def current_user(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> uuid.UUID:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "a bearer token is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            subject = verifier.subject(credentials.credentials)
+        except InvalidToken as error:
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED, str(error), headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+        # The role comes from the database, never from the token.
+        with api.engine.connect() as conn:
+            user_id = conn.execute(
+                select(users.c.id).where(users.c.oidc_subject == subject)
+            ).scalar_one_or_none()
+        if user_id is None:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"no user with subject {subject!r}")
+        return user_id
+
+    User = Annotated[uuid.UUID, Depends(current_user)]
+
+    def call(operation, *args):
+        try:
+            return operation(*args)
+        except PermissionDenied as error:
+            raise HTTPException(status.HTTP_403_FORBIDDEN, str(error)) from None
+        except NotFound as error:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+        except InvalidRequest as error:
+            raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+
+    def initiate_export(campaign_id: uuid.UUID, user_id: User) -> ExportJobCreateResponse:
+        job = call(api.request_export, campaign_id, user_id)
+        return ExportJobCreateResponse(
+            job_id=job.id,
+            campaign_id=job.campaign_id,
+            status=job.status,
+            created_at=job.created_at,
+            message=f"export requested; poll GET /api/exports/{job.id} for the download URL",
+        )
+
+    for method in ("GET", "POST"):  # GET as the app's client calls it; POST as it should be
+        router.add_api_route(
+            "/campaigns/{campaign_id}/export",
+            initiate_export,
+            methods=[method],
+            status_code=status.HTTP_202_ACCEPTED,
+            response_model=ExportJobCreateResponse,
+            summary="Request a CSV export of the campaign",
+            operation_id=f"initiate_export_{method.lower()}",
+        )
+
+    @router.get("/campaigns/{campaign_id}/exports", response_model=list[ExportJobResponse])
+    def list_exports(campaign_id: uuid.UUID, user_id: User) -> list[ExportJobResponse]:
+        """The campaign's export jobs, newest first."""
+        return [ExportJobResponse.of(job) for job in call(api.list_exports, campaign_id, user_id)]
+
+    @router.get("/exports/{job_id}", response_model=ExportJobResponse)
+    def get_export(job_id: uuid.UUID, user_id: User) -> ExportJobResponse:
+        """One export job: its status and, once completed, its download URL."""
+        return ExportJobResponse.of(call(api.get_export, job_id, user_id))
+
+    @router.post(
+        "/exports/{job_id}/refresh-url",
+        response_model=ExportJobResponse,
+        responses={409: {"model": ErrorResponse, "description": "the export is not completed"}},
+    )
+    def refresh_url(job_id: uuid.UUID, user_id: User) -> ExportJobResponse:
+        """Re-sign a completed export's file with a fresh expiry."""
+        return ExportJobResponse.of(call(api.refresh_download_url, job_id, user_id))
+
+    return router
+
+
+def create_app(api: ExportRequests | None = None, verifier: TokenVerifier | None = None) -> FastAPI:
+    """The standalone service (`voicesurvey-exports serve`)."""
+    app = FastAPI(
+        title="voicesurvey-exports",
+        version="1.0.0",
+        description="Campaign CSV exports (REQ-018): request, list, read and refresh.",
+    )
+    app.include_router(build_export_router(api, verifier))
+
+    @app.get("/healthz", include_in_schema=False)
+    def health() -> dict:
+        return {"status": "ok"}
+
+    return app
+
+
+def openapi_document() -> dict:
+    """The service's OpenAPI document, built without any configuration."""
+    unused = ExportRequests(engine=None, s3_client=None, bucket="-", url_ttl_seconds=1)
+    verifier = TokenVerifier(AuthSettings(issuer="-", audience="-", jwt_secret="-" * 32))
+    return create_app(unused, verifier).openapi()

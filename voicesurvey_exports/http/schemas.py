@@ -1,0 +1,53 @@
+"""Response models, named as in the seed (REQ-018)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel
+
+from ..app_db.export_jobs import ExportJob
+
+JobStatus = Literal["pending", "running", "completed", "failed"]
+
+
+class ExportJobResponse(BaseModel):
+    job_id: uuid.UUID
+    campaign_id: uuid.UUID
+    requested_by_user_id: uuid.UUID | None
+    status: JobStatus
+    total_records: int | None
+    download_url: str | None
+    url_expires_at: datetime | None
+    error_message: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+    @classmethod
+    def of(cls, job: ExportJob) -> ExportJobResponse:
+        return cls(
+            job_id=job.id,
+            campaign_id=job.campaign_id,
+            requested_by_user_id=job.requested_by_user_id,
+            status=job.status,
+            total_records=job.total_records,
+            download_url=job.download_url,
+            url_expires_at=job.url_expires_at,
+            error_message=job.error_message,
+            created_at=job.created_at,
+            completed_at=job.completed_at,
+        )
+
+
+class ExportJobCreateResponse(BaseModel):
+    job_id: uuid.UUID
+    campaign_id: uuid.UUID
+    status: JobStatus
+    created_at: datetime
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str
