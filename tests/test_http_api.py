@@ -260,3 +260,54 @@ def test_openapi_names_the_seed_models_and_endpoints():
         document["components"]["schemas"]
     )
     assert set(document["paths"]["/api/campaigns/{campaign_id}/export"]) == {"get", "post"}
+
+
+def test_rs256_tokens_verify_against_a_jwks_url(postgres_url, s3_client, app_data):
+    import http.server
+    import threading
+
+    private = rsa_key()
+    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    jwks = json.dumps({"keys": [{**public_jwk, "kid": "url-key", "use": "sig"}]}).encode()
+
+    class JwksHandler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(jwks)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), JwksHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = AuthSettings.from_env(
+            {
+                "AUTH_ISSUER": ISSUER,
+                "AUTH_AUDIENCE": AUDIENCE,
+                "AUTH_JWKS_URL": f"http://127.0.0.1:{server.server_port}/jwks.json",
+            }
+        )
+        api = ExportRequests(get_engine(postgres_url), s3_client, TEST_BUCKET, 600)
+        client = TestClient(create_app(api, TokenVerifier(settings)))
+        campaign, user_id = app_data.campaign(), app_data.user("admin")
+        now = int(time.time())
+        signed = jwt.encode(
+            {
+                "sub": oidc_subject(app_data, user_id),
+                "iss": ISSUER,
+                "aud": AUDIENCE,
+                "exp": now + 60,
+            },
+            private,
+            algorithm="RS256",
+            headers={"kid": "url-key"},
+        )
+        response = client.get(
+            f"/api/campaigns/{campaign}/exports", headers={"Authorization": f"Bearer {signed}"}
+        )
+        assert response.status_code == 200, response.text
+    finally:
+        server.shutdown()
