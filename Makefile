@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install demo test bench lint format clean
+.PHONY: install demo test soak bench lint format clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -m "not soak"
+
+# Long multi-process runs (hundreds of Dagster runs); CI runs them after `make test`.
+soak: install
+	$(BIN)/python -m pytest -m soak
 
 # Speed, memory, latency and backfill figures (see benchmarks/README.md); about 15 minutes.
 bench: install

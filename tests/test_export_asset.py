@@ -229,3 +229,17 @@ def test_no_contact_data_is_left_on_local_disk_after_success_or_failure(
     )
     assert ok.success and not failed.success
     assert list(spool_dir.iterdir()) == []
+
+
+def test_failed_run_that_dagster_will_retry_leaves_the_job_open(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "completed")
+    job_id = app_data.export_job(campaign, app_data.user())
+    result = materialize_export(instance, database_url, campaign, job_id, bucket="no-such-bucket")
+    instance.add_run_tags(result.run_id, {"dagster/will_retry": "true"})
+
+    run_failure_sensor(instance, result, database_url)
+
+    assert app_data.job_row(job_id)["status"] == "running"

@@ -87,11 +87,20 @@ def campaign_partitions_sensor(
     return dg.SensorResult(dynamic_partitions_requests=requests)
 
 
+# Set by Dagster on a failed run that run retries (dagster.yaml run_retries) will re-run.
+WILL_RETRY_TAG = "dagster/will_retry"
+
+
 def _export_job_id(context: dg.RunStatusSensorContext) -> uuid.UUID | None:
     # Re-read the run: a UI or backfill run tags itself after it starts.
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
     job_id = run.tags.get(EXPORT_JOB_TAG)
     return uuid.UUID(job_id) if job_id else None
+
+
+def _will_be_retried(context: dg.RunStatusSensorContext) -> bool:
+    run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
+    return run.tags.get(WILL_RETRY_TAG) == "true"
 
 
 # No monitored_jobs: runs from the UI and backfills use Dagster's implicit asset job,
@@ -104,6 +113,10 @@ def _export_job_id(context: dg.RunStatusSensorContext) -> uuid.UUID | None:
 def export_run_failure_sensor(context: dg.RunFailureSensorContext, app_db: AppDatabase) -> None:
     job_id = _export_job_id(context)
     if job_id is None:
+        return
+    if _will_be_retried(context):
+        # The retry run carries the same job tag and will complete or fail the job.
+        context.log.info(f"run will be retried; export job {job_id} stays open")
         return
     reason = reason_from_step_failures(context.get_step_failure_events()) or one_line(
         f"export run {context.dagster_run.run_id} failed: {context.failure_event.message}"

@@ -1,0 +1,164 @@
+"""deploy/: every configuration file passes Dagster's own validation, and the
+production layout runs as separate processes (gRPC code server, daemon, webserver)
+on one PostgreSQL instance database within its run queue limits."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from dagster import DagsterInstance
+from dagster._config import process_config
+from dagster._core.instance.config import dagster_instance_config
+from sqlalchemy import text
+
+from voicesurvey_exports import local_services
+from voicesurvey_exports import process_group as processes
+from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.migrations import upgrade
+
+from .conftest import AppData
+
+REPO = Path(__file__).resolve().parents[1]
+INSTANCE_FILES = [
+    REPO / "dagster.yaml",
+    REPO / "deploy/dagster-ecs.yaml",
+    REPO / "deploy/dagster-k8s.yaml",
+]
+BUCKET = "deploy-exports"
+
+
+@pytest.mark.parametrize("path", INSTANCE_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_instance_configuration_is_valid(path, tmp_path, monkeypatch):
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql://dagster@db/dagster")
+    shutil.copy(path, tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))  # the instance schema, env included
+    launcher = config.get("run_launcher")
+    if launcher:  # the launcher's own schema, without contacting ECS or Kubernetes
+        cls = getattr(importlib.import_module(launcher["module"]), launcher["class"])
+        result = process_config(cls.config_type(), launcher["config"])
+        assert result.success, [error.message for error in result.errors]
+
+
+@pytest.mark.parametrize("name", ["workspace.yaml", "deploy/workspace.yaml"])
+def test_workspace_files_name_the_code_location(name):
+    (entry,) = yaml.safe_load((REPO / name).read_text())["load_from"]
+    target = entry.get("python_module") or entry.get("grpc_server")
+    assert target["location_name"] == "voicesurvey_exports"
+
+
+def run_overlap(records) -> int:
+    """The most runs that were ever in progress at once, from Dagster's run records."""
+    edges = []
+    for record in records:
+        if record.start_time and record.end_time:
+            edges += [(record.start_time, 1), (record.end_time, -1)]
+    current = peak = 0
+    for _, step in sorted(edges, key=lambda edge: (edge[0], edge[1])):
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+@pytest.mark.e2e
+@pytest.mark.soak  # about 4 minutes: runs in `make soak`, which CI runs too
+def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_limits(
+    create_postgres_database, tmp_path, monkeypatch
+):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    instance_config = yaml.safe_load((REPO / "deploy/dagster-ecs.yaml").read_text())
+    instance_config.pop("run_launcher")  # the default launcher stands in for ECS
+    limit = 4  # low enough that 100 requests must queue
+    instance_config["concurrency"]["runs"]["max_concurrent_runs"] = limit
+    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
+    code_port, web_port, s3_port = (processes.free_port() for _ in range(3))
+    workspace = yaml.safe_load((REPO / "deploy/workspace.yaml").read_text())
+    workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=code_port)
+    (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
+
+    app_url = create_postgres_database("deploy_app")
+    upgrade(get_engine(app_url))
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "DAGSTER_POSTGRES_URL": create_postgres_database("deploy_dagster"),
+        "DATABASE_URL": app_url,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+        **local_services.LOCAL_CREDENTIALS,
+        "S3_BUCKET_NAME": BUCKET,
+        "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
+    }
+    bin_dir = local_services.BIN
+    started = []
+    try:
+        started.append(local_services.start_s3_server(s3_port, home / "moto.log", env))
+        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
+        started.append(
+            processes.start(
+                [
+                    str(bin_dir / "dagster"),
+                    "code-server",
+                    "start",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(code_port),
+                    "-m",
+                    "voicesurvey_exports.definitions",
+                    "--location-name",
+                    "voicesurvey_exports",
+                ],
+                home / "code-server.log",
+                env,
+                cwd=REPO,
+            )
+        )
+        processes.wait_for(lambda: processes.port_open(code_port), 120, "the code server")
+        started += local_services.start_dagster(home, env, tmp_path, web_port=web_port)
+
+        app = AppData(get_engine(app_url))
+        manager = app.user("campaign_manager")
+        campaigns = [app.campaign(f"Deploy {i}") for i in range(10)]
+        for campaign in campaigns:
+            app.contact(campaign, "completed")
+        with app.engine.begin() as conn:
+            for i in range(100):
+                conn.execute(
+                    text(
+                        "INSERT INTO export_jobs (id, campaign_id, requested_by_user_id) "
+                        "VALUES (:id, :campaign, :user)"
+                    ),
+                    {"id": uuid.uuid4(), "campaign": campaigns[i % 10], "user": manager},
+                )
+
+        def counts():
+            with app.engine.connect() as conn:
+                return dict(
+                    conn.execute(
+                        text("SELECT status, count(*) FROM export_jobs GROUP BY status")
+                    ).all()
+                )
+
+        processes.wait_for(
+            lambda: counts().get("completed") == 100, 900, "100 completed export jobs", interval=3
+        )
+        assert processes.port_open(web_port)
+    finally:
+        processes.stop_all(started)
+
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", env["DAGSTER_POSTGRES_URL"])
+    with DagsterInstance.from_config(str(home)) as instance:
+        records = instance.get_run_records()
+    assert len(records) == 100
+    assert all(record.dagster_run.is_success for record in records)
+    assert 1 < run_overlap(records) <= limit
+    by_campaign: dict[str, list] = {}
+    for record in records:
+        by_campaign.setdefault(record.dagster_run.tags["dagster/partition"], []).append(record)
+    assert max(run_overlap(runs) for runs in by_campaign.values()) <= 2
