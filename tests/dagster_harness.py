@@ -16,12 +16,18 @@ from .conftest import TEST_BUCKET, TEST_REGION
 
 
 def export_resources(
-    database_url: str, bucket: str = TEST_BUCKET, ttl: int = 3600, spool_dir: str | None = None
+    database_url: str,
+    bucket: str = TEST_BUCKET,
+    ttl: int = 3600,
+    spool_dir: str | None = None,
+    kms_key_id: str | None = None,
 ) -> dict:
     return {
         "app_db": AppDatabase(database_url=database_url),
         "s3": S3Resource(region_name=TEST_REGION),
-        "destination": ExportDestination(bucket=bucket, prefix="exports/", url_ttl_seconds=ttl),
+        "destination": ExportDestination(
+            bucket=bucket, prefix="exports/", url_ttl_seconds=ttl, kms_key_id=kms_key_id
+        ),
         "spool": SpoolStorage(base_dir=spool_dir) if spool_dir else SpoolStorage(),
         "io_manager": dg.InMemoryIOManager(),
     }

@@ -243,3 +243,48 @@ def test_failed_run_that_dagster_will_retry_leaves_the_job_open(
     run_failure_sensor(instance, result, database_url)
 
     assert app_data.job_row(job_id)["status"] == "running"
+
+
+def test_objects_use_sse_kms_with_a_configured_key(instance, postgres_url, s3_client):
+    from voicesurvey_exports.app_db.engine import get_engine
+
+    from .conftest import AppData
+
+    app_data = AppData(get_engine(postgres_url))
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "completed")
+    key_id = "arn:aws:kms:eu-central-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    assert materialize_export(instance, postgres_url, campaign, job_id, kms_key_id=key_id).success
+
+    head = s3_client.head_object(Bucket=TEST_BUCKET, Key=app_data.job_row(job_id)["s3_key"])
+    assert (head["ServerSideEncryption"], head["SSEKMSKeyId"]) == ("aws:kms", key_id)
+
+
+def test_run_logs_and_events_hold_no_contact_data_or_download_links(
+    instance, database_url, app_data, s3_client, caplog, capfd
+):
+    campaign = app_data.campaign()
+    secrets = ["+390551234567", "private.person@example.org", "ext-secret-77", "risposta segreta"]
+    contact = app_data.contact(
+        campaign,
+        "completed",
+        phone_number=secrets[0],
+        email=secrets[1],
+        external_contact_id=secrets[2],
+    )
+    app_data.response(contact, campaign, secrets[3])
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    assert materialize_export(instance, database_url, campaign, job_id).success
+
+    url = app_data.job_row(job_id)["download_url"]
+    records = instance.all_logs(instance.get_runs()[0].run_id)
+    captured = capfd.readouterr()
+    everything = "\n".join(
+        [repr(record) for record in records] + [caplog.text, captured.out, captured.err]
+    )
+    assert url and "Signature" in url
+    for forbidden in [*secrets, url, url.split("?", 1)[1], "X-Amz-Signature"]:
+        assert forbidden not in everything, forbidden

@@ -39,6 +39,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
                 bucket=settings.s3_bucket_name,
                 prefix=settings.s3_export_prefix,
                 url_ttl_seconds=settings.url_ttl_seconds,
+                kms_key_id=settings.kms_key_id,
             ),
             "spool": SpoolStorage(base_dir=settings.spool_dir),
             # Ops hand each other paths and counts; nothing is written to Dagster's storage.

@@ -44,6 +44,7 @@ class Settings:
     sensor_interval_seconds: int
     sensor_batch_size: int
     spool_dir: str
+    kms_key_id: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -75,6 +76,7 @@ class Settings:
                 "EXPORT_SENSOR_BATCH_SIZE", env["EXPORT_SENSOR_BATCH_SIZE"], 1, 1000
             ),
             spool_dir=validate_spool_dir(env.get("EXPORT_SPOOL_DIR") or tempfile.gettempdir()),
+            kms_key_id=env.get("S3_SSE_KMS_KEY_ID") or None,
         )
 
 

@@ -34,12 +34,21 @@ TRANSFER_CONFIG = TransferConfig(
 )
 
 
-def upload_csv_file(s3_client, path: Path, bucket: str, key: str) -> None:
+def encryption_args(kms_key_id: str | None) -> dict:
+    """SSE-S3 (AES256) by default; SSE-KMS with the given key when one is configured."""
+    if kms_key_id:
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
+    return {"ServerSideEncryption": SERVER_SIDE_ENCRYPTION}
+
+
+def upload_csv_file(
+    s3_client, path: Path, bucket: str, key: str, kms_key_id: str | None = None
+) -> None:
     s3_client.upload_file(
         str(path),
         bucket,
         key,
-        ExtraArgs={"ContentType": CSV_CONTENT_TYPE, "ServerSideEncryption": SERVER_SIDE_ENCRYPTION},
+        ExtraArgs={"ContentType": CSV_CONTENT_TYPE, **encryption_args(kms_key_id)},
         Config=TRANSFER_CONFIG,
     )
 

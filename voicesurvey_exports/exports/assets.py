@@ -149,7 +149,9 @@ def upload_csv(
     """Upload the file to its private, encrypted object; return the object key."""
     key = object_key(destination.prefix, target.campaign_id, target.export_job_id)
     try:
-        upload_csv_file(s3.get_client(), Path(rendered.path), destination.bucket, key)
+        upload_csv_file(
+            s3.get_client(), Path(rendered.path), destination.bucket, key, destination.kms_key_id
+        )
     except Exception as error:
         attempts = context.retry_number + 1
         if attempts <= UPLOAD_RETRY_POLICY.max_retries:

@@ -22,3 +22,5 @@ class ExportDestination(dg.ConfigurableResource):
     bucket: str
     prefix: str = "exports/"
     url_ttl_seconds: int = 3600
+    # SSE-KMS key for the objects; unset means SSE-S3 (AES256).
+    kms_key_id: str | None = None
