@@ -4,16 +4,17 @@ from urllib.parse import parse_qs, urlparse
 
 import dagster as dg
 import pytest
+from dagster_aws.s3 import S3Resource
 from sqlalchemy import select
 
 from voicesurvey_exports.app_db.schema import export_jobs
-from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG
+from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG, campaign_export
 from voicesurvey_exports.exports.csv_format import CSV_COLUMNS
 from voicesurvey_exports.exports.resources import AppDatabase
 from voicesurvey_exports.exports.sensors import export_run_failure_sensor
 
-from .conftest import TEST_BUCKET
-from .dagster_harness import materialize_export
+from .conftest import TEST_BUCKET, TEST_REGION
+from .dagster_harness import export_resources, materialize_export
 
 
 @pytest.fixture
@@ -288,3 +289,61 @@ def test_run_logs_and_events_hold_no_contact_data_or_download_links(
     assert url and "Signature" in url
     for forbidden in [*secrets, url, url.split("?", 1)[1], "X-Amz-Signature"]:
         assert forbidden not in everything, forbidden
+
+
+class S3FailingOnPart(S3Resource):
+    """The real S3 client, with the service failing one multipart UploadPart call."""
+
+    fail_part: int = 2
+
+    def get_client(self):
+        client = super().get_client()
+
+        def fail(params, **_):
+            if params.get("PartNumber") == self.fail_part:
+                raise ConnectionError(f"connection reset while uploading part {self.fail_part}")
+
+        client.meta.events.register("before-parameter-build.s3.UploadPart", fail)
+        return client
+
+
+def test_upload_failing_part_way_leaves_no_partial_object_and_no_link(
+    instance, postgres_url, s3_client
+):
+    from sqlalchemy import text
+
+    from voicesurvey_exports.app_db.engine import get_engine
+
+    from .conftest import AppData
+
+    app_data = AppData(get_engine(postgres_url))
+    campaign = app_data.campaign()
+    with app_data.engine.begin() as conn:  # about 20 MB of CSV: three multipart parts
+        conn.execute(
+            text("""
+            INSERT INTO contacts (campaign_id, external_contact_id, phone_number, state)
+            SELECT :c, repeat('x', 300) || g, '+39', 'refused' FROM generate_series(1, 60000) g
+        """),
+            {"c": campaign},
+        )
+    job_id = app_data.export_job(campaign, app_data.user())
+    instance.add_dynamic_partitions("campaigns", [str(campaign)])
+    resources = export_resources(postgres_url) | {"s3": S3FailingOnPart(region_name=TEST_REGION)}
+
+    result = dg.materialize(
+        [campaign_export],
+        partition_key=str(campaign),
+        instance=instance,
+        resources=resources,
+        tags={EXPORT_JOB_TAG: str(job_id)},
+        raise_on_error=False,
+    )
+    run_failure_sensor(instance, result, postgres_url)
+
+    job = app_data.job_row(job_id)
+    key = f"exports/{campaign}/{job_id}.csv"
+    assert job["status"] == "failed" and job["download_url"] is None
+    assert job["error_message"].startswith(f"upload to s3://{TEST_BUCKET}/{key} failed after 3")
+    assert "connection reset while uploading part 2" in job["error_message"]
+    assert s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("KeyCount") == 0
+    assert not s3_client.list_multipart_uploads(Bucket=TEST_BUCKET).get("Uploads")
