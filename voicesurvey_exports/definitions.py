@@ -7,6 +7,7 @@ from dagster_aws.s3 import S3Resource
 
 from .exports.assets import campaign_export, campaign_export_job
 from .exports.resources import AppDatabase, ExportDestination
+from .exports.retention import export_retention_job, export_retention_schedule
 from .exports.sensors import (
     build_export_requests_sensor,
     campaign_partitions_sensor,
@@ -20,7 +21,8 @@ from .settings import Settings
 def build_defs(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
         assets=[campaign_export],
-        jobs=[campaign_export_job],
+        jobs=[campaign_export_job, export_retention_job],
+        schedules=[export_retention_schedule],
         sensors=[
             build_export_requests_sensor(
                 settings.sensor_interval_seconds, settings.sensor_batch_size
@@ -40,6 +42,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
                 prefix=settings.s3_export_prefix,
                 url_ttl_seconds=settings.url_ttl_seconds,
                 kms_key_id=settings.kms_key_id,
+                retention_days=settings.retention_days,
             ),
             "spool": SpoolStorage(base_dir=settings.spool_dir),
             # Ops hand each other paths and counts; nothing is written to Dagster's storage.

@@ -99,11 +99,13 @@ class ExportRequests:
         with self.engine.begin() as conn:
             self._authorize(conn, user_id)
             job = self._job(conn, job_id)
-            if job.status != "completed" or not job.s3_key:
+            if job.status != "completed":
                 raise InvalidRequest(
                     f"export job {job_id} is {job.status}: only a completed export has a "
                     "download URL to refresh"
                 )
+            if not job.s3_key:
+                raise InvalidRequest(f"export job {job_id} has no file: {job.error_message}")
             campaign = self._campaign(conn, job.campaign_id)
             url, expires_at = presigned_download_url(
                 self.s3_client,

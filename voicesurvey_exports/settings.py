@@ -26,6 +26,7 @@ DEFAULTS = {
     "AWS_REGION": "eu-central-1",
     "EXPORT_SENSOR_INTERVAL_SECONDS": "2",
     "EXPORT_SENSOR_BATCH_SIZE": "50",
+    "EXPORT_RETENTION_DAYS": "30",
 }
 
 
@@ -45,6 +46,7 @@ class Settings:
     sensor_batch_size: int
     spool_dir: str
     kms_key_id: str | None = None
+    retention_days: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -77,6 +79,9 @@ class Settings:
             ),
             spool_dir=validate_spool_dir(env.get("EXPORT_SPOOL_DIR") or tempfile.gettempdir()),
             kms_key_id=env.get("S3_SSE_KMS_KEY_ID") or None,
+            retention_days=parse_int_setting(
+                "EXPORT_RETENTION_DAYS", env["EXPORT_RETENTION_DAYS"], 1, 3650
+            ),
         )
 
 

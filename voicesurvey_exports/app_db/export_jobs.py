@@ -201,3 +201,27 @@ def update_download_url(
         .where(export_jobs.c.id == job_id)
         .values(download_url=download_url, url_expires_at=url_expires_at)
     )
+
+
+def completed_before(conn: Connection, cutoff: datetime, limit: int) -> list[ExportJob]:
+    """Completed jobs older than the cutoff whose file has not been deleted yet."""
+    rows = conn.execute(
+        select(export_jobs)
+        .where(
+            export_jobs.c.status == "completed",
+            export_jobs.c.s3_key.is_not(None),
+            export_jobs.c.completed_at < cutoff,
+        )
+        .order_by(export_jobs.c.completed_at)
+        .limit(limit)
+    )
+    return [ExportJob.from_row(row) for row in rows]
+
+
+def mark_file_deleted(conn: Connection, job_id: uuid.UUID, message: str) -> None:
+    """The file is gone: clear the key and the link so that nobody is handed a dead link."""
+    conn.execute(
+        export_jobs.update()
+        .where(export_jobs.c.id == job_id)
+        .values(s3_key=None, download_url=None, url_expires_at=None, error_message=message)
+    )

@@ -24,3 +24,5 @@ class ExportDestination(dg.ConfigurableResource):
     url_ttl_seconds: int = 3600
     # SSE-KMS key for the objects; unset means SSE-S3 (AES256).
     kms_key_id: str | None = None
+    # Files (and their links) are deleted this many days after the export completed.
+    retention_days: int = 30

@@ -1,0 +1,65 @@
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from voicesurvey_exports.exports.resources import AppDatabase, ExportDestination
+from voicesurvey_exports.exports.retention import export_retention_job, export_retention_schedule
+from voicesurvey_exports.requests import ExportRequests, InvalidRequest
+
+from .conftest import TEST_BUCKET, TEST_REGION
+
+
+def completed_job(app_data, s3_client, days_ago: float):
+    campaign = app_data.campaign()
+    key = f"exports/{campaign}/{days_ago}.csv"
+    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
+    done = datetime.now(UTC) - timedelta(days=days_ago)
+    job = app_data.export_job(
+        campaign,
+        app_data.user(),
+        status="completed",
+        s3_key=key,
+        download_url="https://link",
+        url_expires_at=done + timedelta(hours=1),
+        total_records=0,
+        completed_at=done,
+    )
+    return job, key
+
+
+def test_files_past_retention_are_deleted_and_their_links_cleared(
+    database_url, app_data, s3_client
+):
+    old, old_key = completed_job(app_data, s3_client, days_ago=31)
+    recent, recent_key = completed_job(app_data, s3_client, days_ago=29)
+
+    result = export_retention_job.execute_in_process(
+        resources={
+            "app_db": AppDatabase(database_url=database_url),
+            "s3": S3Resource(region_name=TEST_REGION),
+            "destination": ExportDestination(bucket=TEST_BUCKET, retention_days=30),
+        }
+    )
+
+    assert result.success and result.output_for_node("delete_expired_exports") == 1
+    keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", [])}
+    assert keys == {recent_key}
+    expired = app_data.job_row(old)
+    assert (expired["status"], expired["s3_key"], expired["download_url"]) == (
+        "completed",
+        None,
+        None,
+    )
+    assert expired["error_message"].startswith("the file was deleted after 30 days")
+    assert app_data.job_row(recent)["download_url"] == "https://link"
+
+    api = ExportRequests(app_data.engine, s3_client, TEST_BUCKET, 600)
+    with pytest.raises(InvalidRequest, match="has no file: the file was deleted after 30 days"):
+        api.refresh_download_url(old, app_data.user("admin"))
+
+
+def test_retention_runs_daily_by_default():
+    assert export_retention_schedule.cron_schedule == "15 3 * * *"
+    assert export_retention_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
