@@ -347,3 +347,56 @@ def test_upload_failing_part_way_leaves_no_partial_object_and_no_link(
     assert "connection reset while uploading part 2" in job["error_message"]
     assert s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("KeyCount") == 0
     assert not s3_client.list_multipart_uploads(Bucket=TEST_BUCKET).get("Uploads")
+
+
+def test_database_connection_dropped_mid_extract_is_retried_then_fails_cleanly(
+    instance, postgres_url, s3_client
+):
+    """Every extract attempt loses its connection (pg_terminate_backend while COPY waits
+    on a lock): the op is retried, then the job fails with the reason; nothing is left."""
+    import threading
+
+    import psycopg2
+
+    from voicesurvey_exports.app_db.engine import get_engine
+
+    from .conftest import AppData
+
+    app_data = AppData(get_engine(postgres_url))
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "completed")
+    job_id = app_data.export_job(campaign, app_data.user())
+    locker = psycopg2.connect(postgres_url)
+    locker.cursor().execute("LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE")  # COPY will wait
+    done = threading.Event()
+    terminated = []
+
+    def drop_copy_connections():
+        killer = psycopg2.connect(postgres_url)
+        killer.autocommit = True
+        while not done.wait(0.05):
+            with killer.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND query LIKE 'COPY (SELECT%'"
+                )
+                terminated.extend(row for row in cursor.fetchall() if row[0])
+        killer.close()
+
+    thread = threading.Thread(target=drop_copy_connections)
+    thread.start()
+    try:
+        result = materialize_export(instance, postgres_url, campaign, job_id)
+    finally:
+        done.set()
+        thread.join()
+        locker.rollback()
+        locker.close()
+    run_failure_sensor(instance, result, postgres_url)
+
+    assert not result.success and len(terminated) == 3  # the first try and two retries
+    job = app_data.job_row(job_id)
+    assert job["status"] == "failed" and job["download_url"] is None
+    assert job["error_message"].startswith("extract_terminal_contacts failed: ")
+    assert "terminat" in job["error_message"] and "\n" not in job["error_message"]
+    assert s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("KeyCount") == 0

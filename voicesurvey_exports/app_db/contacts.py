@@ -13,6 +13,7 @@ import uuid
 from typing import BinaryIO
 
 import pandas as pd
+import psycopg2
 from sqlalchemy import Engine, Select, select, text
 from sqlalchemy.dialects import postgresql
 
@@ -64,7 +65,13 @@ def copy_terminal_contacts(engine: Engine, campaign_id: uuid.UUID, spool: Binary
             conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
             conn.execute(text("SET LOCAL DateStyle = 'ISO, YMD'"))
             cursor = conn.connection.dbapi_connection.cursor()
-            cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", spool)
+            try:
+                cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", spool)
+            except psycopg2.OperationalError:
+                # The server dropped the connection: discard it rather than roll it back,
+                # so that the caller sees this error, not "connection already closed".
+                conn.invalidate()
+                raise
         return
     text_spool = io.TextIOWrapper(spool, encoding="utf-8", newline="")
     try:

@@ -25,10 +25,12 @@ def reason_from_step_failures(step_failures: Sequence[dg.DagsterEvent]) -> str |
         if data.user_failure_data and data.user_failure_data.description:
             return one_line(data.user_failure_data.description)
         error = data.error
-        while error is not None and error.cause is not None:
-            error = error.cause
+        # Dagster wraps the op's exception; the root cause is what a person can act on.
+        while error is not None and (error.cause or error.context) is not None:
+            error = error.cause or error.context
         if error is not None:
             # The message starts with the exception's module path; keep class and text.
             message = error.message.split(": ", 1)[-1] if ": " in error.message else error.message
-            return one_line(f"{event.step_key} failed: {error.cls_name}: {message}")
+            op_name = event.step_key.rsplit(".", 1)[-1]  # graph asset steps are asset.op
+            return one_line(f"{op_name} failed: {error.cls_name}: {message}")
     return None
