@@ -92,6 +92,10 @@ def test_object_is_private_encrypted_csv_with_a_named_attachment_link(
     head = s3_client.head_object(Bucket=TEST_BUCKET, Key=job["s3_key"])
     assert head["ContentType"] == "text/csv; charset=utf-8"
     assert head["ServerSideEncryption"] == "AES256"
+    grants = s3_client.get_object_acl(Bucket=TEST_BUCKET, Key=job["s3_key"])["Grants"]
+    assert [grant["Permission"] for grant in grants] == ["FULL_CONTROL"]  # the owner only
+    assert all("URI" not in grant["Grantee"] for grant in grants)  # no AllUsers group
+    assert str(job_id) in job["s3_key"]  # the random job UUID: keys cannot be guessed
     query = parse_qs(urlparse(job["download_url"]).query)
     disposition = query["response-content-disposition"][0]
     assert disposition.startswith('attachment; filename="Umfrage-Fruhling-2026-')

@@ -132,3 +132,24 @@ def test_timestamps_are_truncated_to_whole_seconds_in_utc(engine, app_data, tmp_
         copy_terminal_contacts(engine, campaign, spool_file)
     render_spool(spool, streamed)
     assert parse(streamed.read_bytes())[1][5] == "2026-05-01T23:59:59Z"
+
+
+def test_megabyte_answers_rtl_marks_emoji_and_nul_read_back_exactly(engine, app_data, tmp_path):
+    campaign = app_data.campaign()
+    huge = "é" * 500_000 + "\n" + "x" * 500_000  # longer than a reader block
+    # PostgreSQL text cannot hold NUL; SQLite (the demo) can, so it must survive too.
+    external = "nul\x00inside" if engine.dialect.name == "sqlite" else "no-nul"
+    contact = app_data.contact(campaign, "completed", external_contact_id=external)
+    app_data.response(contact, campaign, huge, "\u202eright-to-left\u200f", "😀🎉")
+    spool, streamed = tmp_path / "spool.csv", tmp_path / "export.csv"
+    with open(spool, "wb") as spool_file:
+        copy_terminal_contacts(engine, campaign, spool_file)
+    render_spool(spool, streamed)
+
+    previous = csv.field_size_limit(10**8)  # Python's csv module stops at 128 KiB by default
+    try:
+        row = parse(streamed.read_bytes())[1]
+    finally:
+        csv.field_size_limit(previous)
+    assert row[2] == external
+    assert row[7:10] == [huge, "\u202eright-to-left\u200f", "😀🎉"]

@@ -87,15 +87,32 @@ def format_spool_batch(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
+# A row longer than a block (answers can be megabytes) needs bigger blocks.
+MAX_SPOOL_BLOCK_BYTES = 512 * 1024 * 1024
+
+
 def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
     """Stream the raw spool into the export CSV, batch by batch."""
     if spool_path.stat().st_size == 0:  # no terminal contacts: a header-only file
         csv_path.write_bytes(HEADER)
         return RenderStats(0, len(HEADER), {})
+    block_bytes = SPOOL_BLOCK_BYTES
+    while True:
+        try:
+            return _render_spool(spool_path, csv_path, block_bytes)
+        except pa.ArrowInvalid as error:
+            # Arrow cannot split a row across blocks: start again with blocks big
+            # enough for the longest row. Only campaigns with huge answers pay for it.
+            if "straddl" not in str(error) or block_bytes >= MAX_SPOOL_BLOCK_BYTES:
+                raise
+            block_bytes *= 8
+
+
+def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderStats:
     reader = pa_csv.open_csv(
         spool_path,
         read_options=pa_csv.ReadOptions(
-            column_names=list(CSV_COLUMNS), block_size=SPOOL_BLOCK_BYTES
+            column_names=list(CSV_COLUMNS), block_size=block_bytes
         ),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
