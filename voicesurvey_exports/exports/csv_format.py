@@ -111,9 +111,7 @@ def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
 def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderStats:
     reader = pa_csv.open_csv(
         spool_path,
-        read_options=pa_csv.ReadOptions(
-            column_names=list(CSV_COLUMNS), block_size=block_bytes
-        ),
+        read_options=pa_csv.ReadOptions(column_names=list(CSV_COLUMNS), block_size=block_bytes),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
         convert_options=pa_csv.ConvertOptions(
             column_types=SPOOL_COLUMN_TYPES,
