@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from collections.abc import Mapping
 
 import dagster as dg
 
@@ -91,16 +92,16 @@ def campaign_partitions_sensor(
 WILL_RETRY_TAG = "dagster/will_retry"
 
 
-def _export_job_id(context: dg.RunStatusSensorContext) -> uuid.UUID | None:
-    # Re-read the run: a UI or backfill run tags itself after it starts.
+def _current_tags(context: dg.RunStatusSensorContext) -> Mapping[str, str]:
+    # Re-read the run: a UI or backfill run tags itself after it starts, and Dagster
+    # adds the will-retry tag after the failure.
     run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
-    job_id = run.tags.get(EXPORT_JOB_TAG)
+    return run.tags
+
+
+def _export_job_id(tags: Mapping[str, str]) -> uuid.UUID | None:
+    job_id = tags.get(EXPORT_JOB_TAG)
     return uuid.UUID(job_id) if job_id else None
-
-
-def _will_be_retried(context: dg.RunStatusSensorContext) -> bool:
-    run = context.instance.get_run_by_id(context.dagster_run.run_id) or context.dagster_run
-    return run.tags.get(WILL_RETRY_TAG) == "true"
 
 
 # No monitored_jobs: runs from the UI and backfills use Dagster's implicit asset job,
@@ -111,10 +112,11 @@ def _will_be_retried(context: dg.RunStatusSensorContext) -> bool:
     description="Marks an export job failed, with a one-line reason, when its run fails.",
 )
 def export_run_failure_sensor(context: dg.RunFailureSensorContext, app_db: AppDatabase) -> None:
-    job_id = _export_job_id(context)
+    tags = _current_tags(context)
+    job_id = _export_job_id(tags)
     if job_id is None:
         return
-    if _will_be_retried(context):
+    if tags.get(WILL_RETRY_TAG) == "true":
         # The retry run carries the same job tag and will complete or fail the job.
         context.log.info(f"run will be retried; export job {job_id} stays open")
         return
@@ -132,7 +134,7 @@ def export_run_failure_sensor(context: dg.RunFailureSensorContext, app_db: AppDa
     description="Marks an export job failed when its run is cancelled.",
 )
 def export_run_canceled_sensor(context: dg.RunStatusSensorContext, app_db: AppDatabase) -> None:
-    job_id = _export_job_id(context)
+    job_id = _export_job_id(_current_tags(context))
     if job_id is None:
         return
     with app_db.engine.begin() as conn:
