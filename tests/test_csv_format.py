@@ -4,15 +4,26 @@ import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 import pytest
 
 from voicesurvey_exports.app_db.contacts import write_spool_rows
+from voicesurvey_exports.exports import csv_format
 from voicesurvey_exports.exports.csv_format import CSV_COLUMNS, render_rows, render_spool
+
+from .test_csv_properties import (
+    DISGUISES,
+    FORMULA_TRIGGERS,
+    NULL_MARKER_WORDS,
+    assert_cell_shows,
+    read_export,
+)
 
 
 def render_streaming(rows: pd.DataFrame, tmp_path) -> bytes:
     spool, out = tmp_path / "spool.csv", tmp_path / "out.csv"
-    with open(spool, "w", encoding="utf-8", newline="") as spool_file:
+    with open(spool, "wb") as spool_file:
         write_spool_rows(rows, spool_file)
     stats = render_spool(spool, out)
     body = out.read_bytes()
@@ -113,3 +124,123 @@ def test_ids_and_counts_are_plain_text(render_csv):
         "completed",
         "2",
     ]
+
+
+def test_words_that_csv_readers_take_for_null_read_back_exactly(render_csv):
+    # "N/A", "NULL", "NaN", "#N/A", "None", "<NA>"...: answers, not missing values.
+    words = [variant for word in NULL_MARKER_WORDS for variant in (word, word.lower(), f" {word}")]
+    body = render_csv(
+        rows(
+            *({"external_contact_id": word, "q1_answer": word, "q3_answer": word} for word in words)
+        )
+    )
+    parsed = parse(body)[1:]
+    # Those starting with "-" ("-NaN", " -1.#IND") also get the formula guard.
+    expected = ["'" + word if word.lstrip().startswith("-") else word for word in words]
+    assert [row[2] for row in parsed] == expected
+    assert [row[7] for row in parsed] == expected
+    assert [row[9] for row in parsed] == expected
+
+
+def test_streamed_file_keeps_empty_text_apart_from_null(tmp_path):
+    body = render_streaming(
+        rows({"external_contact_id": "", "q1_answer": None, "q2_answer": "", "q3_answer": "NA"}),
+        tmp_path,
+    )
+    line = body.split(b"\r\n")[1]
+    assert line.startswith(b'"00000000-0000-0000-0000-000000000001",')
+    # external_contact_id '', completed_at and q1 NULL, q2 '': '' is quoted, NULL is not.
+    assert line.endswith(b',"","completed",2,"2026-11-16T09:49:55Z",,,"","NA"')
+    row = read_export(body)[0]
+    assert [row["external_contact_id"], row["q1_answer"], row["q2_answer"], row["q3_answer"]] == [
+        "",
+        None,
+        "",
+        "NA",
+    ]
+
+
+def test_formula_triggers_in_every_disguise_are_neutralised(render_csv):
+    # Every character NFKC folds to = + - @ (full-width, small, super/subscript), U+2212,
+    # and each behind whitespace, NBSP, zero-width and bidi characters, or a mix of them.
+    disguises = ["", *DISGUISES, "  ", " \u200b\u00a0", "\ufeff\u202e ", "\u3000\u2060\u200f"]
+    dangerous = [
+        disguise + trigger + "1+1" for trigger in FORMULA_TRIGGERS for disguise in disguises
+    ]
+    assert {"\uff1d", "\ufe66", "\ufe62", "\ufe63", "\ufe6b", "\u207a", "\u208c", "\u2212"} <= set(
+        FORMULA_TRIGGERS
+    )
+    parsed = parse(
+        render_csv(rows(*({"external_contact_id": text, "q2_answer": text} for text in dangerous)))
+    )
+    assert [row[2] for row in parsed[1:]] == ["'" + text for text in dangerous]
+    assert [row[8] for row in parsed[1:]] == ["'" + text for text in dangerous]
+    for text, row in zip(dangerous, parsed[1:], strict=True):
+        assert_cell_shows(row[8], text)
+
+
+@pytest.mark.parametrize(
+    "dtype", [pd.ArrowDtype(pa.string()), "string[pyarrow]", "string[python]", object]
+)
+def test_formula_guard_is_the_same_rule_for_every_string_type(dtype):
+    # Arrow-backed strings match in RE2, the others in Python's re: one pattern, one rule.
+    texts = [" =1", "\u200b+1", "＝1", "\u2212 2", "\t", "\u00a0x", "a=b", "", None]
+    guarded = csv_format.guard_formula(pd.Series(texts, dtype=dtype))
+    assert [None if pd.isna(cell) else cell for cell in guarded] == [
+        "' =1",
+        "'\u200b+1",
+        "'＝1",
+        "'\u2212 2",
+        "'\t",
+        "\u00a0x",
+        "a=b",
+        "",
+        None,
+    ]
+
+
+def test_text_that_only_looks_odd_is_not_prefixed(render_csv):
+    harmless = [
+        " a = b",
+        "\u00a0hello",
+        "\u200bword",
+        "\ufeffBOM first",
+        "\u200fright-to-left",
+        "１２３ full-width digits",
+        "a@b.example",
+        "'already quoted",
+        "5-3",
+        " ",
+        "\u00a0\u200b",
+        "",
+    ]
+    parsed = parse(render_csv(rows(*({"q1_answer": text} for text in harmless))))
+    assert [row[7] for row in parsed[1:]] == harmless
+
+
+def test_largest_reader_block_is_one_arrow_accepts():
+    # Arrow's block_size is an int32: 2 GiB raises OverflowError.
+    largest = csv_format.MAX_SPOOL_BLOCK_BYTES
+    assert largest >= 512 * 1024 * 1024
+    assert pa_csv.ReadOptions(block_size=largest).block_size == largest
+
+
+def test_row_longer_than_the_largest_block_fails_with_a_clear_error(tmp_path, monkeypatch):
+    """Without a gigabyte file: Arrow gets 4 KiB blocks whatever size render_spool asks
+    for, so a 10 KB row is "too long" for every block size it tries."""
+    asked = []
+    open_csv = pa_csv.open_csv
+
+    def open_csv_with_small_blocks(source, read_options, **kwargs):
+        asked.append(read_options.block_size)
+        read_options.block_size = 4096
+        return open_csv(source, read_options=read_options, **kwargs)
+
+    monkeypatch.setattr(csv_format.pa_csv, "open_csv", open_csv_with_small_blocks)
+    with pytest.raises(ValueError) as raised:
+        render_streaming(rows({"q1_answer": "x" * 10_000}), tmp_path)
+    message = str(raised.value)
+    assert "\n" not in message and "1 GiB" in message and "row" in message
+    # It grew the blocks up to the largest Arrow accepts, then stopped.
+    assert asked[0] == csv_format.SPOOL_BLOCK_BYTES
+    assert asked == sorted(asked) and asked[-1] == csv_format.MAX_SPOOL_BLOCK_BYTES

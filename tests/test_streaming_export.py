@@ -11,6 +11,8 @@ import pandas as pd
 from voicesurvey_exports.app_db.contacts import copy_terminal_contacts, terminal_contacts_query
 from voicesurvey_exports.exports.csv_format import CSV_COLUMNS, render_rows, render_spool
 
+from .test_csv_properties import NULL_MARKER_WORDS, read_export
+
 AWKWARD_TEXT = [
     'She said "yes", then "no"',
     "line one\nline two\r\nline three\rend",
@@ -23,6 +25,22 @@ AWKWARD_TEXT = [
     "\rcarriage",
     "\nnewline first",
     "\u200fright-to-left mark",
+    # Words CSV readers take for NULL by default: answers like any other here.
+    "N/A",
+    "null",
+    "NaN",
+    "#N/A",
+    "None",
+    "<NA>",
+    "-nan",
+    # Formulas in disguise: behind spaces, NBSP, zero-width or bidi characters, full-width.
+    " =1+1",
+    "\u00a0+1",
+    "\u200b@SUM(A1)",
+    "\u202e-2",
+    "＝HYPERLINK(1)",
+    "﹣3",
+    "\u2212 4",
     "",
     "   spaces   ",
     "x" * 10_000,
@@ -70,6 +88,33 @@ def test_streaming_file_parses_to_exactly_the_reference_rows(engine, app_data, t
     expected_time = "2026-03-29T08:30:07Z" if offset != UTC else "2026-03-29T01:30:07Z"
     assert by_id['\'=HYPERLINK("http://evil")'][5] == expected_time
     assert "'\nnewline first" in by_id and "line one\nline two\r\nline three\rend" in by_id
+    assert {"N/A", "null", "#N/A", "None", "'-nan", "' =1+1", "'\u200b@SUM(A1)"} <= set(by_id)
+
+
+def test_null_words_and_empty_text_read_back_apart_from_null(engine, app_data, tmp_path):
+    """Only SQL NULL is an (unquoted) empty field; '' and "N/A"-like words are text."""
+    campaign = app_data.campaign()
+    stored = {}
+    for word in [*NULL_MARKER_WORDS, ""]:
+        contact = app_data.contact(campaign, "completed", external_contact_id=word)
+        app_data.response(contact, campaign, word, None, word.lower())
+        stored[str(contact)] = [word, word, None, word.lower()]
+    contact = app_data.contact(campaign, "refused", external_contact_id=None)  # no response
+    stored[str(contact)] = [None, None, None, None]
+    spool, streamed = tmp_path / "spool.csv", tmp_path / "export.csv"
+    with open(spool, "wb") as spool_file:
+        copy_terminal_contacts(engine, campaign, spool_file)
+    render_spool(spool, streamed)
+
+    exported = {
+        row["contact_id"]: [row[column] for column in (CSV_COLUMNS[2], *CSV_COLUMNS[7:10])]
+        for row in read_export(streamed.read_bytes())
+    }
+    guarded = {  # "-NaN" and the like start with "-": they get the formula guard
+        contact: [f"'{text}" if text and text.startswith("-") else text for text in texts]
+        for contact, texts in stored.items()
+    }
+    assert exported == guarded
 
 
 def test_empty_campaign_streams_a_header_only_file(engine, app_data, tmp_path):

@@ -1,19 +1,21 @@
 """The export's one query: a campaign's contacts in a terminal state, with their answers.
 
 Its rows go to a raw CSV spool: the CSV columns in CSV order, no header, NULL as an
-unquoted empty field, timestamps in UTC as PostgreSQL's ISO output writes them
-("2026-11-16 09:49:55+00", possibly with fractional seconds). exports.csv_format
-turns the spool into the export file.
+unquoted empty field and the empty string as a quoted one (``""``), timestamps in UTC as
+PostgreSQL's ISO output writes them ("2026-11-16 09:49:55+00", possibly with fractional
+seconds). exports.csv_format turns the spool into the export file; it reads nothing but
+an unquoted empty field as NULL, so text like "N/A" or "NULL" stays text.
 """
 
 from __future__ import annotations
 
-import io
 import uuid
 from typing import BinaryIO
 
 import pandas as pd
 import psycopg2
+import pyarrow as pa
+import pyarrow.csv as pa_csv
 from sqlalchemy import Engine, Select, select, text
 from sqlalchemy.dialects import postgresql
 
@@ -73,22 +75,30 @@ def copy_terminal_contacts(engine: Engine, campaign_id: uuid.UUID, spool: Binary
                 conn.invalidate()
                 raise
         return
-    text_spool = io.TextIOWrapper(spool, encoding="utf-8", newline="")
-    try:
-        with engine.connect() as conn:
-            for chunk in pd.read_sql(query, conn, chunksize=SQLITE_CHUNK_ROWS):
-                write_spool_rows(chunk, text_spool)
-    finally:
-        text_spool.flush()
-        text_spool.detach()  # leave the caller's file open
+    with engine.connect() as conn:
+        for chunk in pd.read_sql(query, conn, chunksize=SQLITE_CHUNK_ROWS):
+            write_spool_rows(chunk, spool)
 
 
-def write_spool_rows(rows: pd.DataFrame, spool: io.TextIOBase) -> None:
-    frame = rows.copy()
-    for column in ("campaign_id", "contact_id"):
-        frame[column] = frame[column].map(str)
-    for column in ("last_attempt_at", "completed_at"):
-        # SQLite hands back naive datetimes; everything stored is UTC.
-        frame[column] = pd.to_datetime(frame[column], utc=True).dt.strftime("%Y-%m-%d %H:%M:%S+00")
-    # CRLF as the line end makes to_csv quote any cell holding a CR or an LF.
-    frame.to_csv(spool, index=False, header=False, lineterminator="\r\n", na_rep="")
+def write_spool_rows(rows: pd.DataFrame, spool: BinaryIO) -> None:
+    """Append rows (the query's columns, in order) to the spool in COPY's CSV dialect."""
+    columns = {}
+    for column in rows.columns:
+        if column == "attempts_count":
+            columns[column] = pa.array(rows[column], type=pa.int64(), from_pandas=True)
+            continue
+        values = rows[column]
+        if column in ("campaign_id", "contact_id"):
+            values = values.map(str)
+        elif column in ("last_attempt_at", "completed_at"):
+            # SQLite hands back naive datetimes; everything stored is UTC.
+            values = pd.to_datetime(values, utc=True).dt.strftime("%Y-%m-%d %H:%M:%S+00")
+        columns[column] = pa.array(values, type=pa.string(), from_pandas=True)
+    # Arrow's writer quotes every text cell and leaves NULL an unquoted empty field, so ''
+    # stays apart from NULL. (pandas' to_csv writes both as an empty field, and Python 3.11's
+    # csv module cannot quote all but NULL.)
+    pa_csv.write_csv(
+        pa.table(columns),
+        spool,
+        write_options=pa_csv.WriteOptions(include_header=False, eol="\r\n"),
+    )

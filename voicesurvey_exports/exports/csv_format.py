@@ -1,7 +1,8 @@
 """The export CSV: columns, cell formatting and the formula-injection guard.
 
 UTF-8, a header row, RFC 4180 quoting with CRLF row ends; timestamps as ISO 8601
-UTC with a ``Z``; NULL as an empty field.
+UTC with a ``Z``; NULL as an empty field. Stored text reads back exactly, apart from
+the ``'`` that guards a cell a spreadsheet would run as a formula.
 
 Two renderers produce files that parse to the same rows:
 - ``render_spool`` streams: it reads the extract's raw CSV spool in small Arrow
@@ -17,6 +18,7 @@ import contextlib
 import csv
 import ctypes
 import io
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,17 +43,100 @@ UUID_COLUMNS = ("campaign_id", "contact_id")
 TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at")
 # Cells that people or callers typed: the only ones that can carry a formula.
 FREE_TEXT_COLUMNS = ("external_contact_id", "q1_answer", "q2_answer", "q3_answer")
-# OWASP CSV injection: a spreadsheet treats a cell starting with one of these as a
-# formula (LF included: some spreadsheets skip a leading newline and then see "=").
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r", "\n")
 INJECTION_GUARD = "'"
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
+
+# OWASP CSV injection: a spreadsheet runs a cell whose first character is one of these
+# as a formula. U+2212 MINUS SIGN too, which some spreadsheets take for "-".
+FORMULA_STARTS = ("=", "+", "-", "@", "\u2212")
+# Tab, CR and LF start a guarded cell as well: some spreadsheets skip them, then see "=".
+LEADING_CONTROL = ("\t", "\r", "\n")
+# Code points that Unicode's Default_Ignorable_Code_Point property adds to the control and
+# format characters (variation selectors, Hangul fillers, tag and reserved ranges): they
+# show nothing. unicodedata does not expose the property, so its few ranges are listed.
+_DEFAULT_IGNORABLE_EXTRA = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x2060, 0x206F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
+)
+
+
+# The Unicode planes scanned for the characters below: the others hold only CJK ideographs
+# (2, 3), nothing yet (4-13) or private use (15, 16). Three planes, not all seventeen,
+# keep the import-time scan at about 40 ms.
+_SCANNED_PLANES = (0, 1, 14)
+
+
+def _formula_code_points() -> tuple[list[int], list[int]]:
+    """(characters a spreadsheet may skip or not show before a formula, formula triggers)
+
+    Computed from the running Python's Unicode data rather than typed in, so that no
+    full-width, small or super/subscript form of a trigger is forgotten: spreadsheets
+    fold those with NFKC ("＝1+1" runs as "=1+1").
+    """
+    skipped = {cp for low, high in _DEFAULT_IGNORABLE_EXTRA for cp in range(low, high + 1)}
+    triggers = {ord(char) for char in FORMULA_STARTS + LEADING_CONTROL}
+    for plane in _SCANNED_PLANES:
+        for cp in range(plane << 16, (plane + 1) << 16):
+            char = chr(cp)
+            # Whitespace (NBSP, U+3000...), control and format characters (ZWSP U+200B, word
+            # joiner U+2060, BOM U+FEFF, LRM/RLM and the other bidi marks): invisible.
+            if char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp"):
+                skipped.add(cp)
+            # Only characters with a decomposition can fold to something else under NFKC.
+            if unicodedata.decomposition(char) and unicodedata.normalize("NFKC", char).startswith(
+                FORMULA_STARTS
+            ):
+                triggers.add(cp)
+    # Tab, CR and LF are triggers themselves, so not skipped.
+    return sorted(skipped - triggers), sorted(triggers)
+
+
+def _regex_class(code_points: list[int]) -> str:
+    """A character class that Python's re and RE2 (Arrow's regex engine) read alike.
+
+    RE2 lacks \\uXXXX escapes, and pandas falls back to slow Python matching for them:
+    so ASCII as \\xHH (no raw controls or class metacharacters), the rest literally.
+    """
+    ranges: list[list[int]] = []
+    for cp in code_points:
+        if ranges and cp == ranges[-1][1] + 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+
+    def one(cp: int) -> str:
+        return f"\\x{cp:02x}" if cp < 0x80 else chr(cp)
+
+    return "[" + "".join(one(a) if a == b else f"{one(a)}-{one(b)}" for a, b in ranges) + "]"
+
+
+_SKIPPED, _TRIGGERS = _formula_code_points()
+# A cell starts a formula when its first character that is not skipped is a trigger.
+# Anchored: the engine looks no further than the first visible character.
+FORMULA_PATTERN = f"^{_regex_class(_SKIPPED)}*{_regex_class(_TRIGGERS)}"
 
 # The raw spool written by app_db.contacts.copy_terminal_contacts (format described there).
 SPOOL_COLUMN_TYPES = {column: pa.string() for column in CSV_COLUMNS} | {
     "attempts_count": pa.int64()
 }
+# How the spool is read. Only an unquoted empty field is NULL: by default Arrow also
+# reads "N/A", "NULL", "NaN", "#N/A"... as NULL, which would silently blank such answers;
+# and a quoted empty field is the empty string ''.
+SPOOL_CONVERT_OPTIONS = pa_csv.ConvertOptions(
+    column_types=SPOOL_COLUMN_TYPES,
+    null_values=[""],
+    strings_can_be_null=True,
+    quoted_strings_can_be_null=False,
+)
 # The reader's buffers grow with the block size (about +50 MB peak RSS at 256 KiB, +100 MB
 # at 1 MiB); per-batch pandas overhead grows as blocks shrink. 512 KiB balances the two
 # (benchmarks/export_benchmark.py).
@@ -66,11 +151,15 @@ class RenderStats:
 
 
 def guard_formula(series: pd.Series) -> pd.Series:
-    """Prefix free-text cells that a spreadsheet would run as a formula with ``'``."""
-    starts_formula = series.str.startswith(FORMULA_PREFIXES)
+    """Prefix free-text cells that a spreadsheet would run as a formula with ``'``.
+
+    The one rule for both renderers. On Arrow-backed strings ``str.match`` runs in RE2
+    over the whole batch, no Python loop; NULL stays NULL.
+    """
+    starts_formula = series.str.match(FORMULA_PATTERN).fillna(False).astype(bool)
     if not starts_formula.any():  # the usual case: skip the copy
         return series
-    return series.where(~starts_formula.fillna(False).astype(bool), INJECTION_GUARD + series)
+    return series.where(~starts_formula, INJECTION_GUARD + series)
 
 
 def iso_utc_from_spool(series: pd.Series) -> pd.Series:
@@ -87,8 +176,24 @@ def format_spool_batch(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-# A row longer than a block (answers can be megabytes) needs bigger blocks.
-MAX_SPOOL_BLOCK_BYTES = 512 * 1024 * 1024
+# A row longer than a block (answers can be megabytes) needs bigger blocks. Arrow's
+# block_size is an int32: 1 GiB is the largest power of two it accepts.
+MAX_SPOOL_BLOCK_BYTES = 1024 * 1024 * 1024
+SPOOL_BLOCK_GROWTH = 8
+
+
+class RowTooLongError(ValueError):
+    """A spool row is longer than the largest block Arrow's CSV reader can take."""
+
+
+def next_block_bytes(block_bytes: int) -> int:
+    """The block size to retry with after a row straddled blocks of ``block_bytes``."""
+    if block_bytes >= MAX_SPOOL_BLOCK_BYTES:
+        raise RowTooLongError(
+            f"a row of the export is longer than {MAX_SPOOL_BLOCK_BYTES // (1 << 30)} GiB, "
+            "the largest block Arrow's CSV reader accepts; the CSV cannot be rendered"
+        )
+    return min(block_bytes * SPOOL_BLOCK_GROWTH, MAX_SPOOL_BLOCK_BYTES)
 
 
 def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
@@ -103,9 +208,11 @@ def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
         except pa.ArrowInvalid as error:
             # Arrow cannot split a row across blocks: start again with blocks big
             # enough for the longest row. Only campaigns with huge answers pay for it.
-            if "straddl" not in str(error) or block_bytes >= MAX_SPOOL_BLOCK_BYTES:
+            if "straddl" not in str(error):
                 raise
-            block_bytes *= 8
+        # Outside the except block, so that a RowTooLongError is the whole story (a
+        # failed job shows the root cause of an error, which Arrow's message is not).
+        block_bytes = next_block_bytes(block_bytes)
 
 
 def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderStats:
@@ -113,11 +220,7 @@ def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderS
         spool_path,
         read_options=pa_csv.ReadOptions(column_names=list(CSV_COLUMNS), block_size=block_bytes),
         parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-        convert_options=pa_csv.ConvertOptions(
-            column_types=SPOOL_COLUMN_TYPES,
-            strings_can_be_null=True,
-            quoted_strings_can_be_null=False,
-        ),
+        convert_options=SPOOL_CONVERT_OPTIONS,
     )
     outcomes: Counter[str] = Counter()
     rows = 0
