@@ -29,7 +29,7 @@ def export_resources(
             bucket=bucket, prefix="exports/", url_ttl_seconds=ttl, kms_key_id=kms_key_id
         ),
         "spool": SpoolStorage(base_dir=spool_dir) if spool_dir else SpoolStorage(),
-        "io_manager": dg.InMemoryIOManager(),
+        "io_manager": dg.FilesystemIOManager(),
     }
 
 
@@ -50,3 +50,25 @@ def materialize_export(
         tags={EXPORT_JOB_TAG: str(export_job_id)} if export_job_id else None,
         raise_on_error=False,
     )
+
+
+def run_status_sensor_resources(database_url: str, bucket: str = TEST_BUCKET) -> dict:
+    """What the failure and cancellation sensors need: the job rows and the bucket."""
+    resources = export_resources(database_url, bucket=bucket)
+    return {key: resources[key] for key in ("app_db", "s3", "destination")}
+
+
+def run_failure_sensor(
+    instance, result: dg.ExecuteInProcessResult, database_url: str, bucket: str = TEST_BUCKET
+) -> None:
+    """Evaluate export_run_failure_sensor on a failed run, as the daemon would."""
+    from voicesurvey_exports.exports.sensors import export_run_failure_sensor
+
+    context = dg.build_run_status_sensor_context(
+        sensor_name="export_run_failure_sensor",
+        dagster_instance=instance,
+        dagster_run=result.dagster_run,
+        dagster_event=result.get_run_failure_event(),
+        resources=run_status_sensor_resources(database_url, bucket),
+    ).for_run_failure()
+    export_run_failure_sensor(context)

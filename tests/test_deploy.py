@@ -5,6 +5,7 @@ on one PostgreSQL instance database within its run queue limits."""
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import shutil
 import uuid
@@ -22,7 +23,7 @@ from voicesurvey_exports import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
 
-from .conftest import AppData
+from .conftest import TEST_BUCKET, AppData
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCE_FILES = [
@@ -50,6 +51,21 @@ def test_workspace_files_name_the_code_location(name):
     (entry,) = yaml.safe_load((REPO / name).read_text())["load_from"]
     target = entry.get("python_module") or entry.get("grpc_server")
     assert target["location_name"] == "voicesurvey_exports"
+
+
+def test_lifecycle_rule_expires_exports_after_retention_and_aborts_stale_uploads(s3_client):
+    from voicesurvey_exports.settings import DEFAULTS
+
+    rules = json.loads((REPO / "deploy/s3-lifecycle.json").read_text())
+    s3_client.put_bucket_lifecycle_configuration(  # S3 (moto) accepts it as written
+        Bucket=TEST_BUCKET, LifecycleConfiguration=rules
+    )
+    (rule,) = s3_client.get_bucket_lifecycle_configuration(Bucket=TEST_BUCKET)["Rules"]
+    assert rule["Status"] == "Enabled"
+    assert rule["Filter"]["Prefix"] == DEFAULTS["S3_EXPORT_PREFIX"]
+    # A backstop: later than the retention job, so a live link is never expired by it.
+    assert rule["Expiration"]["Days"] > int(DEFAULTS["EXPORT_RETENTION_DAYS"])
+    assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
 
 
 def run_overlap(records) -> int:

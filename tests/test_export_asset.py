@@ -10,11 +10,9 @@ from sqlalchemy import select
 from voicesurvey_exports.app_db.schema import export_jobs
 from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG, campaign_export
 from voicesurvey_exports.exports.csv_format import CSV_COLUMNS
-from voicesurvey_exports.exports.resources import AppDatabase
-from voicesurvey_exports.exports.sensors import export_run_failure_sensor
 
 from .conftest import TEST_BUCKET, TEST_REGION
-from .dagster_harness import export_resources, materialize_export
+from .dagster_harness import export_resources, materialize_export, run_failure_sensor
 
 
 @pytest.fixture
@@ -26,17 +24,6 @@ def instance():
 def read_export(s3_client, key: str) -> list[dict]:
     body = s3_client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read().decode("utf-8")
     return list(csv.DictReader(io.StringIO(body, newline="")))
-
-
-def run_failure_sensor(instance, result, database_url):
-    context = dg.build_run_status_sensor_context(
-        sensor_name="export_run_failure_sensor",
-        dagster_instance=instance,
-        dagster_run=result.dagster_run,
-        dagster_event=result.get_run_failure_event(),
-        resources={"app_db": AppDatabase(database_url=database_url)},
-    ).for_run_failure()
-    export_run_failure_sensor(context)
 
 
 def test_requested_job_becomes_completed_with_only_terminal_contacts(
@@ -178,7 +165,7 @@ def test_failed_upload_fails_the_job_with_a_one_line_reason(instance, postgres_u
 
     result = materialize_export(instance, postgres_url, campaign, job_id, bucket="no-such-bucket")
     assert not result.success
-    run_failure_sensor(instance, result, postgres_url)
+    run_failure_sensor(instance, result, postgres_url, bucket="no-such-bucket")
 
     job = app_data.job_row(job_id)
     assert job["status"] == "failed"
@@ -205,20 +192,21 @@ def test_job_for_another_campaign_partition_fails_with_reason(
     )
 
 
-def test_re_executing_a_failed_export_completes_the_same_job(
+def test_a_new_run_with_a_failed_jobs_tag_does_not_take_the_job_over(
     instance, database_url, app_data, s3_client
 ):
     campaign = app_data.campaign()
     app_data.contact(campaign, "completed")
     job_id = app_data.export_job(campaign, app_data.user())
     failed = materialize_export(instance, database_url, campaign, job_id, bucket="no-such-bucket")
-    run_failure_sensor(instance, failed, database_url)
-    assert app_data.job_row(job_id)["status"] == "failed"
+    run_failure_sensor(instance, failed, database_url, bucket="no-such-bucket")
+    reason = app_data.job_row(job_id)["error_message"]
 
-    assert materialize_export(instance, database_url, campaign, job_id).success
+    # Only a retry or re-execution of the failed run may (tests/test_reexecution.py).
+    assert not materialize_export(instance, database_url, campaign, job_id).success
 
     job = app_data.job_row(job_id)
-    assert (job["status"], job["error_message"], job["total_records"]) == ("completed", None, 1)
+    assert (job["status"], job["error_message"]) == ("failed", reason)
 
 
 def test_no_contact_data_is_left_on_local_disk_after_success_or_failure(

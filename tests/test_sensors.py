@@ -15,6 +15,7 @@ from voicesurvey_exports.exports.sensors import (
 from voicesurvey_exports.partitions import campaigns_partitions
 
 from .conftest import AppData
+from .dagster_harness import run_status_sensor_resources
 
 
 @pytest.fixture
@@ -150,7 +151,7 @@ def test_cancelled_run_fails_its_job(instance, database_url, app_data):
         dagster_event=dg.DagsterEvent(
             event_type_value="PIPELINE_CANCELED", job_name="noop", message="cancelled"
         ),
-        resources={"app_db": AppDatabase(database_url=database_url)},
+        resources=run_status_sensor_resources(database_url),
     )
     export_run_canceled_sensor(context)
 

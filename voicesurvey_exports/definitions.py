@@ -45,8 +45,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
                 retention_days=settings.retention_days,
             ),
             "spool": SpoolStorage(base_dir=settings.spool_dir),
-            # Ops hand each other paths and counts; nothing is written to Dagster's storage.
-            "io_manager": dg.InMemoryIOManager(),
+            # Ops hand each other ids, paths and counts (never rows); they are kept in
+            # the instance's storage so that retries and re-execution can load them.
+            "io_manager": dg.FilesystemIOManager(),
         },
         executor=dg.in_process_executor,
     )

@@ -53,6 +53,20 @@ def upload_csv_file(
     )
 
 
+def delete_export_object(s3_client, bucket: str, key: str) -> None:
+    """Delete the object and abort any multipart upload a killed run left at its key
+    (its parts hold contact data too, though no object shows them)."""
+    s3_client.delete_object(Bucket=bucket, Key=key)
+    try:
+        uploads = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
+    except ClientError:
+        # Without s3:ListBucketMultipartUploads the bucket's lifecycle rule aborts them.
+        return
+    for upload in uploads:
+        if upload["Key"] == key:
+            s3_client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+
+
 def describe_s3_error(error: BaseException) -> str:
     """The S3 service's own words, without boto3's wrapper (which names local temp files)."""
     cause = error.__cause__ or error.__context__

@@ -54,12 +54,14 @@ def _redact(database_url: str) -> str:
 def get_engine(database_url: str) -> Engine:
     """One pooled engine per URL and process."""
     url = sync_database_url(database_url)
+    # hide_parameters: SQLAlchemy's error text would otherwise carry the bound values
+    # (signed download links among them) into logs and Dagster's event log.
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30})
+        engine = create_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # pool_pre_ping: a long-lived run or daemon must survive the database restarting.
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, hide_parameters=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

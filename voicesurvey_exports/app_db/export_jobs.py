@@ -1,8 +1,9 @@
 """Queries on export_jobs: the request row's whole lifecycle.
 
-pending -> running (the run starts) -> completed | failed. Status changes are
-conditional updates, so a late or repeated event never moves a job backwards
-from ``completed``.
+pending -> running (a run claims it) -> completed | failed. Every status change is a
+compare-and-set on the state it expects (status, owning run, object key), so a late,
+repeated or foreign event never moves a job backwards or writes over another run's
+result. Writes that carry a signed link raise errors without their parameters.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, or_, select
 
+from .errors import safe_database_errors
 from .schema import campaigns, export_jobs
 
 
@@ -30,6 +32,7 @@ class ExportJob:
     total_records: int | None
     created_at: datetime
     completed_at: datetime | None
+    dagster_run_id: str | None = None
 
     @classmethod
     def from_row(cls, row) -> ExportJob:
@@ -42,7 +45,7 @@ class ExportJob:
         """The job as the CLI and the app show it: ids as strings, ISO 8601 UTC times."""
         out = {"job_id": str(self.id)}
         for name, value in asdict(self).items():
-            if name == "id":
+            if name in ("id", "dagster_run_id"):  # the run id is Dagster's, not the app's
                 continue
             if isinstance(value, uuid.UUID):
                 value = str(value)
@@ -80,6 +83,7 @@ def insert_job(
     requested_by_user_id: uuid.UUID | None,
     status: str = "pending",
     job_id: uuid.UUID | None = None,
+    dagster_run_id: str | None = None,
 ) -> ExportJob:
     row = conn.execute(
         export_jobs.insert()
@@ -88,6 +92,7 @@ def insert_job(
             campaign_id=campaign_id,
             requested_by_user_id=requested_by_user_id,
             status=status,
+            dagster_run_id=dagster_run_id,
         )
         .returning(*export_jobs.c)
     ).one()
@@ -142,65 +147,121 @@ def next_pending_jobs(
     ]
 
 
-def mark_running(conn: Connection, job_id: uuid.UUID) -> None:
-    """A run has started on the job; a re-executed failed job starts afresh."""
-    conn.execute(
+# Columns cleared when a run (re)claims a job: it starts afresh.
+_RESULT_CLEARED = {
+    "error_message": None,
+    "download_url": None,
+    "url_expires_at": None,
+    "total_records": None,
+    "completed_at": None,
+}
+
+
+def claim_job(
+    conn: Connection, job_id: uuid.UUID, run_id: str, from_statuses: Collection[str]
+) -> ExportJob | None:
+    """Atomically make ``run_id`` the job's owner and mark it running, if its status is one
+    of ``from_statuses``; return the claimed job, or None when the job was not claimable.
+
+    The key of an object an earlier run wrote is kept, so that it can still be found.
+    """
+    row = conn.execute(
         export_jobs.update()
-        .where(export_jobs.c.id == job_id)
-        .values(
-            status="running",
-            error_message=None,
-            s3_key=None,
-            download_url=None,
-            url_expires_at=None,
-            total_records=None,
-            completed_at=None,
+        .where(export_jobs.c.id == job_id, export_jobs.c.status.in_(list(from_statuses)))
+        .values(status="running", dagster_run_id=run_id, **_RESULT_CLEARED)
+        .returning(*export_jobs.c)
+    ).one_or_none()
+    return None if row is None else ExportJob.from_row(row)
+
+
+def record_object_key(conn: Connection, job_id: uuid.UUID, run_id: str, s3_key: str) -> bool:
+    """Record the key before the object is written, so every object is findable from its job."""
+    result = conn.execute(
+        export_jobs.update()
+        .where(
+            export_jobs.c.id == job_id,
+            export_jobs.c.status == "running",
+            export_jobs.c.dagster_run_id == run_id,
         )
+        .values(s3_key=s3_key)
     )
+    return result.rowcount == 1
 
 
 def mark_completed(
     conn: Connection,
     job_id: uuid.UUID,
     *,
+    run_id: str,
     s3_key: str,
     download_url: str,
     url_expires_at: datetime,
     total_records: int,
-) -> None:
-    conn.execute(
-        export_jobs.update()
-        .where(export_jobs.c.id == job_id)
-        .values(
-            status="completed",
-            s3_key=s3_key,
-            download_url=download_url,
-            url_expires_at=url_expires_at,
-            total_records=total_records,
-            error_message=None,
-            completed_at=utcnow(),
+) -> bool:
+    """Complete the job if ``run_id`` still owns it with this key; return whether it did."""
+    with safe_database_errors(f"recording export job {job_id} as completed"):
+        result = conn.execute(
+            export_jobs.update()
+            .where(
+                export_jobs.c.id == job_id,
+                export_jobs.c.status == "running",
+                export_jobs.c.dagster_run_id == run_id,
+                export_jobs.c.s3_key == s3_key,
+            )
+            .values(
+                status="completed",
+                download_url=download_url,
+                url_expires_at=url_expires_at,
+                total_records=total_records,
+                error_message=None,
+                completed_at=utcnow(),
+            )
         )
-    )
+    return result.rowcount == 1
 
 
-def mark_failed(conn: Connection, job_id: uuid.UUID, error_message: str) -> bool:
-    """Fail a job that is not finished yet; return whether this call failed it."""
+def mark_failed(
+    conn: Connection, job_id: uuid.UUID, error_message: str, run_id: str | None = None
+) -> bool:
+    """Fail a job that is not finished yet; return whether this call failed it.
+
+    With ``run_id``, only while that run owns the job (or no run has claimed it yet):
+    a run launched with another job's tag, or a stale one, cannot fail it.
+    """
+    conditions = [export_jobs.c.id == job_id, export_jobs.c.status.in_(("pending", "running"))]
+    if run_id is not None:
+        conditions.append(
+            or_(export_jobs.c.dagster_run_id.is_(None), export_jobs.c.dagster_run_id == run_id)
+        )
     result = conn.execute(
         export_jobs.update()
-        .where(and_(export_jobs.c.id == job_id, export_jobs.c.status.in_(("pending", "running"))))
+        .where(and_(*conditions))
         .values(status="failed", error_message=error_message, completed_at=utcnow())
     )
     return result.rowcount == 1
 
 
 def update_download_url(
-    conn: Connection, job_id: uuid.UUID, download_url: str, url_expires_at: datetime
-) -> None:
-    conn.execute(
-        export_jobs.update()
-        .where(export_jobs.c.id == job_id)
-        .values(download_url=download_url, url_expires_at=url_expires_at)
-    )
+    conn: Connection,
+    job_id: uuid.UUID,
+    *,
+    s3_key: str,
+    download_url: str,
+    url_expires_at: datetime,
+) -> bool:
+    """Store a re-signed link if the job is still completed with this file; else False
+    (retention deleted the file, or a re-run replaced it, since the caller read the row)."""
+    with safe_database_errors(f"storing the new link of export job {job_id}"):
+        result = conn.execute(
+            export_jobs.update()
+            .where(
+                export_jobs.c.id == job_id,
+                export_jobs.c.status == "completed",
+                export_jobs.c.s3_key == s3_key,
+            )
+            .values(download_url=download_url, url_expires_at=url_expires_at)
+        )
+    return result.rowcount == 1
 
 
 def completed_before(conn: Connection, cutoff: datetime, limit: int) -> list[ExportJob]:
@@ -218,10 +279,31 @@ def completed_before(conn: Connection, cutoff: datetime, limit: int) -> list[Exp
     return [ExportJob.from_row(row) for row in rows]
 
 
-def mark_file_deleted(conn: Connection, job_id: uuid.UUID, message: str) -> None:
-    """The file is gone: clear the key and the link so that nobody is handed a dead link."""
-    conn.execute(
+def mark_file_deleted(
+    conn: Connection, job_id: uuid.UUID, *, s3_key: str, message: str | None
+) -> bool:
+    """The file is gone: clear the key and the link so that nobody is handed a dead link.
+
+    Only if the row still names this key (compare-and-set); ``message`` replaces the
+    error message unless it is None (a failed job keeps its reason).
+    """
+    values = {"s3_key": None, "download_url": None, "url_expires_at": None}
+    if message is not None:
+        values["error_message"] = message
+    result = conn.execute(
         export_jobs.update()
-        .where(export_jobs.c.id == job_id)
-        .values(s3_key=None, download_url=None, url_expires_at=None, error_message=message)
+        .where(export_jobs.c.id == job_id, export_jobs.c.s3_key == s3_key)
+        .values(**values)
     )
+    return result.rowcount == 1
+
+
+def failed_with_objects(conn: Connection, limit: int) -> list[ExportJob]:
+    """Failed jobs whose object could not be deleted yet (S3 was down when they failed)."""
+    rows = conn.execute(
+        select(export_jobs)
+        .where(export_jobs.c.status == "failed", export_jobs.c.s3_key.is_not(None))
+        .order_by(export_jobs.c.completed_at)
+        .limit(limit)
+    )
+    return [ExportJob.from_row(row) for row in rows]

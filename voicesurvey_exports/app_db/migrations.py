@@ -2,15 +2,29 @@
 
 The app owns V0001 (its tables) and V0002 (export_jobs); this project ships them
 so that it can run and be tested alone. Tables that already exist (created by the
-app itself) are left alone and their version is recorded.
+app itself) are left alone and their version is recorded. V0003 adds a column to
+export_jobs when it is missing.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Column, DateTime, Engine, Integer, MetaData, Table, Text, func, select, text
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    func,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.schema import CreateColumn
 
 from .engine import is_postgres
-from .schema import MIGRATIONS
+from .schema import MIGRATIONS, metadata
 
 _version_metadata = MetaData()
 schema_migrations = Table(
@@ -43,13 +57,24 @@ def upgrade(engine: Engine) -> list[int]:
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
         schema_migrations.create(conn, checkfirst=True)
         done = set(conn.execute(select(schema_migrations.c.version)).scalars())
-        for version, (description, tables) in sorted(MIGRATIONS.items()):
+        for version, (description, tables, columns) in sorted(MIGRATIONS.items()):
             if version in done:
                 continue
             for table in tables:
                 table.create(conn, checkfirst=True)
+            for table_name, column_name in columns:
+                _add_column(conn, table_name, column_name)
             conn.execute(
                 schema_migrations.insert().values(version=version, description=description)
             )
             applied.append(version)
     return applied
+
+
+def _add_column(conn, table_name: str, column_name: str) -> None:
+    """ALTER TABLE ... ADD COLUMN, as the schema defines the column, unless it is there."""
+    if column_name in {column["name"] for column in inspect(conn).get_columns(table_name)}:
+        return
+    column = metadata.tables[table_name].c[column_name]
+    ddl = CreateColumn(column).compile(dialect=conn.dialect)
+    conn.execute(text(f"ALTER TABLE {table_name} ADD COLUMN {ddl}"))

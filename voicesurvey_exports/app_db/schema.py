@@ -131,6 +131,9 @@ export_jobs = Table(
     Column("total_records", Integer),
     _created_at(),
     _timestamptz(name="completed_at"),
+    # The Dagster run that owns the job now (V0003): only that run may complete or fail
+    # it, so a stale run or one launched with another job's tag cannot touch it.
+    Column("dagster_run_id", String(64)),
     # The sensor asks for "pending jobs, oldest first" every few seconds.
     Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
 )
@@ -145,8 +148,11 @@ for _table in (users, campaigns, contacts, survey_responses, export_jobs):
         ),
     )
 
-# Which tables each migration version introduces, in order.
-MIGRATIONS: dict[int, tuple[str, tuple[Table, ...]]] = {
-    1: ("app tables", (users, campaigns, contacts, survey_responses)),
-    2: ("export_jobs", (export_jobs,)),
+# Which tables each migration version introduces, in order, and the columns it adds to
+# tables that an earlier version created (table name, column) for databases upgraded
+# from that version.
+MIGRATIONS: dict[int, tuple[str, tuple[Table, ...], tuple[tuple[str, str], ...]]] = {
+    1: ("app tables", (users, campaigns, contacts, survey_responses), ()),
+    2: ("export_jobs", (export_jobs,), ()),
+    3: ("export_jobs.dagster_run_id", (), (("export_jobs", "dagster_run_id"),)),
 }

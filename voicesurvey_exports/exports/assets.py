@@ -7,6 +7,11 @@ batches to the CSV file, and to S3 in multipart chunks, so memory stays flat at 
 campaign size. Ops hand each other file paths and counts only; the spool folder is
 private to the run and removed when it ends. Dagster's storage and UI see counts and
 locations, never contact data.
+
+Retries and "re-execute from failure" start a new run that loads the parent run's
+small outputs (Dagster's filesystem IO manager) but not its files: an op whose input
+file belongs to another run extracts again. Such a run first claims the job row, so a
+run only ever writes the job it owns.
 """
 
 import uuid
@@ -15,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
+from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
@@ -52,16 +58,30 @@ class ExportTarget:
     campaign_id: uuid.UUID
     campaign_name: str
     requested_at: datetime
+    # The run that claimed the job; a retry or re-execution that skipped
+    # start_export_job claims it again before touching it.
+    claimed_by_run_id: str
 
 
 @dataclass(frozen=True)
 class ExtractedContacts:
     spool_path: str
+    run_id: str
 
 
 @dataclass(frozen=True)
 class RenderedCsv:
     path: str
+    run_id: str
+    row_count: int
+    byte_count: int
+    outcome_counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class UploadedCsv:
+    s3_key: str
+    run_id: str
     row_count: int
     byte_count: int
     outcome_counts: dict[str, int]
@@ -76,9 +96,63 @@ def parse_campaign_id(partition_key: str) -> uuid.UUID:
         ) from None
 
 
+def _root_run_id(instance: dg.DagsterInstance, run_id: str | None) -> str | None:
+    run = instance.get_run_by_id(run_id) if run_id else None
+    return None if run is None else (run.root_run_id or run.run_id)
+
+
+def claim_export_job(context: dg.OpExecutionContext, conn, job: export_jobs.ExportJob) -> None:
+    """Make this run the job's owner, or fail with the reason it may not be.
+
+    Any run may take a pending job. A retry or re-execution (a run with a parent) may
+    also take back a running or failed job from a run of its own run group. Nobody
+    takes a completed job: its file stays what its link promised.
+    """
+    run = context.run
+    from_statuses = ["pending"]
+    if run.parent_run_id is not None and _root_run_id(context.instance, job.dagster_run_id) in (
+        None,
+        run.root_run_id or run.run_id,
+    ):
+        from_statuses += ["running", "failed"]
+    if export_jobs.claim_job(conn, job.id, context.run_id, from_statuses) is not None:
+        return
+    if job.status == "completed":
+        raise permanent_failure(
+            f"export job {job.id} is already completed; materialise the campaign's partition "
+            "for a new export"
+        )
+    raise permanent_failure(
+        f"export job {job.id} is {job.status} under run {job.dagster_run_id}; "
+        f"run {context.run_id} may not take it over"
+    )
+
+
+def ensure_claimed(
+    context: dg.OpExecutionContext, app_db: AppDatabase, spool: SpoolStorage, target: ExportTarget
+) -> None:
+    """In a retry or re-execution that did not re-run start_export_job, claim the job
+    (and remove what a killed parent run left in the spool on this machine)."""
+    if target.claimed_by_run_id == context.run_id or context.run_id in _CLAIMED_RUNS:
+        return
+    with app_db.engine.begin() as conn:
+        job = export_jobs.get_job(conn, target.export_job_id)
+        if job is None:
+            raise permanent_failure(f"export job {target.export_job_id} does not exist")
+        if job.dagster_run_id != context.run_id:
+            claim_export_job(context, conn, job)
+    if context.run.parent_run_id:
+        spool.remove(context.run.parent_run_id)
+    _CLAIMED_RUNS.add(context.run_id)
+
+
+# Runs of this process that have claimed their job (one run per process in production).
+_CLAIMED_RUNS: set[str] = set()
+
+
 @dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY)
 def start_export_job(context: dg.OpExecutionContext, app_db: AppDatabase) -> ExportTarget:
-    """Mark the request's job row running, or insert one for a UI or backfill run."""
+    """Claim the request's job row for this run, or insert one for a UI or backfill run."""
     campaign_id = parse_campaign_id(context.partition_key)
     tagged_job_id = context.run.tags.get(EXPORT_JOB_TAG)
     with app_db.engine.begin() as conn:
@@ -96,33 +170,32 @@ def start_export_job(context: dg.OpExecutionContext, app_db: AppDatabase) -> Exp
         if campaign is None:
             raise permanent_failure(f"campaign {campaign_id} does not exist")
         if tagged_job_id:
-            export_jobs.mark_running(conn, export_job_id)
+            claim_export_job(context, conn, job)
         else:
             # Tag first, so the failure sensor can find the row if anything below fails.
             export_job_id = uuid.uuid4()
             context.instance.add_run_tags(context.run_id, {EXPORT_JOB_TAG: str(export_job_id)})
             job = export_jobs.insert_job(
-                conn, campaign_id, requested_by_user_id=None, status="running", job_id=export_job_id
+                conn,
+                campaign_id,
+                requested_by_user_id=None,
+                status="running",
+                job_id=export_job_id,
+                dagster_run_id=context.run_id,
             )
     context.log.info(f"export job {export_job_id} running for campaign {campaign_id}")
-    return ExportTarget(export_job_id, campaign_id, campaign.name, job.created_at)
+    return ExportTarget(export_job_id, campaign_id, campaign.name, job.created_at, context.run_id)
 
 
-@dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY)
-def extract_terminal_contacts(
-    context: dg.OpExecutionContext, app_db: AppDatabase, spool: SpoolStorage, target: ExportTarget
-) -> ExtractedContacts:
-    """Stream the campaign's terminal contacts and their answers to a raw spool file."""
-    spool_path = spool.run_dir(context.run_id) / "contacts.spool.csv"
+def _extract(context, app_db: AppDatabase, spool: SpoolStorage, target) -> ExtractedContacts:
+    spool_path = spool.new_run_dir(context.run_id) / "contacts.spool.csv"
     with open(spool_path, "wb") as spool_file:
         copy_terminal_contacts(app_db.engine, target.campaign_id, spool_file)
     context.log.info(f"extracted {spool_path.stat().st_size} bytes of terminal contacts")
-    return ExtractedContacts(str(spool_path))
+    return ExtractedContacts(str(spool_path), context.run_id)
 
 
-@dg.op
-def render_csv(context: dg.OpExecutionContext, extracted: ExtractedContacts) -> RenderedCsv:
-    """Format the rows as the export CSV (quoting, timestamps, injection guard), in batches."""
+def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
     spool_path = Path(extracted.spool_path)
     csv_path = spool_path.with_name("export.csv")
     stats = render_spool(spool_path, csv_path)
@@ -130,6 +203,7 @@ def render_csv(context: dg.OpExecutionContext, extracted: ExtractedContacts) -> 
     context.log.info(f"rendered {stats.row_count} rows, {stats.byte_count} bytes")
     return RenderedCsv(
         path=str(csv_path),
+        run_id=context.run_id,
         row_count=stats.row_count,
         byte_count=stats.byte_count,
         outcome_counts={
@@ -138,29 +212,96 @@ def render_csv(context: dg.OpExecutionContext, extracted: ExtractedContacts) -> 
     )
 
 
+def _made_by_this_run(context, output: ExtractedContacts | RenderedCsv, path: str) -> bool:
+    # A retry or re-execution loads the parent run's outputs, whose files were on the
+    # parent's disk and are gone (removed on failure, or another machine): redo them.
+    if output.run_id == context.run_id and Path(path).exists():
+        return True
+    context.log.info(f"the files of run {output.run_id} are gone; extracting again")
+    return False
+
+
+@dg.op(
+    pool=APP_DATABASE_POOL,
+    retry_policy=DATABASE_RETRY_POLICY,
+)
+def extract_terminal_contacts(
+    context: dg.OpExecutionContext, app_db: AppDatabase, spool: SpoolStorage, target: ExportTarget
+) -> ExtractedContacts:
+    """Stream the campaign's terminal contacts and their answers to a raw spool file."""
+    ensure_claimed(context, app_db, spool, target)
+    return _extract(context, app_db, spool, target)
+
+
+@dg.op
+def render_csv(
+    context: dg.OpExecutionContext,
+    app_db: AppDatabase,
+    spool: SpoolStorage,
+    target: ExportTarget,
+    extracted: ExtractedContacts,
+) -> RenderedCsv:
+    """Format the rows as the export CSV (quoting, timestamps, injection guard), in batches."""
+    ensure_claimed(context, app_db, spool, target)
+    if not _made_by_this_run(context, extracted, extracted.spool_path):
+        extracted = _extract(context, app_db, spool, target)
+    return _render(context, extracted)
+
+
+def _upload(context, app_db, s3, destination, target, rendered: RenderedCsv) -> UploadedCsv:
+    key = object_key(destination.prefix, target.campaign_id, target.export_job_id)
+    # Key first: an object that exists is always findable from its job row, so a run
+    # that fails after the upload can have its object deleted.
+    with app_db.engine.begin() as conn:
+        if not export_jobs.record_object_key(conn, target.export_job_id, context.run_id, key):
+            raise permanent_failure(
+                f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
+            )
+    upload_csv_file(
+        s3.get_client(), Path(rendered.path), destination.bucket, key, destination.kms_key_id
+    )
+    return UploadedCsv(
+        key, context.run_id, rendered.row_count, rendered.byte_count, rendered.outcome_counts
+    )
+
+
 @dg.op(retry_policy=UPLOAD_RETRY_POLICY)
 def upload_csv(
     context: dg.OpExecutionContext,
+    app_db: AppDatabase,
     s3: S3Resource,
     destination: ExportDestination,
+    spool: SpoolStorage,
     target: ExportTarget,
     rendered: RenderedCsv,
-) -> str:
-    """Upload the file to its private, encrypted object; return the object key."""
-    key = object_key(destination.prefix, target.campaign_id, target.export_job_id)
+) -> UploadedCsv:
+    """Upload the file to its private, encrypted object, its key recorded on the job first."""
+    ensure_claimed(context, app_db, spool, target)
+    if not _made_by_this_run(context, rendered, rendered.path):
+        rendered = _render(context, _extract(context, app_db, spool, target))
     try:
-        upload_csv_file(
-            s3.get_client(), Path(rendered.path), destination.bucket, key, destination.kms_key_id
-        )
+        return _upload(context, app_db, s3, destination, target, rendered)
+    except dg.Failure:
+        raise
     except Exception as error:
         attempts = context.retry_number + 1
         if attempts <= UPLOAD_RETRY_POLICY.max_retries:
             raise  # the retry policy tries again
+        key = object_key(destination.prefix, target.campaign_id, target.export_job_id)
         raise permanent_failure(
             f"upload to {s3_uri(destination.bucket, key)} failed after {attempts} attempts: "
             f"{describe_s3_error(error)}"
         ) from error
-    return key
+
+
+def _object_exists(s3_client, bucket: str, key: str) -> bool:
+    try:
+        s3_client.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
 
 
 @dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY, out=dg.Out(dg.Nothing))
@@ -169,36 +310,49 @@ def record_export(
     app_db: AppDatabase,
     s3: S3Resource,
     destination: ExportDestination,
-    target: ExportTarget,
     spool: SpoolStorage,
-    rendered: RenderedCsv,
-    s3_key: str,
+    target: ExportTarget,
+    uploaded: UploadedCsv,
 ) -> None:
     """Sign the download link and complete the job row; show counts, never rows, in Dagster."""
+    ensure_claimed(context, app_db, spool, target)
+    client = s3.get_client()
+    if uploaded.run_id != context.run_id and not _object_exists(
+        client, destination.bucket, uploaded.s3_key
+    ):
+        # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
+        context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
+        rendered = _render(context, _extract(context, app_db, spool, target))
+        uploaded = _upload(context, app_db, s3, destination, target, rendered)
     url, expires_at = presigned_download_url(
-        s3.get_client(),
+        client,
         destination.bucket,
-        s3_key,
+        uploaded.s3_key,
         destination.url_ttl_seconds,
         download_filename(target.campaign_name, target.requested_at.date()),
     )
     with app_db.engine.begin() as conn:
-        export_jobs.mark_completed(
+        completed = export_jobs.mark_completed(
             conn,
             target.export_job_id,
-            s3_key=s3_key,
+            run_id=context.run_id,
+            s3_key=uploaded.s3_key,
             download_url=url,
             url_expires_at=expires_at,
-            total_records=rendered.row_count,
+            total_records=uploaded.row_count,
+        )
+    if not completed:
+        raise permanent_failure(
+            f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
         )
     context.add_output_metadata(
         {
-            "dagster/row_count": rendered.row_count,
-            "bytes": rendered.byte_count,
-            "s3_uri": s3_uri(destination.bucket, s3_key),
+            "dagster/row_count": uploaded.row_count,
+            "bytes": uploaded.byte_count,
+            "s3_uri": s3_uri(destination.bucket, uploaded.s3_key),
             "export_job_id": str(target.export_job_id),
             "url_expires_at": export_jobs.iso_utc(expires_at),
-            **{f"outcome/{state}": n for state, n in rendered.outcome_counts.items()},
+            **{f"outcome/{state}": n for state, n in uploaded.outcome_counts.items()},
         }
     )
     spool.remove(context.run_id)
@@ -217,8 +371,8 @@ def record_export(
 )
 def campaign_export():
     target = start_export_job()
-    rendered = render_csv(extract_terminal_contacts(target))
-    return record_export(target, rendered, upload_csv(target, rendered))
+    rendered = render_csv(target, extract_terminal_contacts(target))
+    return record_export(target, upload_csv(target, rendered))
 
 
 campaign_export_job = dg.define_asset_job(

@@ -7,6 +7,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
+from ..storage import delete_export_object
 from .resources import AppDatabase, ExportDestination
 
 BATCH = 500
@@ -23,23 +24,38 @@ def delete_expired_exports(
     s3: S3Resource,
     destination: ExportDestination,
 ) -> int:
-    """Delete files of exports completed more than retention_days ago; clear their links."""
+    """Delete files of exports completed more than retention_days ago and clear their
+    links; also delete files that failed jobs still name (S3 was down when they failed)."""
     cutoff = export_jobs.utcnow() - timedelta(days=destination.retention_days)
     client = s3.get_client()
+    message = retention_message(destination.retention_days)
     deleted = 0
+    seen: set = set()
     while True:
         with app_db.engine.connect() as conn:
-            batch = export_jobs.completed_before(conn, cutoff, BATCH)
+            batch = export_jobs.completed_before(conn, cutoff, BATCH) + (
+                export_jobs.failed_with_objects(conn, BATCH)
+            )
+        batch = [job for job in batch if job.id not in seen]
         if not batch:
             break
         for job in batch:
-            client.delete_object(Bucket=destination.bucket, Key=job.s3_key)
+            seen.add(job.id)
+            # Object first, then the row (compare-and-set on the key): a completed job is
+            # never re-run, and a link re-signed in between is cleared with the row,
+            # so no row is left pointing at a deleted file and no file outlives its row.
+            delete_export_object(client, destination.bucket, job.s3_key)
             with app_db.engine.begin() as conn:
                 export_jobs.mark_file_deleted(
-                    conn, job.id, retention_message(destination.retention_days)
+                    conn,
+                    job.id,
+                    s3_key=job.s3_key,
+                    message=message if job.status == "completed" else None,
                 )
             deleted += 1
-    context.log.info(f"deleted {deleted} export files older than {cutoff:%Y-%m-%d}")
+    context.log.info(
+        f"deleted {deleted} export files (completed before {cutoff:%Y-%m-%d} or failed)"
+    )
     context.add_output_metadata({"deleted_files": deleted})
     return deleted
 

@@ -5,13 +5,15 @@ import uuid
 from collections.abc import Mapping
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
 from ..partitions import campaigns_partitions
+from ..storage import delete_export_object, describe_s3_error
 from .assets import EXPORT_JOB_TAG, campaign_export_job
 from .failures import one_line, reason_from_step_failures
-from .resources import AppDatabase
+from .resources import AppDatabase, ExportDestination
 
 
 def build_export_requests_sensor(
@@ -104,14 +106,48 @@ def _export_job_id(tags: Mapping[str, str]) -> uuid.UUID | None:
     return uuid.UUID(job_id) if job_id else None
 
 
+def fail_export_job(
+    context: dg.RunStatusSensorContext,
+    app_db: AppDatabase,
+    s3: S3Resource,
+    destination: ExportDestination,
+    job_id: uuid.UUID,
+    reason: str,
+) -> None:
+    """Fail the job if this run owns it, then delete any object the run wrote: a job that
+    ends failed leaves no file behind. If S3 refuses, the key stays on the failed row and
+    the retention job deletes the object later."""
+    with app_db.engine.begin() as conn:
+        export_jobs.mark_failed(conn, job_id, reason, run_id=context.dagster_run.run_id)
+        job = export_jobs.get_job(conn, job_id)
+    if job is None or job.status != "failed" or not job.s3_key:
+        return
+    try:
+        delete_export_object(s3.get_client(), destination.bucket, job.s3_key)
+    except Exception as error:  # S3 down: retention retries; never block other jobs
+        context.log.warning(
+            f"could not delete the file of failed export job {job_id} yet: "
+            f"{describe_s3_error(error)}"
+        )
+        return
+    with app_db.engine.begin() as conn:
+        export_jobs.mark_file_deleted(conn, job_id, s3_key=job.s3_key, message=None)
+
+
 # No monitored_jobs: runs from the UI and backfills use Dagster's implicit asset job,
 # so every job of this code location is watched; runs without the tag are ignored.
 @dg.run_failure_sensor(
     name="export_run_failure_sensor",
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Marks an export job failed, with a one-line reason, when its run fails.",
+    description="Marks an export job failed, with a one-line reason, when its run fails, "
+    "and deletes any file the run wrote.",
 )
-def export_run_failure_sensor(context: dg.RunFailureSensorContext, app_db: AppDatabase) -> None:
+def export_run_failure_sensor(
+    context: dg.RunFailureSensorContext,
+    app_db: AppDatabase,
+    s3: S3Resource,
+    destination: ExportDestination,
+) -> None:
     tags = _current_tags(context)
     job_id = _export_job_id(tags)
     if job_id is None:
@@ -123,21 +159,30 @@ def export_run_failure_sensor(context: dg.RunFailureSensorContext, app_db: AppDa
     reason = reason_from_step_failures(context.get_step_failure_events()) or one_line(
         f"export run {context.dagster_run.run_id} failed: {context.failure_event.message}"
     )
-    with app_db.engine.begin() as conn:
-        export_jobs.mark_failed(conn, job_id, reason)
+    fail_export_job(context, app_db, s3, destination, job_id, reason)
 
 
 @dg.run_status_sensor(
     name="export_run_canceled_sensor",
     run_status=dg.DagsterRunStatus.CANCELED,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Marks an export job failed when its run is cancelled.",
+    description="Marks an export job failed when its run is cancelled, and deletes any file "
+    "the run wrote.",
 )
-def export_run_canceled_sensor(context: dg.RunStatusSensorContext, app_db: AppDatabase) -> None:
+def export_run_canceled_sensor(
+    context: dg.RunStatusSensorContext,
+    app_db: AppDatabase,
+    s3: S3Resource,
+    destination: ExportDestination,
+) -> None:
     job_id = _export_job_id(_current_tags(context))
     if job_id is None:
         return
-    with app_db.engine.begin() as conn:
-        export_jobs.mark_failed(
-            conn, job_id, f"export run {context.dagster_run.run_id} was cancelled"
-        )
+    fail_export_job(
+        context,
+        app_db,
+        s3,
+        destination,
+        job_id,
+        f"export run {context.dagster_run.run_id} was cancelled",
+    )

@@ -1,7 +1,8 @@
-"""Local spool files that carry an export between its ops, one private folder per run.
+"""Local spool files that carry an export between its ops, in private folders per run.
 
 Files hold contact data, so they live only as long as the run: the last op and the
-failure hook remove the folder, and folders left by killed runs are swept after a day.
+failure hook remove the run's folders, and folders left by killed runs are swept after
+a day (or at once by the run that retries them).
 """
 
 import shutil
@@ -20,23 +21,32 @@ class SpoolStorage(dg.ConfigurableResource):
 
     base_dir: str = tempfile.gettempdir()
 
-    def run_dir(self, run_id: str) -> Path:
+    def new_run_dir(self, run_id: str) -> Path:
+        """A fresh folder only this user can enter: mkdtemp never reuses a folder that
+        exists already (someone else's, or one with a looser mode)."""
         self.sweep_stale()
-        folder = Path(self.base_dir) / f"{FOLDER_PREFIX}{run_id}"
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        return folder
+        return Path(tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{run_id}-", dir=self.base_dir))
 
     def remove(self, run_id: str) -> None:
-        shutil.rmtree(Path(self.base_dir) / f"{FOLDER_PREFIX}{run_id}", ignore_errors=True)
+        for folder in Path(self.base_dir).glob(f"{FOLDER_PREFIX}{run_id}-*"):
+            _remove_folder(folder)
 
     def sweep_stale(self) -> None:
         cutoff = time.time() - STALE_AFTER_SECONDS
         for folder in Path(self.base_dir).glob(f"{FOLDER_PREFIX}*"):
             try:
-                if folder.stat().st_mtime < cutoff:
-                    shutil.rmtree(folder, ignore_errors=True)
+                if folder.lstat().st_mtime < cutoff:
+                    _remove_folder(folder)
             except FileNotFoundError:
                 continue
+
+
+def _remove_folder(folder: Path) -> None:
+    # Never follow a symlink planted under the spool's name.
+    if folder.is_symlink():
+        folder.unlink(missing_ok=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @dg.failure_hook(required_resource_keys={"spool"})
