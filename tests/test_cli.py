@@ -8,9 +8,13 @@ import uuid
 
 import pytest
 
+from voicesurvey_exports import cli as cli_module
+from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.migrations import LATEST_VERSION
 
-from .conftest import AppData
+from .conftest import TEST_BUCKET, AppData
+from .test_requests import database_refusing_links
 
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
@@ -31,7 +35,7 @@ def cli_env(create_postgres_database, aws_credentials):
 def test_db_upgrade_then_request_status_and_list(cli_env):
     first = cli("db", "upgrade", env=cli_env)
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["applied"] == [1, 2]
+    assert json.loads(first.stdout)["applied"] == list(range(1, LATEST_VERSION + 1))
     assert json.loads(cli("db", "upgrade", env=cli_env).stdout)["applied"] == []
 
     data = AppData(get_engine(cli_env["DATABASE_URL"]))
@@ -97,3 +101,107 @@ def test_unreachable_database_is_one_line(cli_env):
     result = cli("db", "upgrade", env=env)
     assert result.returncode == 1
     assert result.stderr.startswith("error: database: ") and result.stderr.count("\n") == 1
+
+
+def completed_job_in(database_url: str, owner=None) -> tuple[AppData, uuid.UUID, uuid.UUID]:
+    data = AppData(get_engine(database_url))
+    campaign = data._insert(
+        schema.campaigns, name="Owned", status="completed", created_by_user_id=owner
+    )
+    key = f"exports/{campaign}/{uuid.uuid4()}.csv"
+    job = data.export_job(campaign, None, status="completed", s3_key=key, download_url="old")
+    return data, campaign, job
+
+
+def test_refresh_without_aws_credentials_is_one_line(cli_env):
+    assert cli("db", "upgrade", env=cli_env).returncode == 0
+    data, _, job = completed_job_in(cli_env["DATABASE_URL"])
+    # No credentials anywhere: not in the environment, no files, no instance metadata.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("AWS_")}
+    env.update(
+        DATABASE_URL=cli_env["DATABASE_URL"],
+        AWS_SHARED_CREDENTIALS_FILE="/nonexistent/credentials",
+        AWS_CONFIG_FILE="/nonexistent/config",
+        AWS_EC2_METADATA_DISABLED="true",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "voicesurvey_exports.cli", "refresh-url", str(job)]
+        + ["--user-id", str(data.user("admin"))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (
+        "error: cannot check the export file in S3: NoCredentialsError: "
+        "Unable to locate credentials\n"
+    )
+    assert data.job_row(job)["download_url"] == "old"
+
+
+def test_owner_policy_denial_reads_like_an_unknown_job(cli_env):
+    assert cli("db", "upgrade", env=cli_env).returncode == 0
+    owner_data = AppData(get_engine(cli_env["DATABASE_URL"]))
+    owner = owner_data.user("campaign_manager")
+    _, campaign, job = completed_job_in(cli_env["DATABASE_URL"], owner=owner)
+    stranger = str(owner_data.user("campaign_manager"))
+    env = {**cli_env, "EXPORT_ACCESS_POLICY": "owner"}
+    denied = cli("status", str(job), "--user-id", stranger, env=env)
+    missing = uuid.uuid4()
+    unknown = cli("status", str(missing), "--user-id", stranger, env=env)
+    assert (denied.returncode, denied.stdout, unknown.returncode) == (1, "", 1)
+    assert denied.stderr == (
+        f"error: export job {job} does not exist or is not of one of your campaigns\n"
+    )
+    assert denied.stderr == unknown.stderr.replace(str(missing), str(job))
+    listed = cli("list", "--campaign-id", str(campaign), "--user-id", str(owner), env=env)
+    assert [j["job_id"] for j in json.loads(listed.stdout)] == [str(job)]
+
+
+def test_invalid_access_policy_is_one_line(cli_env):
+    env = {**cli_env, "EXPORT_ACCESS_POLICY": "everyone"}
+    result = cli(
+        "list", "--campaign-id", str(uuid.uuid4()), "--user-id", str(uuid.uuid4()), env=env
+    )
+    assert result.returncode == 1
+    assert result.stderr == "error: EXPORT_ACCESS_POLICY='everyone' must be one of: role, owner\n"
+
+
+@pytest.fixture
+def in_process_env(monkeypatch, s3_client):
+    """Run main() in this process, against moto's S3 (started by s3_client)."""
+
+    def configure(database_url: str) -> None:
+        monkeypatch.setenv("DATABASE_URL", database_url)
+        monkeypatch.setenv("S3_BUCKET_NAME", TEST_BUCKET)
+        monkeypatch.delenv("EXPORT_ACCESS_POLICY", raising=False)
+
+    return configure
+
+
+def test_refresh_of_a_file_gone_from_s3_is_one_line(in_process_env, postgres_url, capsys):
+    in_process_env(postgres_url)
+    data, _, job = completed_job_in(postgres_url)
+    code = cli_module.main(["refresh-url", str(job), "--user-id", str(data.user("admin"))])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err == (
+        f"error: export job {job}: the file no longer exists in S3; request a new export\n"
+    )
+    assert data.job_row(job)["s3_key"] is None
+
+
+def test_a_failed_link_write_is_one_line_without_the_link(
+    in_process_env, create_postgres_database, s3_client, capsys
+):
+    engine = database_refusing_links(create_postgres_database)
+    database_url = engine.url.render_as_string(hide_password=False)
+    in_process_env(database_url)
+    data, _, job = completed_job_in(database_url)
+    s3_client.put_object(Bucket=TEST_BUCKET, Key=data.job_row(job)["s3_key"], Body=b"x")
+    code = cli_module.main(["refresh-url", str(job), "--user-id", str(data.user("admin"))])
+    out, err = capsys.readouterr()
+    assert (code, out) == (1, "")
+    assert err.startswith("error: database: storing the new link") and err.count("\n") == 1
+    assert "short_links" in err and "X-Amz" not in err

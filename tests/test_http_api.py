@@ -2,6 +2,7 @@
 every kind of bad token, and the OpenAPI document."""
 
 import json
+import logging
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +21,11 @@ from voicesurvey_exports.requests import ExportRequests
 from voicesurvey_exports.settings import SettingsError
 
 from .conftest import TEST_BUCKET, AppData
+from .test_requests import (
+    RetentionRacesTheRefresh,
+    database_refusing_links,
+    s3_client_without_credentials,
+)
 
 ISSUER, AUDIENCE, SECRET = "https://id.example.com/", "voicesurvey", "s" * 40
 REPO = Path(__file__).resolve().parents[1]
@@ -37,11 +43,16 @@ def app_data(postgres_url):
     return AppData(get_engine(postgres_url))
 
 
+def service(engine, s3_client) -> TestClient:
+    api = ExportRequests(engine, s3_client, TEST_BUCKET, 600)
+    return TestClient(
+        create_app(api, TokenVerifier(AuthSettings(ISSUER, AUDIENCE, jwt_secret=SECRET)))
+    )
+
+
 @pytest.fixture
 def client(postgres_url, s3_client):
-    api = ExportRequests(get_engine(postgres_url), s3_client, TEST_BUCKET, 600)
-    verifier = TokenVerifier(AuthSettings(ISSUER, AUDIENCE, jwt_secret=SECRET))
-    return TestClient(create_app(api, verifier))
+    return service(get_engine(postgres_url), s3_client)
 
 
 def oidc_subject(app_data: AppData, user_id: uuid.UUID) -> str:
@@ -171,7 +182,7 @@ def test_invalid_tokens_get_401(client, app_data, completed_job, bad):
     tokens = {
         "missing": None,
         "garbage": "not.a.jwt",
-        "expired": token(sub, exp=now - 10),
+        "expired": token(sub, exp=now - 120),  # beyond the 30 s leeway
         "not_yet_valid": token(sub, nbf=now + 600),
         "wrong_secret": token(sub, key="x" * 40),
         "wrong_issuer": token(sub, iss="https://evil.example.com/"),
@@ -186,6 +197,72 @@ def test_invalid_tokens_get_401(client, app_data, completed_job, bad):
     response = client.get(f"/api/campaigns/{campaign}/exports", headers=headers)
     assert response.status_code == 401, response.text
     assert response.headers["WWW-Authenticate"] == "Bearer"
+
+
+def test_tokens_get_30_seconds_of_clock_skew(client, app_data, completed_job):
+    campaign, _ = completed_job
+    sub = oidc_subject(app_data, app_data.user("admin"))
+    now = int(time.time())
+    for claims in ({"exp": now - 10}, {"nbf": now + 10}, {"iat": now + 10}):
+        headers = {"Authorization": f"Bearer {token(sub, **claims)}"}
+        response = client.get(f"/api/campaigns/{campaign}/exports", headers=headers)
+        assert response.status_code == 200, (claims, response.text)
+    for claims in ({"exp": now - 120}, {"nbf": now + 120}):
+        headers = {"Authorization": f"Bearer {token(sub, **claims)}"}
+        response = client.get(f"/api/campaigns/{campaign}/exports", headers=headers)
+        assert response.status_code == 401, claims
+
+
+def test_a_rejected_token_gets_a_fixed_body_and_the_reason_is_only_logged(
+    client, app_data, completed_job, caplog
+):
+    campaign, _ = completed_job
+    sub = oidc_subject(app_data, app_data.user("admin"))
+    now = int(time.time())
+    bodies = set()
+    for bad, reason in (
+        (token(sub, exp=now - 120), "ExpiredSignatureError"),
+        (token(sub, iss="https://id.example.com.evil/"), "InvalidIssuerError"),
+        (token(sub, aud="someone-else"), "InvalidAudienceError"),
+        (token(sub, key="x" * 40), "InvalidSignatureError"),
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="voicesurvey_exports.http.auth"):
+            response = client.get(
+                f"/api/campaigns/{campaign}/exports", headers={"Authorization": f"Bearer {bad}"}
+            )
+        assert response.status_code == 401
+        bodies.add(response.text)
+        assert reason in caplog.text, caplog.text
+    assert bodies == {
+        json.dumps({"detail": "invalid or expired bearer token"}, separators=(",", ":"))
+    }
+
+
+def test_an_unknown_key_id_is_logged_but_never_echoed(
+    postgres_url, s3_client, app_data, tmp_path, caplog
+):
+    private = rsa_key()
+    public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
+    (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**public_jwk, "kid": "k1"}]}))
+    settings = AuthSettings(ISSUER, AUDIENCE, jwks_file=str(tmp_path / "jwks.json"))
+    api = ExportRequests(get_engine(postgres_url), s3_client, TEST_BUCKET, 600)
+    client = TestClient(create_app(api, TokenVerifier(settings)))
+    now = int(time.time())
+    forged = jwt.encode(
+        {"sub": "x", "iss": ISSUER, "aud": AUDIENCE, "exp": now + 60},
+        private,
+        algorithm="RS256",
+        headers={"kid": "probe-kid-<script>"},
+    )
+    with caplog.at_level(logging.INFO, logger="voicesurvey_exports.http.auth"):
+        response = client.get(
+            f"/api/campaigns/{app_data.campaign()}/exports",
+            headers={"Authorization": f"Bearer {forged}"},
+        )
+    assert response.status_code == 401
+    assert response.json() == {"detail": "invalid or expired bearer token"}
+    assert "probe-kid" in caplog.text and "no key with id" in caplog.text
 
 
 def test_rs256_tokens_verify_against_a_jwks_file(postgres_url, s3_client, app_data, tmp_path):
@@ -311,3 +388,76 @@ def test_rs256_tokens_verify_against_a_jwks_url(postgres_url, s3_client, app_dat
         assert response.status_code == 200, response.text
     finally:
         server.shutdown()
+
+
+def test_refresh_without_s3_credentials_is_503_naming_the_cause(
+    postgres_url, app_data, completed_job
+):
+    _, job = completed_job
+    client = service(get_engine(postgres_url), s3_client_without_credentials())
+    _, headers = user_with_token(app_data, "admin")
+    before = app_data.job_row(job)
+    response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
+    assert response.status_code == 503
+    assert response.json() == {
+        "detail": "cannot check the export file in S3: NoCredentialsError: "
+        "Unable to locate credentials"
+    }
+    assert app_data.job_row(job) == before
+
+
+def test_refresh_of_a_file_gone_from_s3_is_409_and_the_job_says_so(
+    client, app_data, completed_job, s3_client
+):
+    _, job = completed_job
+    _, headers = user_with_token(app_data, "admin")
+    s3_client.delete_object(Bucket=TEST_BUCKET, Key=app_data.job_row(job)["s3_key"])
+    response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
+    assert response.status_code == 409
+    assert "the file no longer exists in S3; request a new export" in response.json()["detail"]
+    shown = client.get(f"/api/exports/{job}", headers=headers).json()
+    assert (shown["download_url"], shown["error_message"]) == (
+        None,
+        "the file no longer exists in S3; request a new export",
+    )
+
+
+def test_refresh_racing_retention_is_409_without_a_link(
+    postgres_url, app_data, completed_job, s3_client
+):
+    _, job = completed_job
+    engine = get_engine(postgres_url)
+    client = service(engine, RetentionRacesTheRefresh(s3_client, engine))
+    _, headers = user_with_token(app_data, "admin")
+    response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
+    assert response.status_code == 409 and "X-Amz" not in response.text
+    assert app_data.job_row(job)["download_url"] is None
+
+
+def test_a_failed_link_write_is_503_and_neither_body_nor_log_has_the_link(
+    create_postgres_database, s3_client, caplog
+):
+    engine = database_refusing_links(create_postgres_database)
+    data = AppData(engine)
+    campaign = data.campaign()
+    key = f"exports/{campaign}/{uuid.uuid4()}.csv"
+    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
+    job = data.export_job(campaign, None, status="completed", s3_key=key, download_url="old")
+    client = service(engine, s3_client)
+    _, headers = user_with_token(data, "admin")
+    with caplog.at_level(logging.INFO):  # botocore DEBUG-logs its own signing; not ours
+        response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("the app database is unavailable: ")
+    assert "short_links" in response.text
+    for text in (response.text, caplog.text):
+        assert "X-Amz" not in text and "Signature" not in text
+
+
+def test_an_unreachable_database_is_503_not_500(s3_client):
+    client = service(get_engine("postgresql://nobody@127.0.0.1:1/none"), s3_client)
+    response = client.get(
+        f"/api/exports/{uuid.uuid4()}", headers={"Authorization": f"Bearer {token('someone')}"}
+    )
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("the app database is unavailable: ")

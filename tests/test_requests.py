@@ -1,17 +1,28 @@
 import uuid
 from urllib.parse import parse_qs, urlparse
 
+import boto3
+import botocore.session
 import pytest
+from botocore.credentials import CredentialResolver
+from botocore.exceptions import EndpointConnectionError
+from sqlalchemy import Engine, text
 
+from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.errors import AppDatabaseError
+from voicesurvey_exports.app_db.migrations import upgrade
 from voicesurvey_exports.app_db.schema import export_jobs
 from voicesurvey_exports.requests import (
     ExportRequests,
+    FileGone,
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    StorageUnavailable,
+    describe_storage_error,
 )
 
-from .conftest import TEST_BUCKET
+from .conftest import TEST_BUCKET, TEST_REGION, AppData
 
 
 @pytest.fixture
@@ -119,3 +130,117 @@ def test_unknown_campaign_and_job_are_not_found_and_nothing_is_written(api, app_
     with pytest.raises(NotFound, match=f"export job {missing} does not exist"):
         api.get_export(missing, user)
     assert app_data.count(export_jobs) == 0
+
+
+def s3_client_without_credentials():
+    """A real boto3 client that finds no credentials anywhere (as on a misconfigured host)."""
+    session = botocore.session.Session()
+    session.register_component("credential_provider", CredentialResolver(providers=[]))
+    return boto3.Session(botocore_session=session, region_name=TEST_REGION).client("s3")
+
+
+def test_refresh_without_s3_credentials_is_one_line_storage_error(api, app_data, completed_job):
+    api.s3_client = s3_client_without_credentials()
+    before = app_data.job_row(completed_job)
+    with pytest.raises(StorageUnavailable) as error:
+        api.refresh_download_url(completed_job, app_data.user())
+    assert str(error.value) == (
+        "cannot check the export file in S3: NoCredentialsError: Unable to locate credentials"
+    )
+    assert app_data.job_row(completed_job) == before
+
+
+def test_refresh_of_a_file_gone_from_s3_records_it_and_gives_no_link(
+    api, app_data, completed_job, s3_client
+):
+    key = app_data.job_row(completed_job)["s3_key"]
+    s3_client.delete_object(Bucket=TEST_BUCKET, Key=key)
+    with pytest.raises(FileGone, match="the file no longer exists in S3; request a new export"):
+        api.refresh_download_url(completed_job, app_data.user())
+    row = app_data.job_row(completed_job)
+    assert (row["status"], row["s3_key"], row["download_url"], row["url_expires_at"]) == (
+        "completed",
+        None,
+        None,
+        None,
+    )
+    assert row["error_message"] == "the file no longer exists in S3; request a new export"
+    # Asking again answers the same way without asking S3.
+    with pytest.raises(FileGone, match="has no file: the file no longer exists in S3"):
+        api.refresh_download_url(completed_job, app_data.user())
+
+
+class RetentionRacesTheRefresh:
+    """An S3 client on which retention deletes the file (and clears the job's key) right
+    after the refresh has checked that the file exists."""
+
+    def __init__(self, client, engine):
+        self._client, self._engine = client, engine
+
+    def head_object(self, **params):
+        found = self._client.head_object(**params)
+        self._client.delete_object(**params)
+        with self._engine.begin() as conn:
+            conn.execute(
+                export_jobs.update()
+                .where(export_jobs.c.s3_key == params["Key"])
+                .values(s3_key=None, download_url=None, error_message="deleted by retention")
+            )
+        return found
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+
+def test_refresh_never_stores_a_link_to_a_file_deleted_meanwhile(
+    api, app_data, completed_job, s3_client
+):
+    api.s3_client = RetentionRacesTheRefresh(s3_client, app_data.engine)
+    with pytest.raises(FileGone, match="deleted or replaced while the link was being refreshed"):
+        api.refresh_download_url(completed_job, app_data.user())
+    row = app_data.job_row(completed_job)
+    assert (row["download_url"], row["error_message"]) == (None, "deleted by retention")
+
+
+def database_refusing_links(create_postgres_database) -> Engine:
+    """An app database that refuses to store any real download link (a CHECK constraint),
+    so that storing a freshly signed link fails inside PostgreSQL."""
+    engine = get_engine(create_postgres_database("refuse_links"))
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE export_jobs ADD CONSTRAINT short_links "
+                "CHECK (length(download_url) < 10)"
+            )
+        )
+    return engine
+
+
+@pytest.fixture
+def links_refused_database(create_postgres_database) -> Engine:
+    return database_refusing_links(create_postgres_database)
+
+
+def test_a_failed_link_write_is_one_line_without_the_signed_link(links_refused_database, s3_client):
+    data = AppData(links_refused_database)
+    campaign = data.campaign()
+    key = f"exports/{campaign}/{uuid.uuid4()}.csv"
+    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
+    job = data.export_job(campaign, None, status="completed", s3_key=key, download_url="old")
+    api = ExportRequests(links_refused_database, s3_client, TEST_BUCKET, 600)
+    with pytest.raises(AppDatabaseError) as error:
+        api.refresh_download_url(job, data.user())
+    message = str(error.value)
+    assert "short_links" in message and "\n" not in message
+    assert "X-Amz" not in message and "https://" not in message
+    assert data.job_row(job)["download_url"] == "old"
+
+
+def test_storage_errors_lose_any_url_query_string():
+    signed = "https://b.s3.amazonaws.com/k.csv?X-Amz-Signature=abc&X-Amz-Credential=AKIA"
+    described = describe_storage_error(EndpointConnectionError(endpoint_url=signed))
+    assert described == (
+        "EndpointConnectionError: Could not connect to the endpoint URL: "
+        '"https://b.s3.amazonaws.com/k.csv"'
+    )

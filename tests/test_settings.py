@@ -48,3 +48,38 @@ def test_invalid_bucket_names_are_rejected(value):
 def test_empty_oversized_or_absolute_prefix_is_rejected(value):
     with pytest.raises(SettingsError, match="S3_EXPORT_PREFIX="):
         settings(S3_EXPORT_PREFIX=value)
+
+
+@pytest.mark.parametrize(
+    "value", ["١٢٣", "１２３", "1_000", "+60", "0x10", "1e3", "12 34", "9" * 5000, "-0"]
+)
+def test_integer_settings_take_ascii_digits_only(value):
+    # int() accepts the first three; an operator would not read them as the same number.
+    with pytest.raises(SettingsError) as error:
+        settings(EXPORT_RETENTION_DAYS=value)
+    message = str(error.value)
+    assert message.startswith(f"EXPORT_RETENTION_DAYS={value!r} must be a whole number")
+    assert "digits 0-9" in message and "3650" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("value", "days"), [("45", 45), (" 45\n", 45), ("0007", 7)])
+def test_integer_settings_allow_surrounding_whitespace_and_leading_zeros(value, days):
+    assert settings(EXPORT_RETENTION_DAYS=value).retention_days == days
+
+
+@pytest.mark.parametrize("value", ["voicesurvey-exports\n", "voicesurvey-exports ", "\nabc"])
+def test_bucket_name_with_a_trailing_newline_or_space_is_rejected(value):
+    with pytest.raises(SettingsError, match="S3_BUCKET_NAME="):
+        settings(S3_BUCKET_NAME=value)
+
+
+def test_access_policy_defaults_to_role_and_accepts_owner():
+    assert settings().export_access_policy == "role"
+    assert settings(EXPORT_ACCESS_POLICY="owner").export_access_policy == "owner"
+
+
+@pytest.mark.parametrize("value", ["", "owners", "OWNER", "admin"])
+def test_unknown_access_policy_is_one_line_naming_value_and_choices(value):
+    with pytest.raises(SettingsError) as error:
+        settings(EXPORT_ACCESS_POLICY=value)
+    assert str(error.value) == f"EXPORT_ACCESS_POLICY={value!r} must be one of: role, owner"

@@ -14,8 +14,8 @@ import sys
 from sqlalchemy.exc import SQLAlchemyError
 
 from .app_db.engine import DatabaseUrlError, get_engine
+from .app_db.errors import AppDatabaseError, describe_database_error
 from .app_db.migrations import LATEST_VERSION, current_version, upgrade
-from .exports.failures import one_line
 from .requests import ExportRequestError, ExportRequests
 from .settings import Settings, SettingsError
 
@@ -94,9 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportRequestError, SettingsError, DatabaseUrlError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except AppDatabaseError as error:
+        print(f"error: database: {error}", file=sys.stderr)
+        return 1
     except SQLAlchemyError as error:
-        detail = one_line(str(getattr(error, "orig", None) or error))
-        print(f"error: database: {detail}", file=sys.stderr)
+        # The server's primary message only: DETAIL lines and parameters may hold row values.
+        print(f"error: database: {describe_database_error(error)}", file=sys.stderr)
         return 1
     if result is not None:
         json.dump(result, sys.stdout, indent=2, ensure_ascii=False)

@@ -1,25 +1,43 @@
-"""The app-side export API: the seed's four operations, with their role checks.
+"""The app-side export API: the seed's four operations, with their access checks.
 
 The app's endpoints call these; the CLI does too. They only read and write
 export_jobs rows (and re-sign links): the Dagster pipeline does the exporting.
-A rejected call writes nothing.
+A rejected call writes nothing, except that a refresh which finds the file gone
+from S3 records that on the job.
+
+Access: viewers and unknown users may not use exports. Under the access policy
+"role" (the default) campaign managers and admins see every campaign's exports;
+under "owner" a campaign manager sees only those of campaigns they created, and
+anything else answers exactly as a campaign or job that does not exist.
+
+Errors never carry a signed link or SQL parameters: database errors become
+AppDatabaseError (one line), S3 errors StorageUnavailable (one line, no URLs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import boto3
-from sqlalchemy import Connection, Engine
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import Connection, Engine, select
 
 from .app_db import export_jobs
-from .app_db.campaigns import get_campaign, get_user_role
+from .app_db.campaigns import Campaign, get_campaign, get_user_role
 from .app_db.engine import get_engine
+from .app_db.errors import safe_database_errors
 from .app_db.export_jobs import ExportJob
-from .app_db.schema import EXPORT_ROLES
-from .settings import Settings
+from .app_db.schema import EXPORT_ROLES, campaigns
+from .settings import ACCESS_POLICIES, Settings
 from .storage import download_filename, presigned_download_url
+
+FILE_MISSING_MESSAGE = "the file no longer exists in S3; request a new export"
+# S3's answers to HEAD on a key that does not exist.
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 class ExportRequestError(Exception):
@@ -38,6 +56,25 @@ class NotFound(ExportRequestError):
     pass
 
 
+class FileGone(InvalidRequest):
+    """The completed export's file is no longer in S3 (deleted, or replaced meanwhile)."""
+
+
+class StorageUnavailable(ExportRequestError):
+    """S3 could not be asked (no credentials, unreachable, refused): try again later."""
+
+
+def describe_storage_error(error: Exception) -> str:
+    """One line naming the cause, without any URL's query string (a signature may be there)."""
+    if isinstance(error, ClientError):
+        details = error.response.get("Error", {})
+        text = f"{details.get('Code', 'error')}: {details.get('Message') or 'no message'}"
+    else:
+        text = f"{type(error).__name__}: {error}"
+    text = re.sub(r"(https?://[^\s?\"']*)\?[^\s\"']*", r"\1", text)
+    return " ".join(text.split())[:300]
+
+
 def parse_uuid(value: str | uuid.UUID, what: str) -> uuid.UUID:
     if isinstance(value, uuid.UUID):
         return value
@@ -53,6 +90,13 @@ class ExportRequests:
     s3_client: object
     bucket: str
     url_ttl_seconds: int
+    access_policy: str = "role"
+
+    def __post_init__(self) -> None:
+        if self.access_policy not in ACCESS_POLICIES:
+            raise ValueError(
+                f"access_policy {self.access_policy!r} is not one of {ACCESS_POLICIES}"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ExportRequests:
@@ -63,15 +107,16 @@ class ExportRequests:
             ),
             bucket=settings.s3_bucket_name,
             url_ttl_seconds=settings.url_ttl_seconds,
+            access_policy=settings.export_access_policy,
         )
 
     def request_export(self, campaign_id: str | uuid.UUID, user_id: str | uuid.UUID) -> ExportJob:
         """Record a pending export request; the sensor picks it up within seconds."""
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
-        with self.engine.begin() as conn:
-            self._authorize(conn, user_id)
-            self._campaign(conn, campaign_id)
+        with self._database("recording the export request", write=True) as conn:
+            role = self._authorize(conn, user_id)
+            self._campaign(conn, campaign_id, user_id, role)
             return export_jobs.insert_job(conn, campaign_id, requested_by_user_id=user_id)
 
     def list_exports(
@@ -80,33 +125,44 @@ class ExportRequests:
         """The campaign's export jobs, newest first."""
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
-        with self.engine.connect() as conn:
-            self._authorize(conn, user_id)
-            self._campaign(conn, campaign_id)
+        with self._database("listing export jobs") as conn:
+            role = self._authorize(conn, user_id)
+            self._campaign(conn, campaign_id, user_id, role)
             return export_jobs.list_jobs(conn, campaign_id)
 
     def get_export(self, job_id: str | uuid.UUID, user_id: str | uuid.UUID) -> ExportJob:
         job_id = parse_uuid(job_id, "export job id")
         user_id = parse_uuid(user_id, "user id")
-        with self.engine.connect() as conn:
-            self._authorize(conn, user_id)
-            return self._job(conn, job_id)
+        with self._database("reading the export job") as conn:
+            role = self._authorize(conn, user_id)
+            return self._job(conn, job_id, user_id, role)
 
     def refresh_download_url(self, job_id: str | uuid.UUID, user_id: str | uuid.UUID) -> ExportJob:
-        """Re-sign a completed export's file with a fresh expiry."""
+        """Re-sign a completed export's file with a fresh expiry.
+
+        S3 is asked outside any transaction; the new link is stored only if the job
+        still names the same file (retention or a re-run may have changed it meanwhile).
+        """
         job_id = parse_uuid(job_id, "export job id")
         user_id = parse_uuid(user_id, "user id")
-        with self.engine.begin() as conn:
-            self._authorize(conn, user_id)
-            job = self._job(conn, job_id)
+        with self._database("reading the export job") as conn:
+            role = self._authorize(conn, user_id)
+            job = self._job(conn, job_id, user_id, role)
             if job.status != "completed":
                 raise InvalidRequest(
                     f"export job {job_id} is {job.status}: only a completed export has a "
                     "download URL to refresh"
                 )
             if not job.s3_key:
-                raise InvalidRequest(f"export job {job_id} has no file: {job.error_message}")
-            campaign = self._campaign(conn, job.campaign_id)
+                raise FileGone(f"export job {job_id} has no file: {job.error_message}")
+            campaign = self._campaign(conn, job.campaign_id, user_id, role)
+        if not self._file_exists(job.s3_key):
+            with self._database("recording the missing file", write=True) as conn:
+                export_jobs.mark_file_deleted(
+                    conn, job_id, s3_key=job.s3_key, message=FILE_MISSING_MESSAGE
+                )
+            raise FileGone(f"export job {job_id}: {FILE_MISSING_MESSAGE}")
+        try:
             url, expires_at = presigned_download_url(
                 self.s3_client,
                 self.bucket,
@@ -114,11 +170,45 @@ class ExportRequests:
                 self.url_ttl_seconds,
                 download_filename(campaign.name, job.created_at.date()),
             )
-            export_jobs.update_download_url(conn, job_id, url, expires_at)
+        except (BotoCoreError, ClientError) as error:
+            raise StorageUnavailable(
+                f"cannot sign a download link in S3: {describe_storage_error(error)}"
+            ) from None
+        with self._database("storing the new download link", write=True) as conn:
+            stored = export_jobs.update_download_url(
+                conn, job_id, s3_key=job.s3_key, download_url=url, url_expires_at=expires_at
+            )
+            if not stored:
+                # Never hand out a fresh link to a file that was deleted meanwhile.
+                raise FileGone(
+                    f"export job {job_id}: its file was deleted or replaced while the link "
+                    "was being refreshed; request a new export"
+                )
             return export_jobs.get_job(conn, job_id)
 
+    def _file_exists(self, key: str) -> bool:
+        try:
+            self.s3_client.head_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as error:
+            response = getattr(error, "response", None) or {}
+            if str(response.get("Error", {}).get("Code")) in _MISSING_CODES:
+                return False
+            raise StorageUnavailable(
+                f"cannot check the export file in S3: {describe_storage_error(error)}"
+            ) from None
+        return True
+
+    @contextlib.contextmanager
+    def _database(self, action: str, write: bool = False) -> Iterator[Connection]:
+        """A connection (a transaction if write) whose errors carry no SQL parameters."""
+        with (
+            safe_database_errors(action),
+            self.engine.begin() if write else self.engine.connect() as conn,
+        ):
+            yield conn
+
     @staticmethod
-    def _authorize(conn: Connection, user_id: uuid.UUID) -> None:
+    def _authorize(conn: Connection, user_id: uuid.UUID) -> str:
         role = get_user_role(conn, user_id)
         if role is None:
             raise PermissionDenied(f"user {user_id} is not a known user and may not use exports")
@@ -126,17 +216,39 @@ class ExportRequests:
             raise PermissionDenied(
                 f"user {user_id} has role {role}; exports need role " + " or ".join(EXPORT_ROLES)
             )
+        return role
 
-    @staticmethod
-    def _campaign(conn: Connection, campaign_id: uuid.UUID):
+    def _owners_only(self, role: str) -> bool:
+        return self.access_policy == "owner" and role != "admin"
+
+    def _campaign(
+        self, conn: Connection, campaign_id: uuid.UUID, user_id: uuid.UUID, role: str
+    ) -> Campaign:
         campaign = get_campaign(conn, campaign_id)
-        if campaign is None:
+        if self._owners_only(role):
+            # The same answer for "no such campaign" and "not yours": ids cannot be probed.
+            if campaign is None or not _created_by(conn, campaign_id, user_id):
+                raise NotFound(
+                    f"campaign {campaign_id} does not exist or is not one of your campaigns"
+                )
+        elif campaign is None:
             raise NotFound(f"campaign {campaign_id} does not exist")
         return campaign
 
-    @staticmethod
-    def _job(conn: Connection, job_id: uuid.UUID) -> ExportJob:
+    def _job(self, conn: Connection, job_id: uuid.UUID, user_id: uuid.UUID, role: str) -> ExportJob:
         job = export_jobs.get_job(conn, job_id)
-        if job is None:
+        if self._owners_only(role):
+            if job is None or not _created_by(conn, job.campaign_id, user_id):
+                raise NotFound(
+                    f"export job {job_id} does not exist or is not of one of your campaigns"
+                )
+        elif job is None:
             raise NotFound(f"export job {job_id} does not exist")
         return job
+
+
+def _created_by(conn: Connection, campaign_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    creator = conn.execute(
+        select(campaigns.c.created_by_user_id).where(campaigns.c.id == campaign_id)
+    ).scalar_one_or_none()
+    return creator == user_id

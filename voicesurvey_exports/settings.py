@@ -17,7 +17,14 @@ from dataclasses import dataclass
 MAX_URL_EXPIRATION_SECONDS = 7 * 24 * 3600
 # export_jobs.s3_key is VARCHAR(500); a key is prefix + "<uuid>/<uuid>.csv" (77 chars).
 MAX_PREFIX_LENGTH = 500 - 77
-_BUCKET_RULE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+# Matched with fullmatch: "$" would also accept a name followed by a newline.
+_BUCKET_RULE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+# int() also takes '1_000' and other scripts' digits ('١٢٣'); settings take ASCII digits only.
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+# Who may see a campaign's exports: "role" (the seed's rule: every campaign manager and
+# admin sees every campaign) or "owner" (a campaign manager sees only the campaigns they
+# created; admins still see all).
+ACCESS_POLICIES = ("role", "owner")
 
 DEFAULTS = {
     "S3_BUCKET_NAME": "voicesurvey-exports",
@@ -27,6 +34,7 @@ DEFAULTS = {
     "EXPORT_SENSOR_INTERVAL_SECONDS": "2",
     "EXPORT_SENSOR_BATCH_SIZE": "50",
     "EXPORT_RETENTION_DAYS": "30",
+    "EXPORT_ACCESS_POLICY": "role",
 }
 
 
@@ -47,6 +55,7 @@ class Settings:
     spool_dir: str
     kms_key_id: str | None = None
     retention_days: int = 30
+    export_access_policy: str = "role"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -82,19 +91,34 @@ class Settings:
             retention_days=parse_int_setting(
                 "EXPORT_RETENTION_DAYS", env["EXPORT_RETENTION_DAYS"], 1, 3650
             ),
+            export_access_policy=parse_choice_setting(
+                "EXPORT_ACCESS_POLICY", env["EXPORT_ACCESS_POLICY"], ACCESS_POLICIES
+            ),
         )
 
 
 def parse_int_setting(name: str, raw: str, low: int, high: int, why: str = "") -> int:
-    rule = f"must be a whole number of at least {low} and at most {high}"
+    """A whole number written with the ASCII digits 0-9 only, surrounding whitespace allowed.
+
+    No sign (not even '+'), no '_' separators, no other scripts' digits: the value an
+    operator reads in the manifest is exactly the number the service uses.
+    """
+    rule = f"must be a whole number (digits 0-9) of at least {low} and at most {high}"
     if why:
         rule += f" ({why})"
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} {rule}") from None
-    if not low <= value <= high:
+    digits = raw.strip()
+    if not _ASCII_DIGITS.fullmatch(digits):
         raise SettingsError(f"{name}={raw!r} {rule}")
+    # Length first: int() refuses over 4300 digits with a ValueError of its own.
+    if len(digits.lstrip("0")) > len(str(high)) or not low <= int(digits) <= high:
+        raise SettingsError(f"{name}={raw!r} {rule}")
+    return int(digits)
+
+
+def parse_choice_setting(name: str, raw: str, allowed: tuple[str, ...]) -> str:
+    value = raw.strip()
+    if value not in allowed:
+        raise SettingsError(f"{name}={raw!r} must be one of: {', '.join(allowed)}")
     return value
 
 
@@ -105,7 +129,7 @@ def validate_spool_dir(path: str) -> str:
 
 
 def validate_bucket_name(name: str) -> str:
-    if not _BUCKET_RULE.match(name) or ".." in name:
+    if not _BUCKET_RULE.fullmatch(name) or ".." in name:
         raise SettingsError(
             f"S3_BUCKET_NAME={name!r} must be a valid S3 bucket name: 3-63 characters, "
             "lowercase letters, digits, dots and hyphens, "

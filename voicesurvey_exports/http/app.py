@@ -4,25 +4,61 @@ The endpoints only read and write export_jobs rows (through requests.ExportReque
 the Dagster pipeline does the exporting.
 """
 
+import contextlib
+import logging
 import uuid
+from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
+from ..app_db.errors import AppDatabaseError, safe_database_errors
 from ..app_db.schema import users
-from ..requests import ExportRequests, InvalidRequest, NotFound, PermissionDenied
+from ..requests import (
+    ExportRequests,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    StorageUnavailable,
+)
 from ..settings import Settings
 from .auth import AuthSettings, InvalidToken, TokenVerifier
 from .schemas import ErrorResponse, ExportJobCreateResponse, ExportJobResponse
 
+logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
+# One answer for every rejected token: which check failed (and the key id) is logged only.
+INVALID_TOKEN_DETAIL = "invalid or expired bearer token"
 ERRORS = {
     401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
     403: {"model": ErrorResponse, "description": "the user may not use exports"},
-    404: {"model": ErrorResponse, "description": "no such campaign or export job"},
+    404: {
+        "model": ErrorResponse,
+        "description": "no such campaign or export job (with EXPORT_ACCESS_POLICY=owner, "
+        "also one of a campaign the user did not create)",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "the app database or S3 is unavailable; try again later",
+    },
 }
+
+
+@contextlib.contextmanager
+def _unavailable_as_503() -> Iterator[None]:
+    """Database and S3 outages answer 503 with a one-line detail (no links, no SQL values)."""
+    try:
+        yield
+    except AppDatabaseError as error:
+        logger.warning("export API: app database unavailable: %s", error)
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, f"the app database is unavailable: {error}"
+        ) from None
+    except StorageUnavailable as error:
+        logger.warning("export API: S3 unavailable: %s", error)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
 
 
 def build_export_router(
@@ -44,12 +80,18 @@ def build_export_router(
             )
         try:
             subject = verifier.subject(credentials.credentials)
-        except InvalidToken as error:
+        except InvalidToken:
             raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED, str(error), headers={"WWW-Authenticate": "Bearer"}
+                status.HTTP_401_UNAUTHORIZED,
+                INVALID_TOKEN_DETAIL,
+                headers={"WWW-Authenticate": "Bearer"},
             ) from None
         # The role comes from the database, never from the token.
-        with api.engine.connect() as conn:
+        with (
+            _unavailable_as_503(),
+            safe_database_errors("looking up the token's user"),
+            api.engine.connect() as conn,
+        ):
             user_id = conn.execute(
                 select(users.c.id).where(users.c.oidc_subject == subject)
             ).scalar_one_or_none()
@@ -61,7 +103,8 @@ def build_export_router(
 
     def call(operation, *args):
         try:
-            return operation(*args)
+            with _unavailable_as_503():
+                return operation(*args)
         except PermissionDenied as error:
             raise HTTPException(status.HTTP_403_FORBIDDEN, str(error)) from None
         except NotFound as error:
@@ -103,7 +146,12 @@ def build_export_router(
     @router.post(
         "/exports/{job_id}/refresh-url",
         response_model=ExportJobResponse,
-        responses={409: {"model": ErrorResponse, "description": "the export is not completed"}},
+        responses={
+            409: {
+                "model": ErrorResponse,
+                "description": "the export is not completed, or its file no longer exists",
+            }
+        },
     )
     def refresh_url(job_id: uuid.UUID, user_id: User) -> ExportJobResponse:
         """Re-sign a completed export's file with a fresh expiry."""

@@ -8,6 +8,7 @@ the service refuses to start, so it can never accept unsigned tokens.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,10 +19,19 @@ import jwt
 from ..settings import SettingsError
 
 REQUIRED_CLAIMS = ["exp", "sub", "iss", "aud"]
+# Seconds of clock skew between the identity provider and this service allowed for
+# exp, nbf and iat: a token that expired moments ago elsewhere is still accepted.
+LEEWAY_SECONDS = 30
+
+logger = logging.getLogger(__name__)
 
 
 class InvalidToken(Exception):
-    """The bearer token is missing, malformed, expired or not ours; the message says which."""
+    """The bearer token is malformed, expired or not ours.
+
+    The message says which, for the service's log only: callers answer with a fixed
+    message so that a client cannot learn which check its token failed.
+    """
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,20 @@ class TokenVerifier:
                 algorithms=algorithms,  # never "none", never a mix of key types
                 audience=self.settings.audience,
                 issuer=self.settings.issuer,
+                leeway=LEEWAY_SECONDS,
                 options={"require": REQUIRED_CLAIMS},
             )
-        except jwt.PyJWTError as error:
-            raise InvalidToken(f"invalid bearer token: {error}") from None
+        except (jwt.PyJWTError, InvalidToken) as error:
+            reason = f"{type(error).__name__}: {error}"
+            # %r: the kid comes from the unverified token, so no raw newlines in the log.
+            logger.info("rejected bearer token (kid %r): %s", _unverified_kid(token), reason)
+            raise InvalidToken(reason) from None
         return str(claims["sub"])
+
+
+def _unverified_kid(token: str) -> str | None:
+    try:
+        kid = jwt.get_unverified_header(token).get("kid")
+    except jwt.PyJWTError:
+        return None
+    return kid if kid is None else str(kid)[:100]
