@@ -90,6 +90,8 @@ def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_lim
     home.mkdir()
     instance_config = yaml.safe_load((REPO / "deploy/dagster-ecs.yaml").read_text())
     instance_config.pop("run_launcher")  # the default launcher stands in for ECS
+    # The shared volume of the deploy config, here a folder of the test's own.
+    instance_config["local_artifact_storage"]["config"]["base_dir"] = str(home / "storage")
     limit = 4  # low enough that 100 requests must queue
     instance_config["concurrency"]["runs"]["max_concurrent_runs"] = limit
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
