@@ -131,3 +131,42 @@ def test_completion_needs_the_owning_run_and_the_recorded_key(app_data):
         # A late failure of any run never moves a completed job back.
         assert not export_jobs.mark_failed(conn, job_id, "late", run_id="owner")
     assert app_data.job_row(job_id)["status"] == "completed"
+
+
+def test_a_retry_that_dies_before_claiming_the_job_still_fails_it(
+    instance, postgres_url, s3_client
+):
+    from voicesurvey_exports.app_db.engine import get_engine
+    from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG
+    from voicesurvey_exports.exports.sensors import export_run_failure_sensor
+
+    from .conftest import AppData
+    from .dagster_harness import run_status_sensor_resources
+
+    app = AppData(get_engine(postgres_url))
+    campaign = app.campaign()
+    app.contact(campaign, "completed")
+    job_id = app.export_job(campaign, app.user())
+    # The first run claims the job and dies; the daemon's retry is left to finish it.
+    first = materialize_export(instance, postgres_url, campaign, job_id, bucket="no-such-bucket")
+    assert app.job_row(job_id)["dagster_run_id"] == first.run_id
+    # The retry fails before any of its ops runs (never started, inputs unreadable...).
+    retry = dg.DagsterRun(
+        job_name=first.dagster_run.job_name,
+        run_id=str(uuid.uuid4()),
+        parent_run_id=first.run_id,
+        root_run_id=first.run_id,
+        tags={EXPORT_JOB_TAG: str(job_id)},
+        status=dg.DagsterRunStatus.FAILURE,
+    )
+    context = dg.build_run_status_sensor_context(
+        sensor_name="export_run_failure_sensor",
+        dagster_instance=instance,
+        dagster_run=retry,
+        dagster_event=first.get_run_failure_event(),
+        resources=run_status_sensor_resources(postgres_url),
+    ).for_run_failure()
+
+    export_run_failure_sensor(context)
+
+    assert app.job_row(job_id)["status"] == "failed"

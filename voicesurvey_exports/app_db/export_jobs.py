@@ -280,7 +280,12 @@ def completed_before(conn: Connection, cutoff: datetime, limit: int) -> list[Exp
 
 
 def mark_file_deleted(
-    conn: Connection, job_id: uuid.UUID, *, s3_key: str, message: str | None
+    conn: Connection,
+    job_id: uuid.UUID,
+    *,
+    s3_key: str,
+    message: str | None,
+    only_if_status: str | None = None,
 ) -> bool:
     """The file is gone: clear the key and the link so that nobody is handed a dead link.
 
@@ -290,11 +295,10 @@ def mark_file_deleted(
     values = {"s3_key": None, "download_url": None, "url_expires_at": None}
     if message is not None:
         values["error_message"] = message
-    result = conn.execute(
-        export_jobs.update()
-        .where(export_jobs.c.id == job_id, export_jobs.c.s3_key == s3_key)
-        .values(**values)
-    )
+    conditions = [export_jobs.c.id == job_id, export_jobs.c.s3_key == s3_key]
+    if only_if_status is not None:  # e.g. a re-execution may have claimed it meanwhile
+        conditions.append(export_jobs.c.status == only_if_status)
+    result = conn.execute(export_jobs.update().where(*conditions).values(**values))
     return result.rowcount == 1
 
 

@@ -51,6 +51,7 @@ def delete_expired_exports(
                     job.id,
                     s3_key=job.s3_key,
                     message=message if job.status == "completed" else None,
+                    only_if_status=job.status,
                 )
             deleted += 1
     context.log.info(

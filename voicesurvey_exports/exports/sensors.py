@@ -106,6 +106,20 @@ def _export_job_id(tags: Mapping[str, str]) -> uuid.UUID | None:
     return uuid.UUID(job_id) if job_id else None
 
 
+def _failing_owner(context: dg.RunStatusSensorContext, owner: str | None) -> str:
+    """The run whose failure may fail the job: this run, or the job's owner when that is
+    an earlier, finished run of the same run group (a retry that died before it could
+    claim the job must not leave it running forever)."""
+    run = context.dagster_run
+    if not owner or owner == run.run_id:
+        return run.run_id
+    owner_run = context.instance.get_run_by_id(owner)
+    same_group = owner_run is not None and (owner_run.root_run_id or owner_run.run_id) == (
+        run.root_run_id or run.run_id
+    )
+    return owner if same_group and owner_run.is_finished else run.run_id
+
+
 def fail_export_job(
     context: dg.RunStatusSensorContext,
     app_db: AppDatabase,
@@ -114,13 +128,17 @@ def fail_export_job(
     job_id: uuid.UUID,
     reason: str,
 ) -> None:
-    """Fail the job if this run owns it, then delete any object the run wrote: a job that
-    ends failed leaves no file behind. If S3 refuses, the key stays on the failed row and
-    the retention job deletes the object later."""
+    """Fail the job if this run (or its finished run group) owns it, then delete any
+    object the run wrote: a job that ends failed leaves no file behind. If S3 refuses,
+    the key stays on the failed row and the retention job deletes the object later."""
     with app_db.engine.begin() as conn:
-        export_jobs.mark_failed(conn, job_id, reason, run_id=context.dagster_run.run_id)
         job = export_jobs.get_job(conn, job_id)
-    if job is None or job.status != "failed" or not job.s3_key:
+        if job is None:
+            return
+        owner = _failing_owner(context, job.dagster_run_id)
+        export_jobs.mark_failed(conn, job_id, reason, run_id=owner)
+        job = export_jobs.get_job(conn, job_id)
+    if job.status != "failed" or not job.s3_key:
         return
     try:
         delete_export_object(s3.get_client(), destination.bucket, job.s3_key)
@@ -131,7 +149,9 @@ def fail_export_job(
         )
         return
     with app_db.engine.begin() as conn:
-        export_jobs.mark_file_deleted(conn, job_id, s3_key=job.s3_key, message=None)
+        export_jobs.mark_file_deleted(
+            conn, job_id, s3_key=job.s3_key, message=None, only_if_status="failed"
+        )
 
 
 # No monitored_jobs: runs from the UI and backfills use Dagster's implicit asset job,
