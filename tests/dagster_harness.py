@@ -7,7 +7,12 @@ import uuid
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG, campaign_export
+from voicesurvey_exports.exports.assets import (
+    EXPORT_JOB_TAG,
+    REQUESTS_SENSOR,
+    SENSOR_NAME_TAG,
+    campaign_export,
+)
 from voicesurvey_exports.exports.resources import AppDatabase, ExportDestination
 from voicesurvey_exports.exports.spool import SpoolStorage
 from voicesurvey_exports.partitions import campaigns_partitions
@@ -38,16 +43,23 @@ def materialize_export(
     database_url: str,
     campaign_id: uuid.UUID | str,
     export_job_id: uuid.UUID | None = None,
+    launched_by_sensor: bool = True,
     **resource_options,
 ) -> dg.ExecuteInProcessResult:
-    """Materialise one campaign partition, as the sensor (with a job tag) or the UI (without)."""
+    """Materialise one campaign partition, as the request sensor does (with a job tag, and
+    the sensor's name as Dagster tags its runs) or the UI (without)."""
     instance.add_dynamic_partitions(campaigns_partitions.name, [str(campaign_id)])
+    tags = None
+    if export_job_id:
+        tags = {EXPORT_JOB_TAG: str(export_job_id)}
+        if launched_by_sensor:
+            tags[SENSOR_NAME_TAG] = REQUESTS_SENSOR
     return dg.materialize(
         [campaign_export],
         partition_key=str(campaign_id),
         instance=instance,
         resources=export_resources(database_url, **resource_options),
-        tags={EXPORT_JOB_TAG: str(export_job_id)} if export_job_id else None,
+        tags=tags,
         raise_on_error=False,
     )
 

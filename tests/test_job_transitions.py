@@ -170,3 +170,33 @@ def test_a_retry_that_dies_before_claiming_the_job_still_fails_it(
     export_run_failure_sensor(context)
 
     assert app.job_row(job_id)["status"] == "failed"
+
+
+def test_a_ui_run_with_a_mistyped_tag_cannot_fail_a_pending_request(
+    instance, database_url, app_data, s3_client
+):
+    campaign, other = app_data.campaign(), app_data.campaign("Other")
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    # Launched by hand with the request's job id on the wrong campaign's partition.
+    result = materialize_export(instance, database_url, other, job_id, launched_by_sensor=False)
+    run_failure_sensor(instance, result, database_url)
+
+    assert not result.success
+    assert app_data.job_row(job_id)["status"] == "pending"  # its own run will still come
+
+
+def test_reexecuting_a_ui_run_whose_job_row_was_never_written_exports_under_that_id(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "completed")
+    orphan_tag = uuid.uuid4()  # the parent tagged itself, then failed before the insert
+
+    result = materialize_export(
+        instance, database_url, campaign, orphan_tag, launched_by_sensor=False
+    )
+
+    assert result.success
+    job = app_data.job_row(orphan_tag)
+    assert (job["status"], job["total_records"]) == ("completed", 1)

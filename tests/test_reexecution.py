@@ -19,6 +19,8 @@ from sqlalchemy import text
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.exports.assets import (
     EXPORT_JOB_TAG,
+    REQUESTS_SENSOR,
+    SENSOR_NAME_TAG,
     campaign_export,
     campaign_export_job,
 )
@@ -72,7 +74,11 @@ def run_export(instance, postgres_url, s3_client):
             instance,
             tags=None
             if options
-            else {"dagster/partition": str(campaign), EXPORT_JOB_TAG: str(job_id)},
+            else {
+                "dagster/partition": str(campaign),
+                EXPORT_JOB_TAG: str(job_id),
+                SENSOR_NAME_TAG: REQUESTS_SENSOR,
+            },
             reexecution_options=options,
             raise_on_error=False,
         ) as result:

@@ -63,3 +63,20 @@ def test_files_past_retention_are_deleted_and_their_links_cleared(
 def test_retention_runs_daily_by_default():
     assert export_retention_schedule.cron_schedule == "15 3 * * *"
     assert export_retention_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_retention_clears_the_link_before_the_file_goes_and_restores_it_if_s3_refuses(
+    database_url, app_data, s3_client
+):
+    job, key = completed_job(app_data, s3_client, days_ago=31)
+    resources = {
+        "app_db": AppDatabase(database_url=database_url),
+        "s3": S3Resource(region_name=TEST_REGION),
+        "destination": ExportDestination(bucket="no-such-bucket", retention_days=30),
+    }
+
+    result = export_retention_job.execute_in_process(resources=resources, raise_on_error=False)
+
+    assert not result.success  # S3 refused: the file is still there, and so is its key
+    row = app_data.job_row(job)
+    assert (row["status"], row["s3_key"], row["error_message"]) == ("completed", key, None)

@@ -1,4 +1,5 @@
 import json
+import uuid
 
 import dagster as dg
 import pytest
@@ -14,7 +15,7 @@ from voicesurvey_exports.exports.sensors import (
 )
 from voicesurvey_exports.partitions import campaigns_partitions
 
-from .conftest import AppData
+from .conftest import TEST_BUCKET, AppData
 from .dagster_harness import run_status_sensor_resources
 
 
@@ -137,11 +138,23 @@ def test_campaign_partitions_sensor_skips_when_in_step(instance, database_url, a
     assert isinstance(result, dg.SkipReason)
 
 
-def test_cancelled_run_fails_its_job(instance, database_url, app_data):
+def test_cancelled_run_fails_its_job_and_deletes_its_file(
+    instance, database_url, app_data, s3_client
+):
     campaign = app_data.campaign()
-    job = app_data.export_job(campaign, app_data.user(), status="running")
+    job_id = uuid.uuid4()
     run = instance.create_run_for_job(
-        dg.GraphDefinition(name="noop").to_job(), tags={EXPORT_JOB_TAG: str(job)}
+        dg.GraphDefinition(name="noop").to_job(), tags={EXPORT_JOB_TAG: str(job_id)}
+    )
+    key = f"exports/{campaign}/{job_id}.csv"  # uploaded just before the cancellation
+    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"contact data")
+    app_data.export_job(
+        campaign,
+        app_data.user(),
+        id=job_id,
+        status="running",
+        dagster_run_id=run.run_id,
+        s3_key=key,
     )
     instance.report_run_canceled(run)
     context = dg.build_run_status_sensor_context(
@@ -155,8 +168,10 @@ def test_cancelled_run_fails_its_job(instance, database_url, app_data):
     )
     export_run_canceled_sensor(context)
 
-    row = app_data.job_row(job)
-    assert (row["status"], row["error_message"]) == (
+    row = app_data.job_row(job_id)
+    assert (row["status"], row["error_message"], row["s3_key"]) == (
         "failed",
         f"export run {run.run_id} was cancelled",
+        None,
     )
+    assert s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", []) == []

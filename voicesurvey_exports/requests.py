@@ -191,12 +191,23 @@ class ExportRequests:
             self.s3_client.head_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as error:
             response = getattr(error, "response", None) or {}
-            if str(response.get("Error", {}).get("Code")) in _MISSING_CODES:
-                return False
-            raise StorageUnavailable(
-                f"cannot check the export file in S3: {describe_storage_error(error)}"
-            ) from None
+            if str(response.get("Error", {}).get("Code")) not in _MISSING_CODES:
+                raise StorageUnavailable(
+                    f"cannot check the export file in S3: {describe_storage_error(error)}"
+                ) from None
+            # A HEAD on a missing bucket is a 404 too: a misconfigured bucket or endpoint
+            # must not pass for deleted files (their rows would lose their keys).
+            self._bucket_reachable()
+            return False
         return True
+
+    def _bucket_reachable(self) -> None:
+        try:
+            self.s3_client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError) as error:
+            raise StorageUnavailable(
+                f"cannot reach bucket {self.bucket!r} in S3: {describe_storage_error(error)}"
+            ) from None
 
     @contextlib.contextmanager
     def _database(self, action: str, write: bool = False) -> Iterator[Connection]:

@@ -302,6 +302,15 @@ def mark_file_deleted(
     return result.rowcount == 1
 
 
+def restore_object_key(conn: Connection, job_id: uuid.UUID, s3_key: str) -> None:
+    """Undo mark_file_deleted when the delete itself failed: the file is still there."""
+    conn.execute(
+        export_jobs.update()
+        .where(export_jobs.c.id == job_id, export_jobs.c.s3_key.is_(None))
+        .values(s3_key=s3_key, error_message=None)
+    )
+
+
 def failed_with_objects(conn: Connection, limit: int) -> list[ExportJob]:
     """Failed jobs whose object could not be deleted yet (S3 was down when they failed)."""
     rows = conn.execute(

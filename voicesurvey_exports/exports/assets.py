@@ -43,6 +43,9 @@ from .spool import SpoolStorage, remove_spool_on_failure
 
 # Run tag linking a run to its export_jobs row (set by the sensor, or by the run itself).
 EXPORT_JOB_TAG = "export_job_id"
+# Dagster's tag naming the sensor that launched a run, and the one that launches requests.
+SENSOR_NAME_TAG = "dagster/sensor_name"
+REQUESTS_SENSOR = "export_requests_sensor"
 # Ops that hold an app database connection share this pool (limit in dagster.yaml).
 APP_DATABASE_POOL = "app_database"
 
@@ -96,25 +99,25 @@ def parse_campaign_id(partition_key: str) -> uuid.UUID:
         ) from None
 
 
-def _root_run_id(instance: dg.DagsterInstance, run_id: str | None) -> str | None:
-    run = instance.get_run_by_id(run_id) if run_id else None
-    return None if run is None else (run.root_run_id or run.run_id)
-
-
 def claim_export_job(context: dg.OpExecutionContext, conn, job: export_jobs.ExportJob) -> None:
     """Make this run the job's owner, or fail with the reason it may not be.
 
     Any run may take a pending job. A retry or re-execution (a run with a parent) may
-    also take back a running or failed job from a run of its own run group. Nobody
-    takes a completed job: its file stays what its link promised.
+    also take back a failed job, or a running one whose owner has finished, from a run
+    of its own run group. Nobody takes a completed job: its file stays what its link
+    promised.
     """
     run = context.run
     from_statuses = ["pending"]
-    if run.parent_run_id is not None and _root_run_id(context.instance, job.dagster_run_id) in (
-        None,
-        run.root_run_id or run.run_id,
-    ):
-        from_statuses += ["running", "failed"]
+    owner = context.instance.get_run_by_id(job.dagster_run_id) if job.dagster_run_id else None
+    same_group = owner is None or (owner.root_run_id or owner.run_id) == (
+        run.root_run_id or run.run_id
+    )
+    if run.parent_run_id is not None and same_group:
+        from_statuses.append("failed")
+        # Never from a sibling that is still at work (two re-executions at once).
+        if owner is None or owner.is_finished:
+            from_statuses.append("running")
     if export_jobs.claim_job(conn, job.id, context.run_id, from_statuses) is not None:
         return
     if job.status == "completed":
@@ -155,26 +158,27 @@ def start_export_job(context: dg.OpExecutionContext, app_db: AppDatabase) -> Exp
     """Claim the request's job row for this run, or insert one for a UI or backfill run."""
     campaign_id = parse_campaign_id(context.partition_key)
     tagged_job_id = context.run.tags.get(EXPORT_JOB_TAG)
+    export_job_id = uuid.UUID(tagged_job_id) if tagged_job_id else uuid.uuid4()
     with app_db.engine.begin() as conn:
-        if tagged_job_id:
-            export_job_id = uuid.UUID(tagged_job_id)
-            job = export_jobs.get_job(conn, export_job_id)
-            if job is None:
-                raise permanent_failure(f"export job {export_job_id} does not exist")
-            if job.campaign_id != campaign_id:
-                raise permanent_failure(
-                    f"export job {export_job_id} belongs to campaign "
-                    f"{job.campaign_id}, not to partition {campaign_id}"
-                )
+        job = export_jobs.get_job(conn, export_job_id) if tagged_job_id else None
+        # The request sensor's runs need their row; a UI or backfill run tags itself,
+        # and its re-execution inherits a tag whose row may never have been written.
+        if job is None and context.run.tags.get(SENSOR_NAME_TAG) == REQUESTS_SENSOR:
+            raise permanent_failure(f"export job {export_job_id} does not exist")
+        if job is not None and job.campaign_id != campaign_id:
+            raise permanent_failure(
+                f"export job {export_job_id} belongs to campaign "
+                f"{job.campaign_id}, not to partition {campaign_id}"
+            )
         campaign = get_campaign(conn, campaign_id)
         if campaign is None:
             raise permanent_failure(f"campaign {campaign_id} does not exist")
-        if tagged_job_id:
+        if job is not None:
             claim_export_job(context, conn, job)
         else:
-            # Tag first, so the failure sensor can find the row if anything below fails.
-            export_job_id = uuid.uuid4()
-            context.instance.add_run_tags(context.run_id, {EXPORT_JOB_TAG: str(export_job_id)})
+            if not tagged_job_id:
+                # Tag first, so the failure sensor can find the row if anything below fails.
+                context.instance.add_run_tags(context.run_id, {EXPORT_JOB_TAG: str(export_job_id)})
             job = export_jobs.insert_job(
                 conn,
                 campaign_id,
@@ -248,15 +252,19 @@ def render_csv(
     return _render(context, extracted)
 
 
-def _upload(context, app_db, s3, destination, target, rendered: RenderedCsv) -> UploadedCsv:
+def _record_key(context, app_db: AppDatabase, destination, target: ExportTarget) -> str:
+    """Key first: an object that exists is always findable from its job row, so a run
+    that fails after the upload can have its object deleted."""
     key = object_key(destination.prefix, target.campaign_id, target.export_job_id)
-    # Key first: an object that exists is always findable from its job row, so a run
-    # that fails after the upload can have its object deleted.
     with app_db.engine.begin() as conn:
         if not export_jobs.record_object_key(conn, target.export_job_id, context.run_id, key):
             raise permanent_failure(
                 f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
             )
+    return key
+
+
+def _upload(context, s3, destination, target, rendered: RenderedCsv, key: str) -> UploadedCsv:
     upload_csv_file(
         s3.get_client(), Path(rendered.path), destination.bucket, key, destination.kms_key_id
     )
@@ -279,15 +287,13 @@ def upload_csv(
     ensure_claimed(context, app_db, spool, target)
     if not _made_by_this_run(context, rendered, rendered.path):
         rendered = _render(context, _extract(context, app_db, spool, target))
+    key = _record_key(context, app_db, destination, target)
     try:
-        return _upload(context, app_db, s3, destination, target, rendered)
-    except dg.Failure:
-        raise
+        return _upload(context, s3, destination, target, rendered, key)
     except Exception as error:
         attempts = context.retry_number + 1
         if attempts <= UPLOAD_RETRY_POLICY.max_retries:
             raise  # the retry policy tries again
-        key = object_key(destination.prefix, target.campaign_id, target.export_job_id)
         raise permanent_failure(
             f"upload to {s3_uri(destination.bucket, key)} failed after {attempts} attempts: "
             f"{describe_s3_error(error)}"
@@ -323,7 +329,8 @@ def record_export(
         # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
         context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
         rendered = _render(context, _extract(context, app_db, spool, target))
-        uploaded = _upload(context, app_db, s3, destination, target, rendered)
+        key = _record_key(context, app_db, destination, target)
+        uploaded = _upload(context, s3, destination, target, rendered, key)
     url, expires_at = presigned_download_url(
         client,
         destination.bucket,

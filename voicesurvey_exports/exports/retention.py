@@ -41,18 +41,28 @@ def delete_expired_exports(
             break
         for job in batch:
             seen.add(job.id)
-            # Object first, then the row (compare-and-set on the key): a completed job is
-            # never re-run, and a link re-signed in between is cleared with the row,
-            # so no row is left pointing at a deleted file and no file outlives its row.
-            delete_export_object(client, destination.bucket, job.s3_key)
-            with app_db.engine.begin() as conn:
-                export_jobs.mark_file_deleted(
-                    conn,
-                    job.id,
-                    s3_key=job.s3_key,
-                    message=message if job.status == "completed" else None,
-                    only_if_status=job.status,
-                )
+            if job.status == "completed":
+                # Row first (compare-and-set on the key): refresh-url can no longer store
+                # or hand out a link to this file. Should S3 refuse the delete, the key
+                # goes back on the row, so the file is never left unfindable.
+                with app_db.engine.begin() as conn:
+                    if not export_jobs.mark_file_deleted(
+                        conn, job.id, s3_key=job.s3_key, message=message, only_if_status="completed"
+                    ):
+                        continue
+                try:
+                    delete_export_object(client, destination.bucket, job.s3_key)
+                except Exception:
+                    with app_db.engine.begin() as conn:
+                        export_jobs.restore_object_key(conn, job.id, job.s3_key)
+                    raise
+            else:
+                # A failed job has no link: delete the file, then forget its key.
+                delete_export_object(client, destination.bucket, job.s3_key)
+                with app_db.engine.begin() as conn:
+                    export_jobs.mark_file_deleted(
+                        conn, job.id, s3_key=job.s3_key, message=None, only_if_status="failed"
+                    )
             deleted += 1
     context.log.info(
         f"deleted {deleted} export files (completed before {cutoff:%Y-%m-%d} or failed)"

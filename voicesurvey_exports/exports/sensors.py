@@ -11,7 +11,7 @@ from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
 from ..partitions import campaigns_partitions
 from ..storage import delete_export_object, describe_s3_error
-from .assets import EXPORT_JOB_TAG, campaign_export_job
+from .assets import EXPORT_JOB_TAG, REQUESTS_SENSOR, SENSOR_NAME_TAG, campaign_export_job
 from .failures import one_line, reason_from_step_failures
 from .resources import AppDatabase, ExportDestination
 
@@ -20,7 +20,7 @@ def build_export_requests_sensor(
     interval_seconds: int = 2, batch_size: int = 50
 ) -> dg.SensorDefinition:
     @dg.sensor(
-        name="export_requests_sensor",
+        name=REQUESTS_SENSOR,
         job=campaign_export_job,
         minimum_interval_seconds=interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
@@ -106,17 +106,27 @@ def _export_job_id(tags: Mapping[str, str]) -> uuid.UUID | None:
     return uuid.UUID(job_id) if job_id else None
 
 
-def _failing_owner(context: dg.RunStatusSensorContext, owner: str | None) -> str:
-    """The run whose failure may fail the job: this run, or the job's owner when that is
-    an earlier, finished run of the same run group (a retry that died before it could
-    claim the job must not leave it running forever)."""
+def _failing_owner(context: dg.RunStatusSensorContext, owner: str | None) -> str | None:
+    """The run whose failure may fail the job, or None when this run may not fail it.
+
+    This run, when it owns the job; the job's owner, when that is an earlier, finished
+    run of the same run group (a retry that died before it could claim the job must not
+    leave it running forever); for a job no run has claimed yet, only the run that the
+    request sensor launched for it (a UI run with a mistyped tag must not fail it).
+    """
     run = context.dagster_run
-    if not owner or owner == run.run_id:
-        return run.run_id
+    root_id = run.root_run_id or run.run_id
+    if owner is None:
+        root = context.instance.get_run_by_id(root_id) or run
+        launched_for_it = REQUESTS_SENSOR in (
+            run.tags.get(SENSOR_NAME_TAG),
+            root.tags.get(SENSOR_NAME_TAG),
+        )
+        return run.run_id if launched_for_it else None
+    if owner == run.run_id:
+        return owner
     owner_run = context.instance.get_run_by_id(owner)
-    same_group = owner_run is not None and (owner_run.root_run_id or owner_run.run_id) == (
-        run.root_run_id or run.run_id
-    )
+    same_group = owner_run is not None and (owner_run.root_run_id or owner_run.run_id) == root_id
     return owner if same_group and owner_run.is_finished else run.run_id
 
 
@@ -136,6 +146,9 @@ def fail_export_job(
         if job is None:
             return
         owner = _failing_owner(context, job.dagster_run_id)
+        if owner is None:
+            context.log.info(f"run may not fail export job {job_id}: another run's request")
+            return
         export_jobs.mark_failed(conn, job_id, reason, run_id=owner)
         job = export_jobs.get_job(conn, job_id)
     if job.status != "failed" or not job.s3_key:
