@@ -2,18 +2,27 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+# uv installs the exact set pinned in uv.lock; the Makefile fetches uv itself if needed.
+UV_VERSION := 0.13.9
+UV := .local/uv/bin/uv
+# The interpreter for the virtualenv: any CPython >= 3.11 (CI pins the floor, 3.11).
+VENV_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 
-.PHONY: install demo test soak bench lint format clean
+.PHONY: install lock demo test soak bench lint format clean
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --editable '.[dev]'
-	@# The Dagster family must stay in lock-step (a mismatch falls back to ancient releases).
-	$(BIN)/pip check
+$(UV):
+	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --disable-pip-version-check --target .local/uv/lib "uv==$(UV_VERSION)"
+	mkdir -p .local/uv/bin && ln -sf ../lib/bin/uv $(UV)
+
+$(BIN)/.installed: pyproject.toml uv.lock | $(UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --locked --extra dev --python "$(VENV_PYTHON)"
 	touch $@
 
 install: $(BIN)/.installed
+
+# After changing a dependency in pyproject.toml: pin the new set in uv.lock and commit it.
+lock: | $(UV)
+	$(UV) lock
 
 demo: install
 	$(BIN)/python scripts/demo.py

@@ -20,7 +20,10 @@ from pathlib import Path
 
 import boto3
 
-from voicesurvey_exports import local_services, process_group
+# The development tooling (dev/) sits beside the package, not in it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dev import local_services, process_group
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
 

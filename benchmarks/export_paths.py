@@ -31,7 +31,7 @@ def floor(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path)
 
     from voicesurvey_exports.app_db.contacts import terminal_contacts_query
     from voicesurvey_exports.app_db.engine import sync_database_url
-    from voicesurvey_exports.storage import upload_csv_file
+    from voicesurvey_exports.export_file.s3_object import upload_csv_file
 
     sql = terminal_contacts_query(campaign_id).compile(
         dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
@@ -51,7 +51,7 @@ def naive(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path)
 
     from voicesurvey_exports.app_db.contacts import terminal_contacts_query
     from voicesurvey_exports.app_db.engine import get_engine
-    from voicesurvey_exports.exports.csv_format import render_rows
+    from voicesurvey_exports.export_file.csv_format import render_rows
 
     start = time.perf_counter()
     with get_engine(database_url).connect() as conn:
@@ -66,14 +66,14 @@ def project(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Pat
     import dagster as dg
     from dagster_aws.s3 import S3Resource
 
-    from voicesurvey_exports.exports.assets import (
+    from voicesurvey_exports.pipeline.assets import (
         ExportTarget,
         extract_terminal_contacts,
         render_csv,
         upload_csv,
     )
-    from voicesurvey_exports.exports.resources import AppDatabase, ExportDestination
-    from voicesurvey_exports.exports.spool import SpoolStorage
+    from voicesurvey_exports.pipeline.resources import AppDatabase, ExportDestination
+    from voicesurvey_exports.pipeline.spool import SpoolStorage
 
     app_db = AppDatabase(database_url=database_url)
     spool = SpoolStorage(base_dir=str(workdir))

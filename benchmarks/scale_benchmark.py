@@ -24,11 +24,14 @@ from pathlib import Path
 import dagster as dg
 from sqlalchemy import text
 
-from voicesurvey_exports import local_services, process_group
+# The development tooling (dev/) sits beside the package, not in it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dev import local_services, process_group
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
-from voicesurvey_exports.exports.resources import AppDatabase
-from voicesurvey_exports.exports.sensors import (
+from voicesurvey_exports.pipeline.resources import AppDatabase
+from voicesurvey_exports.pipeline.sensors import (
     build_export_requests_sensor,
     campaign_partitions_sensor,
 )

@@ -28,11 +28,14 @@ import jwt
 import psycopg2
 from sqlalchemy.engine import make_url
 
-from voicesurvey_exports import local_services, process_group
+# The development tooling (dev/) sits beside the package, not in it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dev import local_services, process_group
+from dev.demo_data import LARGE_CAMPAIGN_ID, MANAGER_ID, seed_demo_data
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
-from voicesurvey_exports.demo_data import LARGE_CAMPAIGN_ID, MANAGER_ID, seed_demo_data
-from voicesurvey_exports.requests import ExportRequests
+from voicesurvey_exports.service.requests import ExportRequests
 from voicesurvey_exports.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,10 +12,10 @@ import pytest
 from moto import mock_aws
 from sqlalchemy import Engine, text
 
+from dev.local_services import postgres_admin
 from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
-from voicesurvey_exports.local_services import postgres_admin
 
 # Plain postgresql:// on purpose: the form operators write (see the README).
 POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")

@@ -7,15 +7,15 @@ import uuid
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from voicesurvey_exports.exports.assets import (
+from voicesurvey_exports.pipeline.assets import (
     EXPORT_JOB_TAG,
     REQUESTS_SENSOR,
     SENSOR_NAME_TAG,
     campaign_export,
 )
-from voicesurvey_exports.exports.resources import AppDatabase, ExportDestination
-from voicesurvey_exports.exports.spool import SpoolStorage
-from voicesurvey_exports.partitions import campaigns_partitions
+from voicesurvey_exports.pipeline.partitions import campaigns_partitions
+from voicesurvey_exports.pipeline.resources import AppDatabase, ExportDestination
+from voicesurvey_exports.pipeline.spool import SpoolStorage
 
 from .conftest import TEST_BUCKET, TEST_REGION
 
@@ -74,7 +74,7 @@ def run_failure_sensor(
     instance, result: dg.ExecuteInProcessResult, database_url: str, bucket: str = TEST_BUCKET
 ) -> None:
     """Evaluate export_run_failure_sensor on a failed run, as the daemon would."""
-    from voicesurvey_exports.exports.sensors import export_run_failure_sensor
+    from voicesurvey_exports.pipeline.sensors import export_run_failure_sensor
 
     context = dg.build_run_status_sensor_context(
         sensor_name="export_run_failure_sensor",

@@ -9,9 +9,9 @@ from fastapi.testclient import TestClient
 
 from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.http.app import create_app
-from voicesurvey_exports.http.auth import AuthSettings, TokenVerifier
-from voicesurvey_exports.requests import ExportRequests, NotFound, PermissionDenied
+from voicesurvey_exports.service.http.app import create_app
+from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
+from voicesurvey_exports.service.requests import ExportRequests, NotFound, PermissionDenied
 
 from .conftest import TEST_BUCKET, AppData
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token

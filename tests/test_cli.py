@@ -8,10 +8,10 @@ import uuid
 
 import pytest
 
-from voicesurvey_exports import cli as cli_module
 from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import LATEST_VERSION
+from voicesurvey_exports.service import cli as cli_module
 
 from .conftest import TEST_BUCKET, AppData
 from .test_requests import database_refusing_links
@@ -19,7 +19,7 @@ from .test_requests import database_refusing_links
 
 def cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "voicesurvey_exports.cli", *args],
+        [sys.executable, "-m", "voicesurvey_exports.service.cli", *args],
         env={**os.environ, **env},
         capture_output=True,
         text=True,
@@ -125,7 +125,7 @@ def test_refresh_without_aws_credentials_is_one_line(cli_env):
         AWS_EC2_METADATA_DISABLED="true",
     )
     result = subprocess.run(
-        [sys.executable, "-m", "voicesurvey_exports.cli", "refresh-url", str(job)]
+        [sys.executable, "-m", "voicesurvey_exports.service.cli", "refresh-url", str(job)]
         + ["--user-id", str(data.user("admin"))],
         env=env,
         capture_output=True,

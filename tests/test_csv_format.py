@@ -9,8 +9,8 @@ import pyarrow.csv as pa_csv
 import pytest
 
 from voicesurvey_exports.app_db.contacts import write_spool_rows
-from voicesurvey_exports.exports import csv_format
-from voicesurvey_exports.exports.csv_format import CSV_COLUMNS, render_rows, render_spool
+from voicesurvey_exports.export_file import csv_format
+from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS, render_rows, render_spool
 
 from .test_csv_properties import (
     DISGUISES,

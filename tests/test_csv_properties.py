@@ -23,7 +23,7 @@ from sqlalchemy import delete
 from voicesurvey_exports.app_db.contacts import copy_terminal_contacts
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import contacts, survey_responses
-from voicesurvey_exports.exports.csv_format import CSV_COLUMNS, INJECTION_GUARD, render_spool
+from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS, INJECTION_GUARD, render_spool
 
 from .conftest import AppData
 

@@ -6,7 +6,7 @@ import warnings
 import dagster as dg
 import pytest
 
-from voicesurvey_exports.exports.assets import campaign_export
+from voicesurvey_exports.pipeline.assets import campaign_export
 
 from .dagster_harness import materialize_export
 
@@ -26,7 +26,7 @@ def load_defs(monkeypatch, **env) -> dg.Definitions:
     monkeypatch.setenv("DATABASE_URL", "sqlite:///unused.db")
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    import voicesurvey_exports.definitions as module
+    import voicesurvey_exports.pipeline.definitions as module
 
     return importlib.reload(module).defs
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from voicesurvey_exports import process_group
-from voicesurvey_exports.demo_data import LARGE_CAMPAIGN_ID
-from voicesurvey_exports.exports.csv_format import CSV_COLUMNS
+from dev import process_group
+from dev.demo_data import LARGE_CAMPAIGN_ID
+from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 
 pytestmark = pytest.mark.e2e
 

@@ -1,5 +1,6 @@
 from sqlalchemy import func, select
 
+from dev.demo_data import seed_demo_data
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
 from voicesurvey_exports.app_db.schema import (
@@ -10,7 +11,6 @@ from voicesurvey_exports.app_db.schema import (
     survey_responses,
     users,
 )
-from voicesurvey_exports.demo_data import seed_demo_data
 
 
 def seeded(path) -> object:

@@ -18,8 +18,8 @@ from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
 from sqlalchemy import text
 
-from voicesurvey_exports import local_services
-from voicesurvey_exports import process_group as processes
+from dev import local_services
+from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
 
@@ -128,7 +128,7 @@ def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_lim
                     "-p",
                     str(code_port),
                     "-m",
-                    "voicesurvey_exports.definitions",
+                    "voicesurvey_exports.pipeline.definitions",
                     "--location-name",
                     "voicesurvey_exports",
                 ],

@@ -15,11 +15,11 @@ import pytest
 import requests
 from sqlalchemy import text
 
-from voicesurvey_exports import local_services
-from voicesurvey_exports import process_group as processes
+from dev import local_services
+from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
-from voicesurvey_exports.exports.csv_format import CSV_COLUMNS
+from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 
 from .conftest import AppData
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token

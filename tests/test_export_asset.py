@@ -8,8 +8,8 @@ from dagster_aws.s3 import S3Resource
 from sqlalchemy import select
 
 from voicesurvey_exports.app_db.schema import export_jobs
-from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG, campaign_export
-from voicesurvey_exports.exports.csv_format import CSV_COLUMNS
+from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
+from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG, campaign_export
 
 from .conftest import TEST_BUCKET, TEST_REGION
 from .dagster_harness import export_resources, materialize_export, run_failure_sensor

@@ -16,8 +16,8 @@ import psycopg2
 import pytest
 from sqlalchemy import text
 
-from voicesurvey_exports import local_services
-from voicesurvey_exports import process_group as processes
+from dev import local_services
+from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
 

@@ -15,9 +15,9 @@ from sqlalchemy import select
 
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import export_jobs, users
-from voicesurvey_exports.http.app import create_app, openapi_document
-from voicesurvey_exports.http.auth import AuthSettings, TokenVerifier
-from voicesurvey_exports.requests import ExportRequests
+from voicesurvey_exports.service.http.app import create_app, openapi_document
+from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
+from voicesurvey_exports.service.requests import ExportRequests
 from voicesurvey_exports.settings import SettingsError
 
 from .conftest import TEST_BUCKET, AppData
@@ -227,7 +227,7 @@ def test_a_rejected_token_gets_a_fixed_body_and_the_reason_is_only_logged(
         (token(sub, key="x" * 40), "InvalidSignatureError"),
     ):
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="voicesurvey_exports.http.auth"):
+        with caplog.at_level(logging.INFO, logger="voicesurvey_exports.service.http.auth"):
             response = client.get(
                 f"/api/campaigns/{campaign}/exports", headers={"Authorization": f"Bearer {bad}"}
             )
@@ -255,7 +255,7 @@ def test_an_unknown_key_id_is_logged_but_never_echoed(
         algorithm="RS256",
         headers={"kid": "probe-kid-<script>"},
     )
-    with caplog.at_level(logging.INFO, logger="voicesurvey_exports.http.auth"):
+    with caplog.at_level(logging.INFO, logger="voicesurvey_exports.service.http.auth"):
         response = client.get(
             f"/api/campaigns/{app_data.campaign()}/exports",
             headers={"Authorization": f"Bearer {forged}"},

@@ -7,9 +7,9 @@ from hypothesis import HealthCheck, find, settings
 from hypothesis.errors import NoSuchExample
 
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.http.app import create_app
-from voicesurvey_exports.http.auth import AuthSettings, TokenVerifier
-from voicesurvey_exports.requests import ExportRequests
+from voicesurvey_exports.service.http.app import create_app
+from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
+from voicesurvey_exports.service.requests import ExportRequests
 
 from .conftest import TEST_BUCKET, AppData
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token

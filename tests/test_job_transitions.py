@@ -137,8 +137,8 @@ def test_a_retry_that_dies_before_claiming_the_job_still_fails_it(
     instance, postgres_url, s3_client
 ):
     from voicesurvey_exports.app_db.engine import get_engine
-    from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG
-    from voicesurvey_exports.exports.sensors import export_run_failure_sensor
+    from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG
+    from voicesurvey_exports.pipeline.sensors import export_run_failure_sensor
 
     from .conftest import AppData
     from .dagster_harness import run_status_sensor_resources

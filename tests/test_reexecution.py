@@ -17,7 +17,7 @@ from dagster._serdes import serialize_value
 from sqlalchemy import text
 
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.exports.assets import (
+from voicesurvey_exports.pipeline.assets import (
     EXPORT_JOB_TAG,
     REQUESTS_SENSOR,
     SENSOR_NAME_TAG,

@@ -12,7 +12,7 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.errors import AppDatabaseError
 from voicesurvey_exports.app_db.migrations import upgrade
 from voicesurvey_exports.app_db.schema import export_jobs
-from voicesurvey_exports.requests import (
+from voicesurvey_exports.service.requests import (
     ExportRequests,
     FileGone,
     InvalidRequest,

@@ -4,9 +4,9 @@ import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from voicesurvey_exports.exports.resources import AppDatabase, ExportDestination
-from voicesurvey_exports.exports.retention import export_retention_job, export_retention_schedule
-from voicesurvey_exports.requests import ExportRequests, InvalidRequest
+from voicesurvey_exports.pipeline.resources import AppDatabase, ExportDestination
+from voicesurvey_exports.pipeline.retention import export_retention_job, export_retention_schedule
+from voicesurvey_exports.service.requests import ExportRequests, InvalidRequest
 
 from .conftest import TEST_BUCKET, TEST_REGION
 

@@ -6,14 +6,14 @@ import pytest
 from sqlalchemy import text
 
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG
-from voicesurvey_exports.exports.resources import AppDatabase
-from voicesurvey_exports.exports.sensors import (
+from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG
+from voicesurvey_exports.pipeline.partitions import campaigns_partitions
+from voicesurvey_exports.pipeline.resources import AppDatabase
+from voicesurvey_exports.pipeline.sensors import (
     build_export_requests_sensor,
     campaign_partitions_sensor,
     export_run_canceled_sensor,
 )
-from voicesurvey_exports.partitions import campaigns_partitions
 
 from .conftest import TEST_BUCKET, AppData
 from .dagster_harness import run_status_sensor_resources

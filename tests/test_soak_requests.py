@@ -14,11 +14,11 @@ import pytest
 from dagster import DagsterInstance
 from sqlalchemy import text
 
-from voicesurvey_exports import local_services
-from voicesurvey_exports import process_group as processes
+from dev import local_services
+from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
-from voicesurvey_exports.exports.assets import EXPORT_JOB_TAG
+from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG
 
 from .conftest import AppData
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import stat
 
-from voicesurvey_exports.exports.spool import FOLDER_PREFIX, SpoolStorage
+from voicesurvey_exports.pipeline.spool import FOLDER_PREFIX, SpoolStorage
 
 
 def test_a_folder_planted_under_the_runs_name_is_not_used(tmp_path):

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pandas as pd
 
 from voicesurvey_exports.app_db.contacts import copy_terminal_contacts, terminal_contacts_query
-from voicesurvey_exports.exports.csv_format import CSV_COLUMNS, render_rows, render_spool
+from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS, render_rows, render_spool
 
 from .test_csv_properties import NULL_MARKER_WORDS, read_export
 

@@ -7,7 +7,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
-from ..storage import delete_export_object
+from ..export_file.s3_object import delete_export_object
 from .resources import AppDatabase, ExportDestination
 
 BATCH = 500

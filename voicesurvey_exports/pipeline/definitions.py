@@ -5,17 +5,17 @@ from __future__ import annotations
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
-from .exports.assets import campaign_export, campaign_export_job
-from .exports.resources import AppDatabase, ExportDestination
-from .exports.retention import export_retention_job, export_retention_schedule
-from .exports.sensors import (
+from ..settings import Settings
+from .assets import campaign_export, campaign_export_job
+from .resources import AppDatabase, ExportDestination
+from .retention import export_retention_job, export_retention_schedule
+from .sensors import (
     build_export_requests_sensor,
     campaign_partitions_sensor,
     export_run_canceled_sensor,
     export_run_failure_sensor,
 )
-from .exports.spool import SpoolStorage
-from .settings import Settings
+from .spool import SpoolStorage
 
 
 def build_defs(settings: Settings) -> dg.Definitions:

@@ -13,11 +13,11 @@ import sys
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from .app_db.engine import DatabaseUrlError, get_engine
-from .app_db.errors import AppDatabaseError, describe_database_error
-from .app_db.migrations import LATEST_VERSION, current_version, upgrade
+from ..app_db.engine import DatabaseUrlError, get_engine
+from ..app_db.errors import AppDatabaseError, describe_database_error
+from ..app_db.migrations import LATEST_VERSION, current_version, upgrade
+from ..settings import Settings, SettingsError
 from .requests import ExportRequestError, ExportRequests
-from .settings import Settings, SettingsError
 
 
 def _parser() -> argparse.ArgumentParser:

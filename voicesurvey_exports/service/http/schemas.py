@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from ..app_db.export_jobs import ExportJob
+from ...app_db.export_jobs import ExportJob
 
 JobStatus = Literal["pending", "running", "completed", "failed"]
 

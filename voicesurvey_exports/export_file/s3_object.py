@@ -13,7 +13,7 @@ from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from .exports.csv_format import CSV_CONTENT_TYPE
+from .csv_format import CSV_CONTENT_TYPE
 
 # Private objects, encrypted at rest with S3-managed keys.
 SERVER_SIDE_ENCRYPTION = "AES256"

@@ -26,14 +26,14 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Connection, Engine, select
 
-from .app_db import export_jobs
-from .app_db.campaigns import Campaign, get_campaign, get_user_role
-from .app_db.engine import get_engine
-from .app_db.errors import safe_database_errors
-from .app_db.export_jobs import ExportJob
-from .app_db.schema import EXPORT_ROLES, campaigns
-from .settings import ACCESS_POLICIES, Settings
-from .storage import download_filename, presigned_download_url
+from ..app_db import export_jobs
+from ..app_db.campaigns import Campaign, get_campaign, get_user_role
+from ..app_db.engine import get_engine
+from ..app_db.errors import safe_database_errors
+from ..app_db.export_jobs import ExportJob
+from ..app_db.schema import EXPORT_ROLES, campaigns
+from ..export_file.s3_object import download_filename, presigned_download_url
+from ..settings import ACCESS_POLICIES, Settings
 
 FILE_MISSING_MESSAGE = "the file no longer exists in S3; request a new export"
 # S3's answers to HEAD on a key that does not exist.

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jwt
 
-from ..settings import SettingsError
+from ...settings import SettingsError
 
 REQUIRED_CLAIMS = ["exp", "sub", "iss", "aud"]
 # Seconds of clock skew between the identity provider and this service allowed for

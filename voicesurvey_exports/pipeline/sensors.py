@@ -9,10 +9,10 @@ from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
-from ..partitions import campaigns_partitions
-from ..storage import delete_export_object, describe_s3_error
+from ..export_file.s3_object import delete_export_object, describe_s3_error
 from .assets import EXPORT_JOB_TAG, REQUESTS_SENSOR, SENSOR_NAME_TAG, campaign_export_job
 from .failures import one_line, reason_from_step_failures
+from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 
 

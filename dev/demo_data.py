@@ -13,7 +13,13 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 
-from .app_db.schema import CONTACT_STATES, campaigns, contacts, survey_responses, users
+from voicesurvey_exports.app_db.schema import (
+    CONTACT_STATES,
+    campaigns,
+    contacts,
+    survey_responses,
+    users,
+)
 
 SEED = 18
 

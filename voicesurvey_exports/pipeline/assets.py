@@ -27,8 +27,8 @@ from ..app_db import export_jobs
 from ..app_db.campaigns import get_campaign
 from ..app_db.contacts import copy_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
-from ..partitions import campaigns_partitions
-from ..storage import (
+from ..export_file.csv_format import render_spool
+from ..export_file.s3_object import (
     describe_s3_error,
     download_filename,
     object_key,
@@ -36,8 +36,8 @@ from ..storage import (
     s3_uri,
     upload_csv_file,
 )
-from .csv_format import render_spool
 from .failures import permanent_failure
+from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 from .spool import SpoolStorage, remove_spool_on_failure
 

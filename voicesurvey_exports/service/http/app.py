@@ -14,8 +14,9 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
-from ..app_db.errors import AppDatabaseError, safe_database_errors
-from ..app_db.schema import users
+from ...app_db.errors import AppDatabaseError, safe_database_errors
+from ...app_db.schema import users
+from ...settings import Settings
 from ..requests import (
     ExportRequests,
     InvalidRequest,
@@ -23,7 +24,6 @@ from ..requests import (
     PermissionDenied,
     StorageUnavailable,
 )
-from ..settings import Settings
 from .auth import AuthSettings, InvalidToken, TokenVerifier
 from .schemas import ErrorResponse, ExportJobCreateResponse, ExportJobResponse
 
