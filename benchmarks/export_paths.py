@@ -31,7 +31,7 @@ def floor(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path)
 
     from voicesurvey_exports.app_db.contacts import terminal_contacts_query
     from voicesurvey_exports.app_db.engine import sync_database_url
-    from voicesurvey_exports.export_file.s3_object import upload_csv_file
+    from voicesurvey_exports.export_file.s3_object import ExportObjects
 
     sql = terminal_contacts_query(campaign_id).compile(
         dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}
@@ -41,7 +41,9 @@ def floor(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path)
     path = workdir / "floor.csv"
     with psycopg2.connect(dsn) as conn, conn.cursor() as cursor, open(path, "wb") as out:
         cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv, HEADER)", out)
-    upload_csv_file(s3_client(), path, bucket, f"bench/floor-{uuid.uuid4()}.csv")
+    ExportObjects(s3_client(), bucket, "bench/", url_ttl_seconds=3600).upload(
+        path, f"bench/floor-{uuid.uuid4()}.csv"
+    )
     return {"wall_seconds": time.perf_counter() - start, "bytes": path.stat().st_size}
 
 
@@ -62,41 +64,27 @@ def naive(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path)
 
 
 def project(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path) -> dict:
-    """The asset's own ops, invoked directly: extract, render, upload."""
-    import dagster as dg
-    from dagster_aws.s3 import S3Resource
+    """The asset's own steps, without Dagster around them: extract, render, upload."""
+    from voicesurvey_exports.app_db.contacts import copy_terminal_contacts
+    from voicesurvey_exports.app_db.engine import get_engine
+    from voicesurvey_exports.export_file.csv_format import render_spool
+    from voicesurvey_exports.export_file.s3_object import ExportObjects
 
-    from voicesurvey_exports.pipeline.assets import (
-        ExportTarget,
-        extract_terminal_contacts,
-        render_csv,
-        upload_csv,
-    )
-    from voicesurvey_exports.pipeline.resources import AppDatabase, ExportDestination
-    from voicesurvey_exports.pipeline.spool import SpoolStorage
-
-    app_db = AppDatabase(database_url=database_url)
-    spool = SpoolStorage(base_dir=str(workdir))
-    target = ExportTarget(uuid.uuid4(), campaign_id, "bench", None)
-    context = dg.build_op_context()
+    engine = get_engine(database_url)
+    objects = ExportObjects(s3_client(), bucket, "bench/", url_ttl_seconds=3600)
+    spool_path, csv_path = workdir / "contacts.spool.csv", workdir / "export.csv"
     start = time.perf_counter()
-    extracted = extract_terminal_contacts(context, app_db=app_db, spool=spool, target=target)
+    with open(spool_path, "wb") as spool:
+        copy_terminal_contacts(engine, campaign_id, spool)
     extracted_at = time.perf_counter()
-    rendered = render_csv(context, extracted)
+    stats = render_spool(spool_path, csv_path)
     rendered_at = time.perf_counter()
-    upload_csv(
-        context,
-        s3=S3Resource(region_name=os.environ.get("AWS_REGION", "eu-central-1")),
-        destination=ExportDestination(bucket=bucket, prefix="bench/"),
-        target=target,
-        rendered=rendered,
-    )
+    objects.upload(csv_path, objects.key(campaign_id, uuid.uuid4()))
     end = time.perf_counter()
-    spool.remove(context.run_id)
     return {
         "wall_seconds": end - start,
-        "bytes": rendered.byte_count,
-        "rows": rendered.row_count,
+        "bytes": stats.byte_count,
+        "rows": stats.row_count,
         "op_seconds": {
             "extract_terminal_contacts": round(extracted_at - start, 3),
             "render_csv": round(rendered_at - extracted_at, 3),

@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dev import local_services, process_group
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
-from voicesurvey_exports.pipeline.resources import AppDatabase
+from voicesurvey_exports.pipeline.resources import build_resources
 from voicesurvey_exports.pipeline.sensors import (
     build_export_requests_sensor,
     campaign_partitions_sensor,
 )
+from voicesurvey_exports.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 PARTITION_STATUS = """
@@ -72,7 +73,8 @@ def measure(campaigns: int, server: str) -> dict:
                 text("INSERT INTO export_jobs (campaign_id) SELECT id FROM campaigns LIMIT 50")
             )
         os.environ["DAGSTER_POSTGRES_URL"] = instance_url
-        resources = {"app_db": AppDatabase(database_url=app_url)}
+        settings = Settings.from_env({"DATABASE_URL": app_url})
+        resources = {"app_db": build_resources(settings)["app_db"]}
         with dg.DagsterInstance.from_config(str(home)) as instance:
 
             def tick(sensor):
@@ -88,7 +90,7 @@ def measure(campaigns: int, server: str) -> dict:
             steady = statistics.median(
                 timed(lambda: tick(campaign_partitions_sensor))[0] for _ in range(5)
             )
-            requests_sensor = build_export_requests_sensor()
+            requests_sensor = build_export_requests_sensor(settings)
             request_tick = statistics.median(
                 timed(lambda: tick(requests_sensor))[0] for _ in range(5)
             )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -13,27 +16,69 @@ from moto import mock_aws
 from sqlalchemy import Engine, text
 
 from dev.local_services import postgres_admin
+from dev.private_postgres import private_postgres
 from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
+from voicesurvey_exports.service.requests import ExportRequests
+from voicesurvey_exports.settings import Settings
 
 # Plain postgresql:// on purpose: the form operators write (see the README).
-POSTGRES_SERVER_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+# TEST_POSTGRES_URL names the server to use; without it, the local default is tried and,
+# when nothing answers there, the session starts a private server (dev/private_postgres).
+CONFIGURED_SERVER_URL = os.environ.get("TEST_POSTGRES_URL")
+DEFAULT_SERVER_URL = os.environ.get(
+    "TEST_POSTGRES_PROBE_URL", "postgresql://postgres@127.0.0.1:5432"
+)
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 TEST_BUCKET = "test-exports"
 TEST_REGION = "eu-central-1"
 
 
+def settings_for(database_url: str, **variables: str) -> Settings:
+    """Settings as the services read them, for the test bucket and region, plus overrides
+    (environment variable names, as an operator writes them)."""
+    return Settings.from_env(
+        {
+            "DATABASE_URL": database_url,
+            "S3_BUCKET_NAME": TEST_BUCKET,
+            "AWS_REGION": TEST_REGION,
+            "EXPORT_URL_EXPIRATION_SECONDS": "600",
+            **variables,
+        }
+    )
+
+
+def request_api(engine: Engine, s3_client, **variables: str) -> ExportRequests:
+    """The app-side request API on a test database and moto's S3."""
+    settings = settings_for(engine.url.render_as_string(hide_password=False), **variables)
+    return ExportRequests.from_settings(settings, engine=engine, s3_client=s3_client)
+
+
+def _no_postgres(message: str):
+    if REQUIRE_POSTGRES:
+        pytest.fail(f"REQUIRE_POSTGRES=1 but {message}")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
-def postgres_server() -> str:
+def postgres_server() -> Iterator[str]:
+    url = CONFIGURED_SERVER_URL or DEFAULT_SERVER_URL
     try:
-        postgres_admin(POSTGRES_SERVER_URL, "SELECT 1")
+        postgres_admin(url, "SELECT 1")
     except psycopg2.OperationalError as error:
-        message = f"no PostgreSQL server at {POSTGRES_SERVER_URL}: {str(error).strip()}"
-        if REQUIRE_POSTGRES:
-            pytest.fail(f"REQUIRE_POSTGRES=1 but {message}")
-        pytest.skip(message)
-    return POSTGRES_SERVER_URL
+        unreachable = f"no PostgreSQL server at {url}: {str(error).strip()}"
+    else:
+        yield url
+        return
+    if CONFIGURED_SERVER_URL:
+        _no_postgres(unreachable)
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(private_postgres())
+        except (ImportError, OSError, subprocess.CalledProcessError) as error:
+            _no_postgres(f"{unreachable}; a private server did not start either: {error}")
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -43,13 +88,13 @@ def create_postgres_database(postgres_server):
 
     def create(purpose: str) -> str:
         name = f"vse_{purpose}_{uuid.uuid4().hex[:10]}"
-        postgres_admin(POSTGRES_SERVER_URL, f'CREATE DATABASE "{name}"')
+        postgres_admin(postgres_server, f'CREATE DATABASE "{name}"')
         created.append(name)
         return f"{postgres_server}/{name}"
 
     yield create
     for name in created:
-        postgres_admin(POSTGRES_SERVER_URL, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        postgres_admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from voicesurvey_exports.pipeline.assets import (
     EXPORT_JOB_TAG,
@@ -14,10 +13,9 @@ from voicesurvey_exports.pipeline.assets import (
     campaign_export,
 )
 from voicesurvey_exports.pipeline.partitions import campaigns_partitions
-from voicesurvey_exports.pipeline.resources import AppDatabase, ExportDestination
-from voicesurvey_exports.pipeline.spool import SpoolStorage
+from voicesurvey_exports.pipeline.resources import build_resources
 
-from .conftest import TEST_BUCKET, TEST_REGION
+from .conftest import TEST_BUCKET, settings_for
 
 
 def export_resources(
@@ -27,15 +25,13 @@ def export_resources(
     spool_dir: str | None = None,
     kms_key_id: str | None = None,
 ) -> dict:
-    return {
-        "app_db": AppDatabase(database_url=database_url),
-        "s3": S3Resource(region_name=TEST_REGION),
-        "destination": ExportDestination(
-            bucket=bucket, prefix="exports/", url_ttl_seconds=ttl, kms_key_id=kms_key_id
-        ),
-        "spool": SpoolStorage(base_dir=spool_dir) if spool_dir else SpoolStorage(),
-        "io_manager": dg.FilesystemIOManager(),
-    }
+    """The pipeline's resources, built as the definitions build them, for the test bucket."""
+    variables = {"S3_BUCKET_NAME": bucket, "EXPORT_URL_EXPIRATION_SECONDS": str(ttl)}
+    if spool_dir:
+        variables["EXPORT_SPOOL_DIR"] = spool_dir
+    if kms_key_id:
+        variables["S3_SSE_KMS_KEY_ID"] = kms_key_id
+    return build_resources(settings_for(database_url, **variables))
 
 
 def materialize_export(

@@ -13,7 +13,7 @@ from voicesurvey_exports.service.http.app import create_app
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
 from voicesurvey_exports.service.requests import ExportRequests, NotFound, PermissionDenied
 
-from .conftest import TEST_BUCKET, AppData
+from .conftest import TEST_BUCKET, AppData, request_api
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
 OPERATIONS = ["request", "list", "get", "refresh"]
@@ -68,7 +68,7 @@ def owned(app_data, s3_client) -> Campaigns:
 
 
 def requests_api(engine, s3_client, policy: str) -> ExportRequests:
-    return ExportRequests(engine, s3_client, TEST_BUCKET, 600, access_policy=policy)
+    return request_api(engine, s3_client, EXPORT_ACCESS_POLICY=policy)
 
 
 @pytest.mark.parametrize("operation", OPERATIONS)

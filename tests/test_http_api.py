@@ -17,10 +17,9 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import export_jobs, users
 from voicesurvey_exports.service.http.app import create_app, openapi_document
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
-from voicesurvey_exports.service.requests import ExportRequests
 from voicesurvey_exports.settings import SettingsError
 
-from .conftest import TEST_BUCKET, AppData
+from .conftest import TEST_BUCKET, AppData, request_api
 from .test_requests import (
     RetentionRacesTheRefresh,
     database_refusing_links,
@@ -44,7 +43,7 @@ def app_data(postgres_url):
 
 
 def service(engine, s3_client) -> TestClient:
-    api = ExportRequests(engine, s3_client, TEST_BUCKET, 600)
+    api = request_api(engine, s3_client)
     return TestClient(
         create_app(api, TokenVerifier(AuthSettings(ISSUER, AUDIENCE, jwt_secret=SECRET)))
     )
@@ -246,7 +245,7 @@ def test_an_unknown_key_id_is_logged_but_never_echoed(
     public_jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private.public_key()))
     (tmp_path / "jwks.json").write_text(json.dumps({"keys": [{**public_jwk, "kid": "k1"}]}))
     settings = AuthSettings(ISSUER, AUDIENCE, jwks_file=str(tmp_path / "jwks.json"))
-    api = ExportRequests(get_engine(postgres_url), s3_client, TEST_BUCKET, 600)
+    api = request_api(get_engine(postgres_url), s3_client)
     client = TestClient(create_app(api, TokenVerifier(settings)))
     now = int(time.time())
     forged = jwt.encode(
@@ -278,7 +277,7 @@ def test_rs256_tokens_verify_against_a_jwks_file(postgres_url, s3_client, app_da
             "AUTH_JWKS_FILE": str(tmp_path / "jwks.json"),
         }
     )
-    api = ExportRequests(get_engine(postgres_url), s3_client, TEST_BUCKET, 600)
+    api = request_api(get_engine(postgres_url), s3_client)
     client = TestClient(create_app(api, TokenVerifier(settings)))
     campaign = app_data.campaign()
     user_id = app_data.user("campaign_manager")
@@ -367,7 +366,7 @@ def test_rs256_tokens_verify_against_a_jwks_url(postgres_url, s3_client, app_dat
                 "AUTH_JWKS_URL": f"http://127.0.0.1:{server.server_port}/jwks.json",
             }
         )
-        api = ExportRequests(get_engine(postgres_url), s3_client, TEST_BUCKET, 600)
+        api = request_api(get_engine(postgres_url), s3_client)
         client = TestClient(create_app(api, TokenVerifier(settings)))
         campaign, user_id = app_data.campaign(), app_data.user("admin")
         now = int(time.time())

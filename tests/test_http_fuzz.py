@@ -9,9 +9,8 @@ from hypothesis.errors import NoSuchExample
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.service.http.app import create_app
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
-from voicesurvey_exports.service.requests import ExportRequests
 
-from .conftest import TEST_BUCKET, AppData
+from .conftest import AppData, request_api
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
 
@@ -20,7 +19,7 @@ def served(postgres_url, s3_client):
     data = AppData(get_engine(postgres_url))
     manager = data.user("campaign_manager")
     data.campaign()
-    api = ExportRequests(get_engine(postgres_url), s3_client, TEST_BUCKET, 600)
+    api = request_api(get_engine(postgres_url), s3_client)
     app = create_app(api, TokenVerifier(AuthSettings(ISSUER, AUDIENCE, jwt_secret=SECRET)))
     return app, token(oidc_subject(data, manager))
 

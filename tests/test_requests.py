@@ -22,14 +22,12 @@ from voicesurvey_exports.service.requests import (
     describe_storage_error,
 )
 
-from .conftest import TEST_BUCKET, TEST_REGION, AppData
+from .conftest import TEST_BUCKET, TEST_REGION, AppData, request_api
 
 
 @pytest.fixture
 def api(engine, s3_client) -> ExportRequests:
-    return ExportRequests(
-        engine=engine, s3_client=s3_client, bucket=TEST_BUCKET, url_ttl_seconds=600
-    )
+    return request_api(engine, s3_client)
 
 
 @pytest.fixture
@@ -140,7 +138,7 @@ def s3_client_without_credentials():
 
 
 def test_refresh_without_s3_credentials_is_one_line_storage_error(api, app_data, completed_job):
-    api.s3_client = s3_client_without_credentials()
+    api = request_api(api.engine, s3_client_without_credentials())
     before = app_data.job_row(completed_job)
     with pytest.raises(StorageUnavailable) as error:
         api.refresh_download_url(completed_job, app_data.user())
@@ -195,7 +193,7 @@ class RetentionRacesTheRefresh:
 def test_refresh_never_stores_a_link_to_a_file_deleted_meanwhile(
     api, app_data, completed_job, s3_client
 ):
-    api.s3_client = RetentionRacesTheRefresh(s3_client, app_data.engine)
+    api = request_api(api.engine, RetentionRacesTheRefresh(s3_client, app_data.engine))
     with pytest.raises(FileGone, match="deleted or replaced while the link was being refreshed"):
         api.refresh_download_url(completed_job, app_data.user())
     row = app_data.job_row(completed_job)
@@ -228,7 +226,7 @@ def test_a_failed_link_write_is_one_line_without_the_signed_link(links_refused_d
     key = f"exports/{campaign}/{uuid.uuid4()}.csv"
     s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
     job = data.export_job(campaign, None, status="completed", s3_key=key, download_url="old")
-    api = ExportRequests(links_refused_database, s3_client, TEST_BUCKET, 600)
+    api = request_api(links_refused_database, s3_client)
     with pytest.raises(AppDatabaseError) as error:
         api.refresh_download_url(job, data.user())
     message = str(error.value)

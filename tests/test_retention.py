@@ -2,13 +2,12 @@ from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
-from dagster_aws.s3 import S3Resource
 
-from voicesurvey_exports.pipeline.resources import AppDatabase, ExportDestination
 from voicesurvey_exports.pipeline.retention import export_retention_job, export_retention_schedule
-from voicesurvey_exports.service.requests import ExportRequests, InvalidRequest
+from voicesurvey_exports.service.requests import InvalidRequest
 
-from .conftest import TEST_BUCKET, TEST_REGION
+from .conftest import TEST_BUCKET, request_api
+from .dagster_harness import export_resources
 
 
 def completed_job(app_data, s3_client, days_ago: float):
@@ -35,13 +34,7 @@ def test_files_past_retention_are_deleted_and_their_links_cleared(
     old, old_key = completed_job(app_data, s3_client, days_ago=31)
     recent, recent_key = completed_job(app_data, s3_client, days_ago=29)
 
-    result = export_retention_job.execute_in_process(
-        resources={
-            "app_db": AppDatabase(database_url=database_url),
-            "s3": S3Resource(region_name=TEST_REGION),
-            "destination": ExportDestination(bucket=TEST_BUCKET, retention_days=30),
-        }
-    )
+    result = export_retention_job.execute_in_process(resources=export_resources(database_url))
 
     assert result.success and result.output_for_node("delete_expired_exports") == 1
     keys = {o["Key"] for o in s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", [])}
@@ -55,7 +48,7 @@ def test_files_past_retention_are_deleted_and_their_links_cleared(
     assert expired["error_message"].startswith("the file was deleted after 30 days")
     assert app_data.job_row(recent)["download_url"] == "https://link"
 
-    api = ExportRequests(app_data.engine, s3_client, TEST_BUCKET, 600)
+    api = request_api(app_data.engine, s3_client)
     with pytest.raises(InvalidRequest, match="has no file: the file was deleted after 30 days"):
         api.refresh_download_url(old, app_data.user("admin"))
 
@@ -69,11 +62,7 @@ def test_retention_clears_the_link_before_the_file_goes_and_restores_it_if_s3_re
     database_url, app_data, s3_client
 ):
     job, key = completed_job(app_data, s3_client, days_ago=31)
-    resources = {
-        "app_db": AppDatabase(database_url=database_url),
-        "s3": S3Resource(region_name=TEST_REGION),
-        "destination": ExportDestination(bucket="no-such-bucket", retention_days=30),
-    }
+    resources = export_resources(database_url, bucket="no-such-bucket")
 
     result = export_retention_job.execute_in_process(resources=resources, raise_on_error=False)
 

@@ -8,15 +8,14 @@ from sqlalchemy import text
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG
 from voicesurvey_exports.pipeline.partitions import campaigns_partitions
-from voicesurvey_exports.pipeline.resources import AppDatabase
 from voicesurvey_exports.pipeline.sensors import (
     build_export_requests_sensor,
     campaign_partitions_sensor,
     export_run_canceled_sensor,
 )
 
-from .conftest import TEST_BUCKET, AppData
-from .dagster_harness import run_status_sensor_resources
+from .conftest import TEST_BUCKET, AppData, settings_for
+from .dagster_harness import export_resources, run_status_sensor_resources
 
 
 @pytest.fixture
@@ -29,7 +28,7 @@ def tick(sensor, instance, database_url, cursor=None):
     context = dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
-        resources={"app_db": AppDatabase(database_url=database_url)},
+        resources={"app_db": export_resources(database_url)["app_db"]},
     )
     return sensor(context), context
 
@@ -39,7 +38,7 @@ def test_each_pending_job_gets_one_run_keyed_by_job_id(instance, database_url, a
     user = app_data.user()
     jobs = [app_data.export_job(campaign, user) for _ in range(3)]
     done = app_data.export_job(campaign, user, status="completed")
-    sensor = build_export_requests_sensor()
+    sensor = build_export_requests_sensor(settings_for(database_url))
 
     result, _ = tick(sensor, instance, database_url)
 
@@ -54,7 +53,7 @@ def test_each_pending_job_gets_one_run_keyed_by_job_id(instance, database_url, a
 def test_next_tick_does_not_repeat_jobs_waiting_for_their_run(instance, database_url, app_data):
     campaign, user = app_data.campaign(), app_data.user()
     first = app_data.export_job(campaign, user)
-    sensor = build_export_requests_sensor()
+    sensor = build_export_requests_sensor(settings_for(database_url))
     result, _ = tick(sensor, instance, database_url)
     assert len(result.run_requests) == 1
 
@@ -68,7 +67,7 @@ def test_next_tick_does_not_repeat_jobs_waiting_for_their_run(instance, database
 def test_started_jobs_leave_the_cursor(instance, database_url, app_data):
     campaign, user = app_data.campaign(), app_data.user()
     job = app_data.export_job(campaign, user)
-    sensor = build_export_requests_sensor()
+    sensor = build_export_requests_sensor(settings_for(database_url))
     result, _ = tick(sensor, instance, database_url)
     with app_data.engine.begin() as conn:
         conn.execute(text("UPDATE export_jobs SET status = 'running'"))
@@ -82,7 +81,7 @@ def test_started_jobs_leave_the_cursor(instance, database_url, app_data):
 def test_bounded_batch_reaches_newer_jobs_while_older_ones_wait(instance, database_url, app_data):
     campaign, user = app_data.campaign(), app_data.user()
     jobs = [str(app_data.export_job(campaign, user)) for _ in range(5)]
-    sensor = build_export_requests_sensor(batch_size=2)
+    sensor = build_export_requests_sensor(settings_for(database_url, EXPORT_SENSOR_BATCH_SIZE="2"))
 
     seen, cursor = [], None
     for _ in range(3):
@@ -109,7 +108,9 @@ def test_request_for_missing_campaign_fails_that_job_only(instance, postgres_url
             ),
             {"c": missing},
         )
-    result, _ = tick(build_export_requests_sensor(), instance, postgres_url)
+    result, _ = tick(
+        build_export_requests_sensor(settings_for(postgres_url)), instance, postgres_url
+    )
 
     assert [r.run_key for r in result.run_requests] == [str(good)]
     with app_data.engine.connect() as conn:

@@ -35,6 +35,7 @@ DEFAULTS = {
     "EXPORT_SENSOR_BATCH_SIZE": "50",
     "EXPORT_RETENTION_DAYS": "30",
     "EXPORT_ACCESS_POLICY": "role",
+    "EXPORT_SPOOL_DIR": tempfile.gettempdir(),
 }
 
 
@@ -44,6 +45,9 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
+    """Everything the pipeline and the service are configured with. Build it with
+    from_env: each default is written once, in DEFAULTS."""
+
     database_url: str
     s3_bucket_name: str
     s3_export_prefix: str
@@ -53,9 +57,9 @@ class Settings:
     sensor_interval_seconds: int
     sensor_batch_size: int
     spool_dir: str
-    kms_key_id: str | None = None
-    retention_days: int = 30
-    export_access_policy: str = "role"
+    kms_key_id: str | None
+    retention_days: int
+    export_access_policy: str
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -86,7 +90,7 @@ class Settings:
             sensor_batch_size=parse_int_setting(
                 "EXPORT_SENSOR_BATCH_SIZE", env["EXPORT_SENSOR_BATCH_SIZE"], 1, 1000
             ),
-            spool_dir=validate_spool_dir(env.get("EXPORT_SPOOL_DIR") or tempfile.gettempdir()),
+            spool_dir=validate_spool_dir(env["EXPORT_SPOOL_DIR"] or DEFAULTS["EXPORT_SPOOL_DIR"]),
             kms_key_id=env.get("S3_SSE_KMS_KEY_ID") or None,
             retention_days=parse_int_setting(
                 "EXPORT_RETENTION_DAYS", env["EXPORT_RETENTION_DAYS"], 1, 3650

@@ -44,7 +44,6 @@ TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at")
 # Cells that people or callers typed: the only ones that can carry a formula.
 FREE_TEXT_COLUMNS = ("external_contact_id", "q1_answer", "q2_answer", "q3_answer")
 INJECTION_GUARD = "'"
-CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
 
 # OWASP CSV injection: a spreadsheet runs a cell whose first character is one of these

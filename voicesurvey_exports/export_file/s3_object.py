@@ -1,31 +1,33 @@
-"""S3: object keys, upload and presigned download links for export files."""
+"""An export file's S3 object: its key, upload, signed download link, existence and deletion.
+
+Every caller (the pipeline's ops and sensors, retention, the request API) goes through
+ExportObjects, so the key layout, encryption and link format live here only. No pandas
+or Dagster: the service loads this module too.
+"""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from .csv_format import CSV_CONTENT_TYPE
+if TYPE_CHECKING:
+    from ..settings import Settings
 
-# Private objects, encrypted at rest with S3-managed keys.
+CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
+# Private objects, encrypted at rest with S3-managed keys unless a KMS key is configured.
 SERVER_SIDE_ENCRYPTION = "AES256"
-
-
-def object_key(prefix: str, campaign_id: uuid.UUID, export_job_id: uuid.UUID) -> str:
-    return f"{prefix}{campaign_id}/{export_job_id}.csv"
-
-
-def s3_uri(bucket: str, key: str) -> str:
-    return f"s3://{bucket}/{key}"
-
+# S3's answers to HEAD on a key (or bucket) that does not exist.
+MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 
 # Multipart in 8 MiB parts, four at a time (about 32 MiB of buffers), and a failed
 # upload is aborted by boto3's transfer manager, so no partial object appears at the key.
@@ -34,37 +36,105 @@ TRANSFER_CONFIG = TransferConfig(
 )
 
 
-def encryption_args(kms_key_id: str | None) -> dict:
-    """SSE-S3 (AES256) by default; SSE-KMS with the given key when one is configured."""
-    if kms_key_id:
-        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
-    return {"ServerSideEncryption": SERVER_SIDE_ENCRYPTION}
+def s3_client(settings: Settings):
+    """The boto3 S3 client the settings describe (region, optional S3-compatible endpoint)."""
+    import boto3  # boto3's session set-up is slow: only callers that talk to S3 pay for it
 
-
-def upload_csv_file(
-    s3_client, path: Path, bucket: str, key: str, kms_key_id: str | None = None
-) -> None:
-    s3_client.upload_file(
-        str(path),
-        bucket,
-        key,
-        ExtraArgs={"ContentType": CSV_CONTENT_TYPE, **encryption_args(kms_key_id)},
-        Config=TRANSFER_CONFIG,
+    return boto3.client(
+        "s3", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url
     )
 
 
-def delete_export_object(s3_client, bucket: str, key: str) -> None:
-    """Delete the object and abort any multipart upload a killed run left at its key
-    (its parts hold contact data too, though no object shows them)."""
-    s3_client.delete_object(Bucket=bucket, Key=key)
-    try:
-        uploads = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key).get("Uploads", [])
-    except ClientError:
-        # Without s3:ListBucketMultipartUploads the bucket's lifecycle rule aborts them.
-        return
-    for upload in uploads:
-        if upload["Key"] == key:
-            s3_client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload["UploadId"])
+@dataclass(frozen=True)
+class ExportObjects:
+    """The export files in one bucket, under one key prefix."""
+
+    client: Any
+    bucket: str
+    prefix: str
+    url_ttl_seconds: int
+    kms_key_id: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, client=None) -> ExportObjects:
+        return cls(
+            client=client if client is not None else s3_client(settings),
+            bucket=settings.s3_bucket_name,
+            prefix=settings.s3_export_prefix,
+            url_ttl_seconds=settings.url_ttl_seconds,
+            kms_key_id=settings.kms_key_id,
+        )
+
+    def key(self, campaign_id: uuid.UUID, export_job_id: uuid.UUID) -> str:
+        return f"{self.prefix}{campaign_id}/{export_job_id}.csv"
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def upload(self, path: Path, key: str) -> None:
+        self.client.upload_file(
+            str(path),
+            self.bucket,
+            key,
+            ExtraArgs={"ContentType": CSV_CONTENT_TYPE, **self._encryption()},
+            Config=TRANSFER_CONFIG,
+        )
+
+    def sign(self, key: str, campaign_name: str, export_date: date) -> tuple[str, datetime]:
+        """A GET link valid for url_ttl_seconds that downloads as an attachment named
+        after the campaign and the export's date."""
+        filename = download_filename(campaign_name, export_date)
+        expires_at = datetime.now(UTC) + timedelta(seconds=self.url_ttl_seconds)
+        url = self.client.generate_presigned_url(
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "ResponseContentDisposition": (
+                    f"attachment; filename=\"{filename}\"; filename*=UTF-8''{quote(filename)}"
+                ),
+                "ResponseContentType": CSV_CONTENT_TYPE,
+            },
+            ExpiresIn=self.url_ttl_seconds,
+        )
+        return url, expires_at.replace(microsecond=0)
+
+    def exists(self, key: str) -> bool:
+        """Whether the object is there. A missing bucket raises (it is a misconfigured
+        bucket or endpoint, not a deleted file); so does any other S3 error."""
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error_code(error) not in MISSING_CODES:
+                raise
+            # S3 answers a HEAD on a missing bucket with a bare 404 too.
+            self.client.head_bucket(Bucket=self.bucket)
+            return False
+        return True
+
+    def delete(self, key: str) -> None:
+        """Delete the object and abort any multipart upload a killed run left at its key
+        (its parts hold contact data too, though no object shows them)."""
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+        try:
+            listing = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+        except ClientError:
+            # Without s3:ListBucketMultipartUploads the bucket's lifecycle rule aborts them.
+            return
+        for upload in listing.get("Uploads", []):
+            if upload["Key"] == key:
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                )
+
+    def _encryption(self) -> dict:
+        if self.kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        return {"ServerSideEncryption": SERVER_SIDE_ENCRYPTION}
+
+
+def error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code"))
 
 
 def describe_s3_error(error: BaseException) -> str:
@@ -84,23 +154,3 @@ def _slug(text: str) -> str:
     ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
     slug = re.sub(r"[^A-Za-z0-9]+", "-", ascii_text).strip("-")
     return slug[:80] or "campaign-export"
-
-
-def presigned_download_url(
-    s3_client, bucket: str, key: str, ttl_seconds: int, filename: str
-) -> tuple[str, datetime]:
-    """A GET link valid for ttl_seconds that downloads as an attachment named filename."""
-    expires_at = datetime.now(UTC) + timedelta(seconds=ttl_seconds)
-    url = s3_client.generate_presigned_url(
-        "get_object",
-        Params={
-            "Bucket": bucket,
-            "Key": key,
-            "ResponseContentDisposition": (
-                f"attachment; filename=\"{filename}\"; filename*=UTF-8''{quote(filename)}"
-            ),
-            "ResponseContentType": CSV_CONTENT_TYPE,
-        },
-        ExpiresIn=ttl_seconds,
-    )
-    return url, expires_at.replace(microsecond=0)

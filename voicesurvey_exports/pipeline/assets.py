@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
-from botocore.exceptions import ClientError
 from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
@@ -28,14 +27,7 @@ from ..app_db.campaigns import get_campaign
 from ..app_db.contacts import copy_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
 from ..export_file.csv_format import render_spool
-from ..export_file.s3_object import (
-    describe_s3_error,
-    download_filename,
-    object_key,
-    presigned_download_url,
-    s3_uri,
-    upload_csv_file,
-)
+from ..export_file.s3_object import ExportObjects, describe_s3_error
 from .failures import permanent_failure
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
@@ -252,10 +244,10 @@ def render_csv(
     return _render(context, extracted)
 
 
-def _record_key(context, app_db: AppDatabase, destination, target: ExportTarget) -> str:
+def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: ExportTarget) -> str:
     """Key first: an object that exists is always findable from its job row, so a run
     that fails after the upload can have its object deleted."""
-    key = object_key(destination.prefix, target.campaign_id, target.export_job_id)
+    key = objects.key(target.campaign_id, target.export_job_id)
     with app_db.engine.begin() as conn:
         if not export_jobs.record_object_key(conn, target.export_job_id, context.run_id, key):
             raise permanent_failure(
@@ -264,10 +256,8 @@ def _record_key(context, app_db: AppDatabase, destination, target: ExportTarget)
     return key
 
 
-def _upload(context, s3, destination, target, rendered: RenderedCsv, key: str) -> UploadedCsv:
-    upload_csv_file(
-        s3.get_client(), Path(rendered.path), destination.bucket, key, destination.kms_key_id
-    )
+def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) -> UploadedCsv:
+    objects.upload(Path(rendered.path), key)
     return UploadedCsv(
         key, context.run_id, rendered.row_count, rendered.byte_count, rendered.outcome_counts
     )
@@ -287,27 +277,18 @@ def upload_csv(
     ensure_claimed(context, app_db, spool, target)
     if not _made_by_this_run(context, rendered, rendered.path):
         rendered = _render(context, _extract(context, app_db, spool, target))
-    key = _record_key(context, app_db, destination, target)
+    objects = destination.objects(s3)
+    key = _record_key(context, app_db, objects, target)
     try:
-        return _upload(context, s3, destination, target, rendered, key)
+        return _upload(context, objects, rendered, key)
     except Exception as error:
         attempts = context.retry_number + 1
         if attempts <= UPLOAD_RETRY_POLICY.max_retries:
             raise  # the retry policy tries again
         raise permanent_failure(
-            f"upload to {s3_uri(destination.bucket, key)} failed after {attempts} attempts: "
+            f"upload to {objects.uri(key)} failed after {attempts} attempts: "
             f"{describe_s3_error(error)}"
         ) from error
-
-
-def _object_exists(s3_client, bucket: str, key: str) -> bool:
-    try:
-        s3_client.head_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise
-    return True
 
 
 @dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY, out=dg.Out(dg.Nothing))
@@ -322,21 +303,15 @@ def record_export(
 ) -> None:
     """Sign the download link and complete the job row; show counts, never rows, in Dagster."""
     ensure_claimed(context, app_db, spool, target)
-    client = s3.get_client()
-    if uploaded.run_id != context.run_id and not _object_exists(
-        client, destination.bucket, uploaded.s3_key
-    ):
+    objects = destination.objects(s3)
+    if uploaded.run_id != context.run_id and not objects.exists(uploaded.s3_key):
         # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
         context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
         rendered = _render(context, _extract(context, app_db, spool, target))
-        key = _record_key(context, app_db, destination, target)
-        uploaded = _upload(context, s3, destination, target, rendered, key)
-    url, expires_at = presigned_download_url(
-        client,
-        destination.bucket,
-        uploaded.s3_key,
-        destination.url_ttl_seconds,
-        download_filename(target.campaign_name, target.requested_at.date()),
+        key = _record_key(context, app_db, objects, target)
+        uploaded = _upload(context, objects, rendered, key)
+    url, expires_at = objects.sign(
+        uploaded.s3_key, target.campaign_name, target.requested_at.date()
     )
     with app_db.engine.begin() as conn:
         completed = export_jobs.mark_completed(
@@ -356,7 +331,7 @@ def record_export(
         {
             "dagster/row_count": uploaded.row_count,
             "bytes": uploaded.byte_count,
-            "s3_uri": s3_uri(destination.bucket, uploaded.s3_key),
+            "s3_uri": objects.uri(uploaded.s3_key),
             "export_job_id": str(target.export_job_id),
             "url_expires_at": export_jobs.iso_utc(expires_at),
             **{f"outcome/{state}": n for state, n in uploaded.outcome_counts.items()},

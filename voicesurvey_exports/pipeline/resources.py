@@ -1,9 +1,15 @@
-"""Dagster resources of the export domain (built once in definitions.py; tests pass their own)."""
+"""Dagster resources of the export pipeline, all built from one Settings value."""
+
+from __future__ import annotations
 
 import dagster as dg
+from dagster_aws.s3 import S3Resource
 from sqlalchemy import Engine
 
 from ..app_db.engine import get_engine
+from ..export_file.s3_object import ExportObjects
+from ..settings import Settings
+from .spool import SpoolStorage
 
 
 class AppDatabase(dg.ConfigurableResource):
@@ -17,12 +23,46 @@ class AppDatabase(dg.ConfigurableResource):
 
 
 class ExportDestination(dg.ConfigurableResource):
-    """Where export files go and how long their download links live."""
+    """Where export files go and how long their download links and files live."""
 
     bucket: str
-    prefix: str = "exports/"
-    url_ttl_seconds: int = 3600
+    prefix: str
+    url_ttl_seconds: int
     # SSE-KMS key for the objects; unset means SSE-S3 (AES256).
-    kms_key_id: str | None = None
+    kms_key_id: str | None
     # Files (and their links) are deleted this many days after the export completed.
-    retention_days: int = 30
+    retention_days: int
+
+    def objects(self, s3: S3Resource) -> ExportObjects:
+        return ExportObjects(
+            client=s3.get_client(),
+            bucket=self.bucket,
+            prefix=self.prefix,
+            url_ttl_seconds=self.url_ttl_seconds,
+            kms_key_id=self.kms_key_id,
+        )
+
+
+def build_resources(settings: Settings, database_url: str | dg.EnvVar | None = None) -> dict:
+    """Every resource the pipeline's assets, sensors and jobs use.
+
+    The Dagster definitions pass the database URL as EnvVar("DATABASE_URL"): it may hold
+    a password, and an EnvVar is shown in the UI by name only. Tests pass it directly.
+    """
+    return {
+        "app_db": AppDatabase(
+            database_url=database_url if database_url is not None else settings.database_url
+        ),
+        "s3": S3Resource(region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
+        "destination": ExportDestination(
+            bucket=settings.s3_bucket_name,
+            prefix=settings.s3_export_prefix,
+            url_ttl_seconds=settings.url_ttl_seconds,
+            kms_key_id=settings.kms_key_id,
+            retention_days=settings.retention_days,
+        ),
+        "spool": SpoolStorage(base_dir=settings.spool_dir),
+        # Ops hand each other ids, paths and counts (never rows); they are kept in the
+        # instance's storage so that retries and re-execution can load them.
+        "io_manager": dg.FilesystemIOManager(),
+    }

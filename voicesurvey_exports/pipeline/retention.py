@@ -1,4 +1,4 @@
-"""Retention: export files are deleted after EXPORT_RETENTION_DAYS (default 30) by a
+"""Retention: export files are deleted after EXPORT_RETENTION_DAYS by a
 daily schedule, and their job rows say so instead of keeping a dead link."""
 
 from datetime import timedelta
@@ -7,7 +7,6 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
-from ..export_file.s3_object import delete_export_object
 from .resources import AppDatabase, ExportDestination
 
 BATCH = 500
@@ -27,7 +26,7 @@ def delete_expired_exports(
     """Delete files of exports completed more than retention_days ago and clear their
     links; also delete files that failed jobs still name (S3 was down when they failed)."""
     cutoff = export_jobs.utcnow() - timedelta(days=destination.retention_days)
-    client = s3.get_client()
+    objects = destination.objects(s3)
     message = retention_message(destination.retention_days)
     deleted = 0
     seen: set = set()
@@ -51,14 +50,14 @@ def delete_expired_exports(
                     ):
                         continue
                 try:
-                    delete_export_object(client, destination.bucket, job.s3_key)
+                    objects.delete(job.s3_key)
                 except Exception:
                     with app_db.engine.begin() as conn:
                         export_jobs.restore_object_key(conn, job.id, job.s3_key)
                     raise
             else:
                 # A failed job has no link: delete the file, then forget its key.
-                delete_export_object(client, destination.bucket, job.s3_key)
+                objects.delete(job.s3_key)
                 with app_db.engine.begin() as conn:
                     export_jobs.mark_file_deleted(
                         conn, job.id, s3_key=job.s3_key, message=None, only_if_status="failed"

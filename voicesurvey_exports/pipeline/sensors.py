@@ -9,16 +9,17 @@ from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
-from ..export_file.s3_object import delete_export_object, describe_s3_error
+from ..export_file.s3_object import describe_s3_error
+from ..settings import Settings
 from .assets import EXPORT_JOB_TAG, REQUESTS_SENSOR, SENSOR_NAME_TAG, campaign_export_job
 from .failures import one_line, reason_from_step_failures
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 
 
-def build_export_requests_sensor(
-    interval_seconds: int = 2, batch_size: int = 50
-) -> dg.SensorDefinition:
+def build_export_requests_sensor(settings: Settings) -> dg.SensorDefinition:
+    interval_seconds, batch_size = settings.sensor_interval_seconds, settings.sensor_batch_size
+
     @dg.sensor(
         name=REQUESTS_SENSOR,
         job=campaign_export_job,
@@ -154,7 +155,7 @@ def fail_export_job(
     if job.status != "failed" or not job.s3_key:
         return
     try:
-        delete_export_object(s3.get_client(), destination.bucket, job.s3_key)
+        destination.objects(s3).delete(job.s3_key)
     except Exception as error:  # S3 down: retention retries; never block other jobs
         context.log.warning(
             f"could not delete the file of failed export job {job_id} yet: "

@@ -19,7 +19,7 @@ FOLDER_PREFIX = "voicesurvey-export-"
 class SpoolStorage(dg.ConfigurableResource):
     """Where runs keep their spool folders (local disk of the run worker)."""
 
-    base_dir: str = tempfile.gettempdir()
+    base_dir: str
 
     def new_run_dir(self, run_id: str) -> Path:
         """A fresh folder only this user can enter: mkdtemp never reuses a folder that

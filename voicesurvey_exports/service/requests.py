@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Connection, Engine, select
 
@@ -32,12 +31,10 @@ from ..app_db.engine import get_engine
 from ..app_db.errors import safe_database_errors
 from ..app_db.export_jobs import ExportJob
 from ..app_db.schema import EXPORT_ROLES, campaigns
-from ..export_file.s3_object import download_filename, presigned_download_url
+from ..export_file.s3_object import ExportObjects
 from ..settings import ACCESS_POLICIES, Settings
 
 FILE_MISSING_MESSAGE = "the file no longer exists in S3; request a new export"
-# S3's answers to HEAD on a key that does not exist.
-_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 
 
 class ExportRequestError(Exception):
@@ -87,10 +84,8 @@ def parse_uuid(value: str | uuid.UUID, what: str) -> uuid.UUID:
 @dataclass
 class ExportRequests:
     engine: Engine
-    s3_client: object
-    bucket: str
-    url_ttl_seconds: int
-    access_policy: str = "role"
+    objects: ExportObjects
+    access_policy: str
 
     def __post_init__(self) -> None:
         if self.access_policy not in ACCESS_POLICIES:
@@ -99,14 +94,13 @@ class ExportRequests:
             )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ExportRequests:
+    def from_settings(
+        cls, settings: Settings, *, engine: Engine | None = None, s3_client=None
+    ) -> ExportRequests:
+        """The API the settings describe; tests may hand in their own engine or client."""
         return cls(
-            engine=get_engine(settings.database_url),
-            s3_client=boto3.client(
-                "s3", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url
-            ),
-            bucket=settings.s3_bucket_name,
-            url_ttl_seconds=settings.url_ttl_seconds,
+            engine=engine if engine is not None else get_engine(settings.database_url),
+            objects=ExportObjects.from_settings(settings, client=s3_client),
             access_policy=settings.export_access_policy,
         )
 
@@ -163,13 +157,7 @@ class ExportRequests:
                 )
             raise FileGone(f"export job {job_id}: {FILE_MISSING_MESSAGE}")
         try:
-            url, expires_at = presigned_download_url(
-                self.s3_client,
-                self.bucket,
-                job.s3_key,
-                self.url_ttl_seconds,
-                download_filename(campaign.name, job.created_at.date()),
-            )
+            url, expires_at = self.objects.sign(job.s3_key, campaign.name, job.created_at.date())
         except (BotoCoreError, ClientError) as error:
             raise StorageUnavailable(
                 f"cannot sign a download link in S3: {describe_storage_error(error)}"
@@ -188,25 +176,10 @@ class ExportRequests:
 
     def _file_exists(self, key: str) -> bool:
         try:
-            self.s3_client.head_object(Bucket=self.bucket, Key=key)
-        except (BotoCoreError, ClientError) as error:
-            response = getattr(error, "response", None) or {}
-            if str(response.get("Error", {}).get("Code")) not in _MISSING_CODES:
-                raise StorageUnavailable(
-                    f"cannot check the export file in S3: {describe_storage_error(error)}"
-                ) from None
-            # A HEAD on a missing bucket is a 404 too: a misconfigured bucket or endpoint
-            # must not pass for deleted files (their rows would lose their keys).
-            self._bucket_reachable()
-            return False
-        return True
-
-    def _bucket_reachable(self) -> None:
-        try:
-            self.s3_client.head_bucket(Bucket=self.bucket)
+            return self.objects.exists(key)
         except (BotoCoreError, ClientError) as error:
             raise StorageUnavailable(
-                f"cannot reach bucket {self.bucket!r} in S3: {describe_storage_error(error)}"
+                f"cannot check the export file in S3: {describe_storage_error(error)}"
             ) from None
 
     @contextlib.contextmanager

@@ -178,6 +178,6 @@ def create_app(api: ExportRequests | None = None, verifier: TokenVerifier | None
 
 def openapi_document() -> dict:
     """The service's OpenAPI document, built without any configuration."""
-    unused = ExportRequests(engine=None, s3_client=None, bucket="-", url_ttl_seconds=1)
+    unused = ExportRequests(engine=None, objects=None, access_policy="role")
     verifier = TokenVerifier(AuthSettings(issuer="-", audience="-", jwt_secret="-" * 32))
     return create_app(unused, verifier).openapi()
