@@ -13,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, or_, select
 
 from .errors import safe_database_errors
 from .schema import campaigns, export_jobs
@@ -147,6 +147,21 @@ def next_pending_jobs(
     ]
 
 
+def _compare_and_set(conn: Connection, job_id: uuid.UUID, conditions, **values) -> bool:
+    """Update the job's row only while every condition still holds; return whether it did.
+
+    Every transition is one such UPDATE, so two writers can never both win.
+    """
+    result = conn.execute(
+        export_jobs.update().where(export_jobs.c.id == job_id, *conditions).values(**values)
+    )
+    return result.rowcount == 1
+
+
+def _owned_by(run_id: str) -> list:
+    return [export_jobs.c.status == "running", export_jobs.c.dagster_run_id == run_id]
+
+
 # Columns cleared when a run (re)claims a job: it starts afresh.
 _RESULT_CLEARED = {
     "error_message": None,
@@ -176,16 +191,7 @@ def claim_job(
 
 def record_object_key(conn: Connection, job_id: uuid.UUID, run_id: str, s3_key: str) -> bool:
     """Record the key before the object is written, so every object is findable from its job."""
-    result = conn.execute(
-        export_jobs.update()
-        .where(
-            export_jobs.c.id == job_id,
-            export_jobs.c.status == "running",
-            export_jobs.c.dagster_run_id == run_id,
-        )
-        .values(s3_key=s3_key)
-    )
-    return result.rowcount == 1
+    return _compare_and_set(conn, job_id, _owned_by(run_id), s3_key=s3_key)
 
 
 def mark_completed(
@@ -200,24 +206,17 @@ def mark_completed(
 ) -> bool:
     """Complete the job if ``run_id`` still owns it with this key; return whether it did."""
     with safe_database_errors(f"recording export job {job_id} as completed"):
-        result = conn.execute(
-            export_jobs.update()
-            .where(
-                export_jobs.c.id == job_id,
-                export_jobs.c.status == "running",
-                export_jobs.c.dagster_run_id == run_id,
-                export_jobs.c.s3_key == s3_key,
-            )
-            .values(
-                status="completed",
-                download_url=download_url,
-                url_expires_at=url_expires_at,
-                total_records=total_records,
-                error_message=None,
-                completed_at=utcnow(),
-            )
+        return _compare_and_set(
+            conn,
+            job_id,
+            [*_owned_by(run_id), export_jobs.c.s3_key == s3_key],
+            status="completed",
+            download_url=download_url,
+            url_expires_at=url_expires_at,
+            total_records=total_records,
+            error_message=None,
+            completed_at=utcnow(),
         )
-    return result.rowcount == 1
 
 
 def mark_failed(
@@ -228,17 +227,19 @@ def mark_failed(
     With ``run_id``, only while that run owns the job (or no run has claimed it yet):
     a run launched with another job's tag, or a stale one, cannot fail it.
     """
-    conditions = [export_jobs.c.id == job_id, export_jobs.c.status.in_(("pending", "running"))]
+    conditions = [export_jobs.c.status.in_(("pending", "running"))]
     if run_id is not None:
         conditions.append(
             or_(export_jobs.c.dagster_run_id.is_(None), export_jobs.c.dagster_run_id == run_id)
         )
-    result = conn.execute(
-        export_jobs.update()
-        .where(and_(*conditions))
-        .values(status="failed", error_message=error_message, completed_at=utcnow())
+    return _compare_and_set(
+        conn,
+        job_id,
+        conditions,
+        status="failed",
+        error_message=error_message,
+        completed_at=utcnow(),
     )
-    return result.rowcount == 1
 
 
 def update_download_url(
@@ -252,16 +253,13 @@ def update_download_url(
     """Store a re-signed link if the job is still completed with this file; else False
     (retention deleted the file, or a re-run replaced it, since the caller read the row)."""
     with safe_database_errors(f"storing the new link of export job {job_id}"):
-        result = conn.execute(
-            export_jobs.update()
-            .where(
-                export_jobs.c.id == job_id,
-                export_jobs.c.status == "completed",
-                export_jobs.c.s3_key == s3_key,
-            )
-            .values(download_url=download_url, url_expires_at=url_expires_at)
+        return _compare_and_set(
+            conn,
+            job_id,
+            [export_jobs.c.status == "completed", export_jobs.c.s3_key == s3_key],
+            download_url=download_url,
+            url_expires_at=url_expires_at,
         )
-    return result.rowcount == 1
 
 
 def completed_before(conn: Connection, cutoff: datetime, limit: int) -> list[ExportJob]:
@@ -295,19 +293,16 @@ def mark_file_deleted(
     values = {"s3_key": None, "download_url": None, "url_expires_at": None}
     if message is not None:
         values["error_message"] = message
-    conditions = [export_jobs.c.id == job_id, export_jobs.c.s3_key == s3_key]
+    conditions = [export_jobs.c.s3_key == s3_key]
     if only_if_status is not None:  # e.g. a re-execution may have claimed it meanwhile
         conditions.append(export_jobs.c.status == only_if_status)
-    result = conn.execute(export_jobs.update().where(*conditions).values(**values))
-    return result.rowcount == 1
+    return _compare_and_set(conn, job_id, conditions, **values)
 
 
 def restore_object_key(conn: Connection, job_id: uuid.UUID, s3_key: str) -> None:
     """Undo mark_file_deleted when the delete itself failed: the file is still there."""
-    conn.execute(
-        export_jobs.update()
-        .where(export_jobs.c.id == job_id, export_jobs.c.s3_key.is_(None))
-        .values(s3_key=s3_key, error_message=None)
+    _compare_and_set(
+        conn, job_id, [export_jobs.c.s3_key.is_(None)], s3_key=s3_key, error_message=None
     )
 
 

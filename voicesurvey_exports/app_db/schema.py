@@ -42,6 +42,18 @@ def _timestamptz(**kwargs) -> Column:
     return Column(DateTime(timezone=True), **kwargs)
 
 
+def _id() -> Column:
+    return Column("id", Uuid, primary_key=True)
+
+
+def _campaign_id() -> Column:
+    return Column("campaign_id", Uuid, ForeignKey("campaigns.id"), nullable=False)
+
+
+def _enum(name: str, values: tuple[str, ...], type_name: str, default: str) -> Column:
+    return Column(name, Enum(*values, name=type_name), nullable=False, server_default=default)
+
+
 def _created_at() -> Column:
     return _timestamptz(name="created_at", nullable=False, server_default=func.now())
 
@@ -49,7 +61,7 @@ def _created_at() -> Column:
 users = Table(
     "users",
     metadata,
-    Column("id", Uuid, primary_key=True),
+    _id(),
     Column("oidc_subject", Text, unique=True, nullable=False),
     Column("email", Text, unique=True, nullable=False),
     Column("name", Text),
@@ -60,15 +72,10 @@ users = Table(
 campaigns = Table(
     "campaigns",
     metadata,
-    Column("id", Uuid, primary_key=True),
+    _id(),
     Column("name", Text, nullable=False),
     Column("description", Text),
-    Column(
-        "status",
-        Enum(*CAMPAIGN_STATUSES, name="campaign_status"),
-        nullable=False,
-        server_default="draft",
-    ),
+    _enum("status", CAMPAIGN_STATUSES, "campaign_status", default="draft"),
     Column("language", Text, nullable=False, server_default="en"),
     Column("created_by_user_id", Uuid, ForeignKey("users.id")),
     _created_at(),
@@ -78,20 +85,15 @@ campaigns = Table(
 contacts = Table(
     "contacts",
     metadata,
-    Column("id", Uuid, primary_key=True),
-    Column("campaign_id", Uuid, ForeignKey("campaigns.id"), nullable=False),
+    _id(),
+    _campaign_id(),
     Column("external_contact_id", Text),
     Column("phone_number", Text, nullable=False),
     Column("email", Text),
     Column("preferred_language", Text),
     Column("has_prior_consent", Boolean, nullable=False, server_default=false()),
     Column("do_not_call", Boolean, nullable=False, server_default=false()),
-    Column(
-        "state",
-        Enum(*CONTACT_STATES, name="contact_state"),
-        nullable=False,
-        server_default="pending",
-    ),
+    _enum("state", CONTACT_STATES, "contact_state", default="pending"),
     Column("attempts_count", Integer, nullable=False, server_default="0"),
     _timestamptz(name="last_attempt_at"),
     Column("last_outcome", Text),
@@ -103,9 +105,9 @@ contacts = Table(
 survey_responses = Table(
     "survey_responses",
     metadata,
-    Column("id", Uuid, primary_key=True),
+    _id(),
     Column("contact_id", Uuid, ForeignKey("contacts.id"), nullable=False, unique=True),
-    Column("campaign_id", Uuid, ForeignKey("campaigns.id"), nullable=False),
+    _campaign_id(),
     Column("q1_answer", Text),
     Column("q2_answer", Text),
     Column("q3_answer", Text),
@@ -115,15 +117,10 @@ survey_responses = Table(
 export_jobs = Table(
     "export_jobs",
     metadata,
-    Column("id", Uuid, primary_key=True),
-    Column("campaign_id", Uuid, ForeignKey("campaigns.id"), nullable=False),
+    _id(),
+    _campaign_id(),
     Column("requested_by_user_id", Uuid, ForeignKey("users.id")),
-    Column(
-        "status",
-        Enum(*EXPORT_JOB_STATUSES, name="export_job_status"),
-        nullable=False,
-        server_default="pending",
-    ),
+    _enum("status", EXPORT_JOB_STATUSES, "export_job_status", default="pending"),
     Column("s3_key", String(500)),
     Column("download_url", Text),
     _timestamptz(name="url_expires_at"),

@@ -208,13 +208,18 @@ def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
     )
 
 
-def _made_by_this_run(context, output: ExtractedContacts | RenderedCsv, path: str) -> bool:
-    # A retry or re-execution loads the parent run's outputs, whose files were on the
-    # parent's disk and are gone (removed on failure, or another machine): redo them.
-    if output.run_id == context.run_id and Path(path).exists():
-        return True
-    context.log.info(f"the files of run {output.run_id} are gone; extracting again")
-    return False
+def _input_of_this_run(context, app_db, spool, target, upstream):
+    """Claim the job (see ensure_claimed), then return the upstream op's output if this run
+    made its file and it is still there. A retry or re-execution loads the parent run's
+    outputs, whose files were on the parent's disk and are gone (removed on failure, or
+    another machine): it makes them again."""
+    ensure_claimed(context, app_db, spool, target)
+    path = upstream.spool_path if isinstance(upstream, ExtractedContacts) else upstream.path
+    if upstream.run_id == context.run_id and Path(path).exists():
+        return upstream
+    context.log.info(f"the files of run {upstream.run_id} are gone; extracting again")
+    extracted = _extract(context, app_db, spool, target)
+    return extracted if isinstance(upstream, ExtractedContacts) else _render(context, extracted)
 
 
 @dg.op(
@@ -238,10 +243,7 @@ def render_csv(
     extracted: ExtractedContacts,
 ) -> RenderedCsv:
     """Format the rows as the export CSV (quoting, timestamps, injection guard), in batches."""
-    ensure_claimed(context, app_db, spool, target)
-    if not _made_by_this_run(context, extracted, extracted.spool_path):
-        extracted = _extract(context, app_db, spool, target)
-    return _render(context, extracted)
+    return _render(context, _input_of_this_run(context, app_db, spool, target, extracted))
 
 
 def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: ExportTarget) -> str:
@@ -274,9 +276,7 @@ def upload_csv(
     rendered: RenderedCsv,
 ) -> UploadedCsv:
     """Upload the file to its private, encrypted object, its key recorded on the job first."""
-    ensure_claimed(context, app_db, spool, target)
-    if not _made_by_this_run(context, rendered, rendered.path):
-        rendered = _render(context, _extract(context, app_db, spool, target))
+    rendered = _input_of_this_run(context, app_db, spool, target, rendered)
     objects = destination.objects(s3)
     key = _record_key(context, app_db, objects, target)
     try:

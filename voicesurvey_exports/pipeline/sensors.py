@@ -136,12 +136,15 @@ def fail_export_job(
     app_db: AppDatabase,
     s3: S3Resource,
     destination: ExportDestination,
-    job_id: uuid.UUID,
     reason: str,
 ) -> None:
-    """Fail the job if this run (or its finished run group) owns it, then delete any
-    object the run wrote: a job that ends failed leaves no file behind. If S3 refuses,
-    the key stays on the failed row and the retention job deletes the object later."""
+    """Fail the run's export job if this run (or its finished run group) owns it, then
+    delete any object the run wrote: a job that ends failed leaves no file behind. If S3
+    refuses, the key stays on the failed row and the retention job deletes it later.
+    Runs without an export job tag (other jobs) are ignored."""
+    job_id = _export_job_id(_current_tags(context))
+    if job_id is None:
+        return
     with app_db.engine.begin() as conn:
         job = export_jobs.get_job(conn, job_id)
         if job is None:
@@ -182,18 +185,14 @@ def export_run_failure_sensor(
     s3: S3Resource,
     destination: ExportDestination,
 ) -> None:
-    tags = _current_tags(context)
-    job_id = _export_job_id(tags)
-    if job_id is None:
-        return
-    if tags.get(WILL_RETRY_TAG) == "true":
+    if _current_tags(context).get(WILL_RETRY_TAG) == "true":
         # The retry run carries the same job tag and will complete or fail the job.
-        context.log.info(f"run will be retried; export job {job_id} stays open")
+        context.log.info("run will be retried; its export job stays open")
         return
     reason = reason_from_step_failures(context.get_step_failure_events()) or one_line(
         f"export run {context.dagster_run.run_id} failed: {context.failure_event.message}"
     )
-    fail_export_job(context, app_db, s3, destination, job_id, reason)
+    fail_export_job(context, app_db, s3, destination, reason)
 
 
 @dg.run_status_sensor(
@@ -209,14 +208,5 @@ def export_run_canceled_sensor(
     s3: S3Resource,
     destination: ExportDestination,
 ) -> None:
-    job_id = _export_job_id(_current_tags(context))
-    if job_id is None:
-        return
-    fail_export_job(
-        context,
-        app_db,
-        s3,
-        destination,
-        job_id,
-        f"export run {context.dagster_run.run_id} was cancelled",
-    )
+    reason = f"export run {context.dagster_run.run_id} was cancelled"
+    fail_export_job(context, app_db, s3, destination, reason)

@@ -31,21 +31,17 @@ def _parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="create or upgrade the schema in DATABASE_URL")
 
-    request = commands.add_parser("request", help="request an export of a campaign")
-    request.add_argument("--campaign-id", required=True)
-    request.add_argument("--user-id", required=True)
+    # The request API's operations: each acts as the user given by --user-id.
+    for name, help_text, subject in (
+        ("request", "request an export of a campaign", "--campaign-id"),
+        ("status", "show one export job", "job_id"),
+        ("list", "list a campaign's export jobs, newest first", "--campaign-id"),
+        ("refresh-url", "re-sign a completed export's download URL", "job_id"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument(subject, **({"required": True} if subject.startswith("-") else {}))
+        command.add_argument("--user-id", required=True)
 
-    status = commands.add_parser("status", help="show one export job")
-    status.add_argument("job_id")
-    status.add_argument("--user-id", required=True)
-
-    listing = commands.add_parser("list", help="list a campaign's export jobs, newest first")
-    listing.add_argument("--campaign-id", required=True)
-    listing.add_argument("--user-id", required=True)
-
-    refresh = commands.add_parser("refresh-url", help="re-sign a completed export's download URL")
-    refresh.add_argument("job_id")
-    refresh.add_argument("--user-id", required=True)
     serve = commands.add_parser("serve", help="serve the export HTTP API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
