@@ -10,10 +10,10 @@ import pytest
 
 from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.app_db.migrations import LATEST_VERSION
 from voicesurvey_exports.service import cli as cli_module
 
 from .conftest import TEST_BUCKET, AppData
+from .test_migrations import old_runner_database
 from .test_requests import database_refusing_links
 
 
@@ -35,8 +35,8 @@ def cli_env(create_postgres_database, aws_credentials):
 def test_db_upgrade_then_request_status_and_list(cli_env):
     first = cli("db", "upgrade", env=cli_env)
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["applied"] == list(range(1, LATEST_VERSION + 1))
-    assert json.loads(cli("db", "upgrade", env=cli_env).stdout)["applied"] == []
+    assert first.stdout == "app schema at V0003: applied V0001, V0002, V0003\n"
+    assert cli("db", "upgrade", env=cli_env).stdout == "app schema at V0003: nothing to apply\n"
 
     data = AppData(get_engine(cli_env["DATABASE_URL"]))
     campaign, manager = data.campaign(), data.user("campaign_manager")
@@ -63,6 +63,34 @@ def test_db_upgrade_then_request_status_and_list(cli_env):
     assert status == job
     listed = cli("list", "--campaign-id", str(campaign), "--user-id", str(manager), env=cli_env)
     assert [j["job_id"] for j in json.loads(listed.stdout)] == [job["job_id"]]
+
+
+def test_db_status_and_adoption_of_an_old_database_are_one_line_each(cli_env):
+    def db(command: str) -> str:
+        result = cli("db", command, env=cli_env)
+        assert (result.returncode, result.stderr) == (0, ""), result.stderr
+        return result.stdout
+
+    to_apply = "to apply (run: voicesurvey-exports db upgrade)"
+    assert db("status") == f"no app schema: V0001, V0002, V0003 {to_apply}\n"
+    engine = get_engine(cli_env["DATABASE_URL"])
+    old_runner_database(engine, (1, 2))
+    assert db("status") == f"app schema at V0002: V0003 {to_apply}\n"
+    assert db("upgrade") == (
+        "app schema at V0003: adopted at V0002 from app_schema_migrations version 2; "
+        "applied V0003\n"
+    )
+    assert db("status") == "app schema at V0003: up to date\n"
+
+    with engine.begin() as conn:  # as a later release would leave it
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'V0099'")
+    assert db("status") == "app schema at V0099: newer than this release (its latest is V0003)\n"
+    refused = cli("db", "upgrade", env=cli_env)
+    assert (refused.returncode, refused.stdout) == (1, "")
+    assert refused.stderr == (
+        "error: database: the app schema is at revision 'V0099', which this release does not "
+        "know (its latest is V0003): use a release that ships V0099\n"
+    )
 
 
 @pytest.mark.parametrize(

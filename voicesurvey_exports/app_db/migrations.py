@@ -1,80 +1,214 @@
-"""Create or upgrade the app schema, idempotently, tracking the applied version.
+"""Create or upgrade the app schema with Alembic, idempotently.
 
-The app owns V0001 (its tables) and V0002 (export_jobs); this project ships them
-so that it can run and be tested alone. Tables that already exist (created by the
-app itself) are left alone and their version is recorded. V0003 adds a column to
-export_jobs when it is missing.
+The revisions live in ``app_db/alembic/versions`` (V0001 the app's tables, V0002
+export_jobs, V0003 export_jobs.dagster_run_id, ...). The Alembic configuration is built
+here in code; every run happens in one transaction on the caller's engine, under a
+PostgreSQL advisory lock so that concurrent ``db upgrade`` runs take turns.
+
+Databases made before Alembic are adopted without touching their data: the old runner
+recorded versions 1..3 in ``app_schema_migrations``, and the app may have created its
+tables itself with no record at all. Such a database (no ``alembic_version`` table yet)
+is stamped at the revision its tables already match, then upgraded from there.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    Table,
-    Text,
-    func,
-    inspect,
-    select,
-    text,
-)
-from sqlalchemy.schema import CreateColumn
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection, Engine, inspect, text
 
 from .engine import is_postgres
-from .schema import MIGRATIONS, metadata
+from .errors import AppDatabaseError
 
-_version_metadata = MetaData()
-schema_migrations = Table(
-    "app_schema_migrations",
-    _version_metadata,
-    Column("version", Integer, primary_key=True),
-    Column("description", Text, nullable=False),
-    Column("applied_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-)
-
-LATEST_VERSION = max(MIGRATIONS)
+_SCRIPT_LOCATION = Path(__file__).with_name("alembic")
 # Arbitrary constant: serialises concurrent `db upgrade` runs on PostgreSQL.
 _ADVISORY_LOCK_KEY = 18_0002
 
+# The old runner's version table and what its versions are as Alembic revisions. The old
+# table is left in place after adoption: nothing reads it once `alembic_version` exists,
+# it keeps the dates the old runner recorded, and a rollback to a release that still
+# uses the old runner finds its versions recorded and changes nothing.
+LEGACY_VERSION_TABLE = "app_schema_migrations"
+_LEGACY_REVISIONS = {1: "V0001", 2: "V0002", 3: "V0003"}
+_V0001_TABLES = ("users", "campaigns", "contacts", "survey_responses")
 
-def current_version(engine: Engine) -> int:
+
+class SchemaVersionError(AppDatabaseError):
+    """The database's schema cannot be placed in this release's revision history."""
+
+
+@dataclass(frozen=True)
+class UpgradeReport:
+    """What one upgrade did: the adoption (if any), the revisions applied, where it ended."""
+
+    version: str | None
+    applied: list[str] = field(default_factory=list)
+    adopted_at: str | None = None
+    adopted_from: str | None = None  # the evidence the adopted revision was read from
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """The Alembic configuration; migrations run on ``connection`` when one is given."""
+    config = Config()
+    # configparser interpolation: a literal % in the path must be doubled.
+    config.set_main_option("script_location", str(_SCRIPT_LOCATION).replace("%", "%%"))
+    config.attributes["connection"] = connection
+    return config
+
+
+_SCRIPTS = ScriptDirectory.from_config(alembic_config())
+LATEST_VERSION: str = _SCRIPTS.get_current_head()
+KNOWN_VERSIONS: tuple[str, ...] = tuple(
+    reversed([script.revision for script in _SCRIPTS.walk_revisions()])
+)
+
+
+def current_version(engine: Engine) -> str | None:
+    """The revision the schema is at (None when there is no app schema yet).
+
+    A database not yet adopted reports the revision it would be stamped at.
+    """
     with engine.connect() as conn:
-        if not engine.dialect.has_table(conn, schema_migrations.name):
-            return 0
-        return conn.execute(
-            select(func.coalesce(func.max(schema_migrations.c.version), 0))
-        ).scalar_one()
+        if _has_alembic_version(conn):
+            return MigrationContext.configure(conn).get_current_revision()
+        return _adoptable_revision(conn)[0]
 
 
-def upgrade(engine: Engine) -> list[int]:
-    """Apply every migration newer than the database's version; return those applied."""
-    applied: list[int] = []
+def upgrade(engine: Engine) -> list[str]:
+    """Apply every revision newer than the database's; return those applied, in order."""
+    return upgrade_with_report(engine).applied
+
+
+def upgrade_with_report(engine: Engine) -> UpgradeReport:
+    """Adopt a database made before Alembic if needed, then upgrade it to the head."""
+    applied: list[str] = []
     with engine.begin() as conn:
-        if is_postgres(engine):
-            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
-        schema_migrations.create(conn, checkfirst=True)
-        done = set(conn.execute(select(schema_migrations.c.version)).scalars())
-        for version, (description, tables, columns) in sorted(MIGRATIONS.items()):
-            if version in done:
-                continue
-            for table in tables:
-                table.create(conn, checkfirst=True)
-            for table_name, column_name in columns:
-                _add_column(conn, table_name, column_name)
-            conn.execute(
-                schema_migrations.insert().values(version=version, description=description)
-            )
-            applied.append(version)
-    return applied
+        _lock(conn)
+        adopted_at = adopted_from = None
+        if not _has_alembic_version(conn):
+            adopted_at, adopted_from = _adoptable_revision(conn)
+        config = _config_recording(conn, applied)
+        if adopted_at is None:
+            _check_known(conn)
+        with _one_line_command_errors():
+            if adopted_at is not None:
+                command.stamp(config, adopted_at)
+            command.upgrade(config, "head")
+        version = MigrationContext.configure(conn).get_current_revision()
+    return UpgradeReport(version, applied, adopted_at, adopted_from)
 
 
-def _add_column(conn, table_name: str, column_name: str) -> None:
-    """ALTER TABLE ... ADD COLUMN, as the schema defines the column, unless it is there."""
-    if column_name in {column["name"] for column in inspect(conn).get_columns(table_name)}:
+def downgrade(engine: Engine, revision: str) -> list[str]:
+    """Revert to ``revision`` ("base" drops every table); return the revisions reverted."""
+    reverted: list[str] = []
+    with engine.begin() as conn:
+        _lock(conn)
+        _check_known(conn)
+        with _one_line_command_errors():
+            command.downgrade(_config_recording(conn, reverted), revision)
+    return reverted
+
+
+def _lock(conn: Connection) -> None:
+    # Held until the transaction ends: the second of two concurrent runs waits, then
+    # finds the first one's revisions applied and applies nothing.
+    if is_postgres(conn.engine):
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK_KEY})
+
+
+@contextlib.contextmanager
+def _one_line_command_errors() -> Iterator[None]:
+    """Alembic's own refusals (an unknown target revision, several heads) in one line."""
+    try:
+        yield
+    except CommandError as error:
+        raise SchemaVersionError(f"alembic: {str(error).splitlines()[0]}") from None
+
+
+def _config_recording(conn: Connection, revisions: list[str]) -> Config:
+    """A configuration whose runs append each revision applied or reverted (not stamps)."""
+
+    def record(*, step, **_kwargs) -> None:
+        if not step.is_stamp:
+            revisions.append(step.up_revision_id)
+
+    config = alembic_config(conn)
+    config.attributes["on_version_apply"] = record
+    return config
+
+
+def _has_alembic_version(conn: Connection) -> bool:
+    return inspect(conn).has_table("alembic_version")
+
+
+def _check_known(conn: Connection) -> None:
+    """Refuse, in one line, a database that a newer release has upgraded past this one."""
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current is None:
         return
-    column = metadata.tables[table_name].c[column_name]
-    ddl = CreateColumn(column).compile(dialect=conn.dialect)
-    conn.execute(text(f"ALTER TABLE {table_name} ADD COLUMN {ddl}"))
+    if current not in KNOWN_VERSIONS:
+        raise SchemaVersionError(
+            f"the app schema is at revision {current!r}, which this release does not know "
+            f"(its latest is {LATEST_VERSION}): use a release that ships {current}"
+        )
+
+
+def _adoptable_revision(conn: Connection) -> tuple[str | None, str | None]:
+    """The revision a database made without Alembic is at, and the evidence for it.
+
+    (None, None) for a database without app tables: Alembic creates them all. The
+    tables are the authority, the old runner's record a cross-check: the old runner
+    created tables only when missing, so tables ahead of the record are stamped as they
+    are, while a record ahead of the tables means someone changed the schema by hand.
+    """
+    level = _level_of_tables(conn)
+    recorded = _legacy_recorded_version(conn)
+    if recorded is not None and recorded not in _LEGACY_REVISIONS:
+        raise SchemaVersionError(
+            f"{LEGACY_VERSION_TABLE} records version {recorded}, which this release does "
+            f"not know (it knows {min(_LEGACY_REVISIONS)}..{max(_LEGACY_REVISIONS)})"
+        )
+    if recorded is not None and recorded > level:
+        raise SchemaVersionError(
+            f"{LEGACY_VERSION_TABLE} records version {recorded} but the tables are only at "
+            f"version {level}: restore the missing tables or columns before upgrading"
+        )
+    if level == 0:
+        return None, None
+    revision = _LEGACY_REVISIONS[level]
+    if recorded is None:
+        return revision, "the existing tables (no version record)"
+    return revision, f"{LEGACY_VERSION_TABLE} version {recorded}"
+
+
+def _legacy_recorded_version(conn: Connection) -> int | None:
+    if not inspect(conn).has_table(LEGACY_VERSION_TABLE):
+        return None
+    return conn.execute(text(f"SELECT max(version) FROM {LEGACY_VERSION_TABLE}")).scalar()
+
+
+def _level_of_tables(conn: Connection) -> int:
+    """Which old version (0..3) the app tables present in the database amount to."""
+    inspector = inspect(conn)
+    tables = set(inspector.get_table_names())
+    present = [name for name in _V0001_TABLES if name in tables]
+    if not present and "export_jobs" not in tables:
+        return 0
+    missing = [name for name in _V0001_TABLES if name not in tables]
+    if missing:
+        raise SchemaVersionError(
+            f"the database holds some app tables but not {', '.join(missing)}: "
+            "cannot tell which revision it is at"
+        )
+    if "export_jobs" not in tables:
+        return 1
+    columns = {column["name"] for column in inspector.get_columns("export_jobs")}
+    return 3 if "dagster_run_id" in columns else 2

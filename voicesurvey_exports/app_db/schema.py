@@ -2,6 +2,10 @@
 
 One definition serves PostgreSQL (production: native enums, uuid, timestamptz)
 and SQLite (the local demo), so every query in this package runs on both.
+
+The database gets these tables from the Alembic revisions in ``app_db/alembic/versions``:
+a change here needs a new revision there (tests/test_migrations.py checks that a fresh
+upgrade builds exactly what ``metadata.create_all`` would).
 """
 
 from __future__ import annotations
@@ -128,7 +132,7 @@ export_jobs = Table(
     Column("total_records", Integer),
     _created_at(),
     _timestamptz(name="completed_at"),
-    # The Dagster run that owns the job now (V0003): only that run may complete or fail
+    # The Dagster run that owns the job now (revision V0003): only that run may complete or fail
     # it, so a stale run or one launched with another job's tag cannot touch it.
     Column("dagster_run_id", String(64)),
     # The sensor asks for "pending jobs, oldest first" every few seconds.
@@ -144,12 +148,3 @@ for _table in (users, campaigns, contacts, survey_responses, export_jobs):
             dialect="postgresql"
         ),
     )
-
-# Which tables each migration version introduces, in order, and the columns it adds to
-# tables that an earlier version created (table name, column) for databases upgraded
-# from that version.
-MIGRATIONS: dict[int, tuple[str, tuple[Table, ...], tuple[tuple[str, str], ...]]] = {
-    1: ("app tables", (users, campaigns, contacts, survey_responses), ()),
-    2: ("export_jobs", (export_jobs,), ()),
-    3: ("export_jobs.dagster_run_id", (), (("export_jobs", "dagster_run_id"),)),
-}

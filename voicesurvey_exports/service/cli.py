@@ -1,7 +1,7 @@
 """The ``voicesurvey-exports`` command: schema upgrades and the request API from a shell.
 
-Success prints JSON on stdout and exits 0; any error prints one ``error:`` line
-on stderr and exits 1.
+Success exits 0 and prints on stdout: one line of text for the ``db`` commands, JSON
+for the others. Any error prints one ``error:`` line on stderr and exits 1.
 """
 
 from __future__ import annotations
@@ -10,14 +10,17 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..app_db.engine import DatabaseUrlError, get_engine
 from ..app_db.errors import AppDatabaseError, describe_database_error
-from ..app_db.migrations import LATEST_VERSION, current_version, upgrade
 from ..settings import Settings, SettingsError
 from .requests import ExportRequestError, ExportRequests
+
+if TYPE_CHECKING:
+    from ..app_db.migrations import UpgradeReport
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     db = commands.add_parser("db", help="manage the app database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True)
     db_commands.add_parser("upgrade", help="create or upgrade the schema in DATABASE_URL")
+    db_commands.add_parser("status", help="show the schema revision of DATABASE_URL")
 
     # The request API's operations: each acts as the user given by --user-id.
     for name, help_text, subject in (
@@ -54,10 +58,14 @@ def _run(args: argparse.Namespace) -> object:
     if args.command == "db":
         database_url = os.environ.get("DATABASE_URL")
         if not database_url:
-            raise SettingsError("DATABASE_URL is not set: give the app database URL to upgrade")
+            raise SettingsError("DATABASE_URL is not set: give the app database URL")
+        # Alembic is imported only by the commands that need it.
+        from ..app_db.migrations import current_version, upgrade_with_report
+
         engine = get_engine(database_url)
-        applied = upgrade(engine)
-        return {"applied": applied, "version": current_version(engine), "latest": LATEST_VERSION}
+        if args.db_command == "upgrade":
+            return _describe_upgrade(upgrade_with_report(engine))
+        return _describe_status(current_version(engine))
     if args.command == "openapi":
         from .http.app import openapi_document
 
@@ -72,6 +80,27 @@ def _run(args: argparse.Namespace) -> object:
     if args.command == "list":
         return [job.to_json() for job in api.list_exports(args.campaign_id, args.user_id)]
     return api.refresh_download_url(args.job_id, args.user_id).to_json()
+
+
+def _describe_upgrade(report: UpgradeReport) -> str:
+    adopted = (
+        f"adopted at {report.adopted_at} from {report.adopted_from}; " if report.adopted_at else ""
+    )
+    if not report.applied:
+        return f"app schema at {report.version}: {adopted}nothing to apply"
+    return f"app schema at {report.version}: {adopted}applied {', '.join(report.applied)}"
+
+
+def _describe_status(version: str | None) -> str:
+    from ..app_db.migrations import KNOWN_VERSIONS, LATEST_VERSION
+
+    if version is not None and version not in KNOWN_VERSIONS:
+        return f"app schema at {version}: newer than this release (its latest is {LATEST_VERSION})"
+    pending = KNOWN_VERSIONS[KNOWN_VERSIONS.index(version) + 1 :] if version else KNOWN_VERSIONS
+    where = f"app schema at {version}" if version else "no app schema"
+    if not pending:
+        return f"{where}: up to date"
+    return f"{where}: {', '.join(pending)} to apply (run: voicesurvey-exports db upgrade)"
 
 
 def _serve(host: str, port: int) -> None:
@@ -97,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         # The server's primary message only: DETAIL lines and parameters may hold row values.
         print(f"error: database: {describe_database_error(error)}", file=sys.stderr)
         return 1
-    if result is not None:
+    if isinstance(result, str):
+        print(result)
+    elif result is not None:
         json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
     return 0

@@ -1,0 +1,1 @@
+"""The app schema's Alembic environment and revisions (a package so wheels ship it)."""
