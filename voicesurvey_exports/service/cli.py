@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import TYPE_CHECKING
 
@@ -56,9 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> object:
     if args.command == "db":
-        database_url = os.environ.get("DATABASE_URL")
-        if not database_url:
-            raise SettingsError("DATABASE_URL is not set: give the app database URL")
+        database_url = Settings.from_env().database_url
         # Alembic is imported only by the commands that need it.
         from ..app_db.migrations import current_version, upgrade_with_report
 
