@@ -1,6 +1,6 @@
 """Start local services in their own process group and stop the whole group.
 
-Used by `make dev` and the end-to-end tests. Dagster's dev processes do not exit
+Used by `make demo`, the end-to-end tests and the benchmarks. Dagster's dev processes do not exit
 promptly on SIGTERM and leave children behind, so stopping asks, waits, then kills
 the group.
 """

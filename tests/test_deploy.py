@@ -22,6 +22,7 @@ from dev import local_services
 from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
+from voicesurvey_exports.settings import VARIABLES
 
 from .conftest import TEST_BUCKET, AppData
 
@@ -51,6 +52,12 @@ def test_workspace_files_name_the_code_location(name):
     (entry,) = yaml.safe_load((REPO / name).read_text())["load_from"]
     target = entry.get("python_module") or entry.get("grpc_server")
     assert target["location_name"] == "voicesurvey_exports"
+
+
+def test_ecs_run_tasks_get_every_setting_the_run_reads():
+    config = yaml.safe_load((REPO / "deploy/dagster-ecs.yaml").read_text())
+    passed_on = set(config["run_launcher"]["config"]["env_vars"])
+    assert passed_on >= {*VARIABLES, "DAGSTER_POSTGRES_URL"}
 
 
 def test_lifecycle_rule_expires_exports_after_retention_and_aborts_stale_uploads(s3_client):

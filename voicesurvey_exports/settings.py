@@ -38,6 +38,9 @@ DEFAULTS = {
     "EXPORT_SPOOL_DIR": tempfile.gettempdir(),
 }
 
+# Every variable the pipeline and the service read (deploy configs pass each one on).
+VARIABLES = ("DATABASE_URL", *DEFAULTS, "AWS_ENDPOINT_URL", "S3_SSE_KMS_KEY_ID")
+
 
 class SettingsError(ValueError):
     """A configuration value breaks its rule; the message is one line."""
