@@ -20,10 +20,21 @@ LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "loc
 
 def start_s3_server(port: int, log_path: Path, env) -> subprocess.Popen:
     """moto's S3 server on 127.0.0.1:port, ready when this returns."""
-    server = process_group.start(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], log_path, env
-    )
-    process_group.wait_for(lambda: process_group.port_open(port), 30, f"the S3 server on {port}")
+    command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+    return _start_listening(command, log_path, env, None, port, 30, f"the S3 server on {port}")
+
+
+def _start_listening(
+    command: list[str], log_path: Path, env, cwd: Path | None, port: int, timeout: float, what: str
+) -> subprocess.Popen:
+    """Start a server and wait until it listens on port; stop it if it never does or
+    the wait is interrupted (Ctrl-C), as the caller has no handle on it yet."""
+    server = process_group.start(command, log_path, env, cwd=cwd)
+    try:
+        process_group.wait_for(lambda: process_group.port_open(port), timeout, what)
+    except BaseException:
+        process_group.stop_all([server])
+        raise
     return server
 
 
@@ -74,14 +85,11 @@ def start_dagster(
 
 def start_http_api(port: int, log_path: Path, env, workdir: Path) -> subprocess.Popen:
     """`voicesurvey-exports serve` on 127.0.0.1:port, ready when this returns."""
-    server = process_group.start(
-        [str(BIN / "voicesurvey-exports"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-        log_path,
-        env,
-        cwd=workdir,
-    )
-    process_group.wait_for(lambda: process_group.port_open(port), 60, f"the HTTP API on {port}")
-    return server
+    command = [
+        str(BIN / "voicesurvey-exports"),
+        *("serve", "--host", "127.0.0.1", "--port", str(port)),
+    ]
+    return _start_listening(command, log_path, env, workdir, port, 60, f"the HTTP API on {port}")
 
 
 def postgres_admin(server_url: str, statement: str) -> None:

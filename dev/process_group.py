@@ -1,8 +1,8 @@
-"""Start local services in their own process group and stop the whole group.
+"""Start local services in their own process group and stop everything they started.
 
-Used by `make demo`, the end-to-end tests and the benchmarks. Dagster's dev processes do not exit
-promptly on SIGTERM and leave children behind, so stopping asks, waits, then kills
-the group.
+Used by `make demo`, the end-to-end tests and the benchmarks. Dagster's dev processes
+do not exit promptly on SIGTERM and leave children behind, so stopping asks, waits,
+then kills, and returns only once no process of the started ones is left.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 
 def start(command: list[str], log_path: Path, env, cwd: Path | None = None) -> subprocess.Popen:
@@ -26,32 +27,100 @@ def start(command: list[str], log_path: Path, env, cwd: Path | None = None) -> s
 
 
 def stop_all(processes: list[subprocess.Popen], grace_seconds: float = 10) -> None:
-    for process in processes:
-        if process.poll() is None:
+    """Stop processes from start() and everything they started: SIGTERM, up to
+    grace_seconds to exit, then SIGKILL; return once none is left.
+
+    "Everything they started" is the process group and session of each (start() makes
+    the process their leader) and any descendant that left them for a session of its
+    own. Raises RuntimeError if a process outlives SIGKILL by 10 s (stuck in the kernel).
+    """
+    leaders = {process.pid for process in processes}
+    seen: dict[int, int] = {}  # pid -> start time of every process found in the tree
+    for signum, seconds in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 10)):
+        _send(signum, leaders, _tree(leaders, seen))
+        deadline = time.monotonic() + seconds
+        while True:
+            for process in processes:
+                process.poll()  # reap the leaders that exited
+            left = _tree(leaders, seen)
+            if not left:
+                for process in processes:
+                    process.wait()  # all are dead: returns at once
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+    raise RuntimeError(f"processes left after SIGKILL: {sorted(left)}")
+
+
+class _Process(NamedTuple):
+    ppid: int
+    pgid: int
+    sid: int
+    start_time: int  # clock ticks after boot: with the pid, names one process
+
+
+def _processes() -> dict[int, _Process]:
+    """Every live process but zombies (Linux /proc)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name in field 2 may hold spaces: split after its closing ')'.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                ppid, pgid, sid = (int(field) for field in fields[1:4])
+                table[int(stat.parent.name)] = _Process(ppid, pgid, sid, int(fields[19]))
+        except (OSError, IndexError, ValueError):
+            continue
+    return table
+
+
+def _tree(leaders: set[int], seen: dict[int, int]) -> dict[int, _Process]:
+    """The live processes of the leaders' groups and sessions, those seen in an earlier
+    call, and their descendants; adds them all to seen."""
+    table = _processes()
+    tree = {
+        pid: process
+        for pid, process in table.items()
+        if process.pgid in leaders
+        or process.sid in leaders
+        or seen.get(pid) == process.start_time  # the same process, not a reused pid
+    }
+    grown = True
+    while grown:
+        children = {
+            pid: process
+            for pid, process in table.items()
+            if process.ppid in tree and pid not in tree
+        }
+        tree.update(children)
+        grown = bool(children)
+    seen.update((pid, process.start_time) for pid, process in tree.items())
+    return tree
+
+
+def _send(signum: int, leaders: set[int], tree: dict[int, _Process]) -> None:
+    """One signal to each process of the tree: to the leaders' groups as a whole (which
+    also reaches children forked meanwhile), to the few that left them one by one."""
+    for leader in leaders:
+        # A group exists while it has members; only then is its id surely still ours.
+        if any(process.pgid == leader for process in tree.values()):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_seconds
-    for process in processes:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        # Children (code servers, run workers) can outlive the leader: sweep the group.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+                os.killpg(leader, signum)
+    for pid, process in tree.items():
+        if process.pgid not in leaders:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:
     """(pid, command line) of the live processes in a process group (Linux /proc)."""
     members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            # The command name in field 2 may hold spaces: split after its closing ')'.
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ")
-                members.append((int(stat.parent.name), cmdline.decode(errors="replace")))
-        except (OSError, IndexError, ValueError):
-            continue
+    for pid, process in _processes().items():
+        if process.pgid == pgid:
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                members.append((pid, cmdline.decode(errors="replace")))
     return members
 
 

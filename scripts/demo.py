@@ -42,8 +42,31 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def _interrupt(_signum, _frame):
-    raise KeyboardInterrupt
+class Stopping:
+    """SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the demo: the first raises
+    KeyboardInterrupt; once the demo is stopping, later ones are only noted, so that
+    they cannot cut its clean-up short. A process manager stopping the demo signals its
+    whole process group, and `make` passes SIGTERM on: two signals come at once.
+    """
+
+    def __init__(self) -> None:
+        self.begun = False
+        # Set even where inherited as ignored (a background job ignores SIGINT): the
+        # demo must stop, and its children then start with the default handling.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def begin(self) -> None:
+        self.begun = True
+
+    def _on_signal(self, _signum, _frame) -> None:
+        if self.begun:
+            # os.write, not print: a handler must not re-enter a buffered stream.
+            with contextlib.suppress(OSError):
+                os.write(sys.stdout.fileno(), b"still stopping...\n")
+            return
+        self.begun = True
+        raise KeyboardInterrupt
 
 
 def stop_stale_processes(pid_file: Path) -> None:
@@ -88,7 +111,7 @@ def ensure_postgres_database(database_url: str) -> None:
 
 
 def main() -> int:
-    signal.signal(signal.SIGTERM, _interrupt)
+    stopping = Stopping()
     env = os.environ  # the child processes and this process's clients share it
     home = Path(env.get("DEMO_HOME", REPO / ".local")).resolve()
     home.mkdir(parents=True, exist_ok=True)
@@ -191,9 +214,17 @@ Ctrl-C stops the demo.""",
         )
         return 1
     except KeyboardInterrupt:
-        print("stopping the demo...", flush=True)
+        with contextlib.suppress(OSError):  # a closed terminal or pipe must not stop clean-up
+            print("stopping the demo...", flush=True)
         return 0
     finally:
+        # From begin() on a signal is only noted. The first signal may come just before,
+        # as the demo stops for another reason. (Not contextlib.suppress: creating it
+        # is a call, where a signal could still slip in unguarded.)
+        try:  # noqa: SIM105
+            stopping.begin()
+        except KeyboardInterrupt:
+            pass
         process_group.stop_all(started)
         pid_file.unlink(missing_ok=True)
 
