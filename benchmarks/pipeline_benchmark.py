@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
 import statistics
 import sys
@@ -33,7 +32,6 @@ from dev import local_services, process_group
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "bench-pipeline"
 
 
@@ -117,6 +115,30 @@ def measure_backfill(engine, graphql_url: str, campaigns_count: int, timeout: fl
     }
 
 
+def measure(engine, graphql_url: str, args: argparse.Namespace) -> dict:
+    print("S3: local moto server on loopback; Dagster: daemon + webserver, root dagster.yaml")
+    report = {"s3_endpoint": "moto server on loopback"}
+    if args.requests:
+        print(f"request-to-link latency, 100-contact campaign, {args.requests} requests:")
+        latencies = measure_latency(engine, args.requests)
+        report["latency_seconds"] = {
+            "median": round(statistics.median(latencies), 2),
+            "all": [round(x, 2) for x in latencies],
+        }
+        print(f"median {report['latency_seconds']['median']:.2f} s")
+    if args.backfill:
+        print(f"backfill of {args.backfill} campaigns launched as the UI does...")
+        report["backfill"] = measure_backfill(
+            engine, graphql_url, args.backfill, args.backfill_timeout
+        )
+        b = report["backfill"]
+        print(
+            f"{b['completed']}/{b['campaigns']} export jobs completed in {b['seconds']} s "
+            f"({b['campaigns_per_minute']} campaigns per minute)"
+        )
+    return report
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=10)
@@ -127,7 +149,6 @@ def main() -> int:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="vse-pipeline-bench-"))
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     databases = [
         f"vse_bench_app_{uuid.uuid4().hex[:8]}",
         f"vse_bench_dagster_{uuid.uuid4().hex[:8]}",
@@ -135,49 +156,15 @@ def main() -> int:
     for database in databases:
         local_services.postgres_admin(args.postgres, f'CREATE DATABASE "{database}"')
     app_url, instance_url = (f"{args.postgres}/{database}" for database in databases)
-    s3_port, web_port = process_group.free_port(), process_group.free_port()
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": instance_url,
-        "DATABASE_URL": app_url,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-        **local_services.LOCAL_CREDENTIALS,
-        "S3_BUCKET_NAME": BUCKET,
-    }
+    settings = {"DAGSTER_POSTGRES_URL": instance_url, "DATABASE_URL": app_url}
     engine = get_engine(app_url)
     upgrade(engine)
-    started = []
     try:
-        started.append(local_services.start_s3_server(s3_port, home / "moto.log", env))
-        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
-        started += local_services.start_dagster(home, env, REPO, web_port=web_port)
-        graphql_url = f"http://127.0.0.1:{web_port}/graphql"
-        process_group.wait_for(lambda: process_group.port_open(web_port), 120, "the webserver")
-        print("S3: local moto server on loopback; Dagster: daemon + webserver, root dagster.yaml")
-        report = {"s3_endpoint": "moto server on loopback"}
-        if args.requests:
-            print(f"request-to-link latency, 100-contact campaign, {args.requests} requests:")
-            latencies = measure_latency(engine, args.requests)
-            report["latency_seconds"] = {
-                "median": round(statistics.median(latencies), 2),
-                "all": [round(x, 2) for x in latencies],
-            }
-            print(f"median {report['latency_seconds']['median']:.2f} s")
-        if args.backfill:
-            print(f"backfill of {args.backfill} campaigns launched as the UI does...")
-            report["backfill"] = measure_backfill(
-                engine, graphql_url, args.backfill, args.backfill_timeout
-            )
-            b = report["backfill"]
-            print(
-                f"{b['completed']}/{b['campaigns']} export jobs completed in {b['seconds']} s "
-                f"({b['campaigns_per_minute']} campaigns per minute)"
-            )
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"written to {args.json}")
+        with local_services.local_stack(home, settings, bucket=BUCKET) as stack:
+            report = measure(engine, stack.graphql, args)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            print(f"written to {args.json}")
     finally:
-        process_group.stop_all(started)
         engine.dispose()
         for database in databases:
             local_services.postgres_admin(

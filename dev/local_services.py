@@ -3,10 +3,15 @@ benchmarks: a moto S3 server on loopback and Dagster's processes on one machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -15,7 +20,9 @@ import psycopg2
 from . import process_group
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local"}
+LOCAL_REGION = "eu-central-1"
 
 
 def start_s3_server(port: int, log_path: Path, env) -> subprocess.Popen:
@@ -38,17 +45,21 @@ def _start_listening(
     return server
 
 
-def create_bucket(endpoint_url: str, bucket: str, region: str = "eu-central-1") -> None:
-    s3 = boto3.client(
+def s3_client(endpoint_url: str, region: str = LOCAL_REGION):
+    """A boto3 S3 client for the local S3 server, with its local credentials."""
+    return boto3.client(
         "s3",
         region_name=region,
         endpoint_url=endpoint_url,
-        **{
-            "aws_access_key_id": LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            "aws_secret_access_key": LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        },
+        aws_access_key_id=LOCAL_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=LOCAL_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
     )
-    s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region})
+
+
+def create_bucket(endpoint_url: str, bucket: str, region: str = LOCAL_REGION) -> None:
+    s3_client(endpoint_url, region).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": region}
+    )
 
 
 def start_dagster(
@@ -90,6 +101,122 @@ def start_http_api(port: int, log_path: Path, env, workdir: Path) -> subprocess.
         *("serve", "--host", "127.0.0.1", "--port", str(port)),
     ]
     return _start_listening(command, log_path, env, workdir, port, 60, f"the HTTP API on {port}")
+
+
+def start_code_server(port: int, log_path: Path, env, workdir: Path) -> subprocess.Popen:
+    """`dagster code-server start` serving the definitions over gRPC on 127.0.0.1:port (the
+    production layout), ready when this returns."""
+    server = process_group.start(
+        [
+            str(BIN / "dagster"),
+            "code-server",
+            "start",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "voicesurvey_exports.pipeline.definitions",
+            "--location-name",
+            "voicesurvey_exports",
+        ],
+        log_path,
+        env,
+        cwd=workdir,
+    )
+    process_group.wait_for(lambda: process_group.port_open(port), 120, "the code server")
+    return server
+
+
+@dataclass
+class LocalStack:
+    """What `local_stack` started: its settings, folders, ports and processes."""
+
+    home: Path  # DAGSTER_HOME, also the folder of every process's log
+    env: dict[str, str]  # the environment every process runs with
+    bucket: str
+    workspace_dir: Path  # where Dagster's processes run, on its workspace.yaml
+    s3_port: int
+    web_port: int | None  # None without the webserver
+    api_port: int | None  # None without the HTTP API
+    processes: list[subprocess.Popen] = field(default_factory=list)  # in start order
+    daemon: subprocess.Popen | None = None
+
+    @property
+    def s3_endpoint(self) -> str:
+        return self.env["AWS_ENDPOINT_URL"]
+
+    @property
+    def graphql(self) -> str | None:
+        return f"http://127.0.0.1:{self.web_port}/graphql" if self.web_port else None
+
+    @property
+    def api(self) -> str | None:
+        return f"http://127.0.0.1:{self.api_port}" if self.api_port else None
+
+    def s3_client(self):
+        return s3_client(self.s3_endpoint)
+
+
+@contextlib.contextmanager
+def local_stack(
+    home: Path,
+    settings: Mapping[str, str],
+    *,
+    bucket: str,
+    webserver: bool = True,
+    http_api: bool = False,
+    dagster_yaml: Path = REPO / "dagster.yaml",
+    workspace_dir: Path = REPO,
+    code_server_port: int | None = None,
+) -> Iterator[LocalStack]:
+    """The real-process stack on loopback, each process in its own group, all stopped on exit:
+    a moto S3 server with `bucket` created, a gRPC code server if `code_server_port` (started
+    first; the workspace must point at it), dagster-daemon, dagster-webserver if `webserver`
+    (ready when this yields), and `voicesurvey-exports serve` if `http_api`.
+
+    `home` becomes DAGSTER_HOME with a copy of `dagster_yaml`; Dagster's processes run in
+    `workspace_dir` on its workspace.yaml. `settings` (DATABASE_URL, DAGSTER_POSTGRES_URL, the
+    app's settings) go over this process's environment, the S3 endpoint, local credentials
+    and S3_BUCKET_NAME.
+    """
+    shutil.copy(dagster_yaml, home / "dagster.yaml")
+    s3_port = process_group.free_port()
+    stack = LocalStack(
+        home=home,
+        env={
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
+            **LOCAL_CREDENTIALS,
+            "S3_BUCKET_NAME": bucket,
+            **settings,
+        },
+        bucket=bucket,
+        workspace_dir=workspace_dir,
+        s3_port=s3_port,
+        web_port=process_group.free_port() if webserver else None,
+        api_port=process_group.free_port() if http_api else None,
+    )
+    env, started = stack.env, stack.processes
+    try:
+        started.append(start_s3_server(s3_port, home / "moto.log", env))
+        create_bucket(stack.s3_endpoint, bucket)
+        if code_server_port:
+            started.append(start_code_server(code_server_port, home / "code-server.log", env, REPO))
+        dagster = start_dagster(home, env, workspace_dir, web_port=stack.web_port)
+        started += dagster
+        stack.daemon = dagster[0]
+        if stack.web_port:
+            web_port = stack.web_port
+            process_group.wait_for(
+                lambda: process_group.port_open(web_port), 120, f"the webserver on {web_port}"
+            )
+        if stack.api_port:
+            started.append(start_http_api(stack.api_port, home / "api.log", env, REPO))
+        yield stack
+    finally:
+        process_group.stop_all(started)
 
 
 def postgres_admin(server_url: str, statement: str) -> None:

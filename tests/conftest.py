@@ -20,8 +20,9 @@ from dev.private_postgres import private_postgres
 from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
+from voicesurvey_exports.export_file.s3_object import ExportObjects
 from voicesurvey_exports.service.requests import ExportRequests
-from voicesurvey_exports.settings import Settings
+from voicesurvey_exports.settings import DEFAULTS, Settings
 
 # Plain postgresql:// on purpose: the form operators write (see the README).
 # TEST_POSTGRES_URL names the server to use; without it, the local default is tried and,
@@ -95,6 +96,22 @@ def create_postgres_database(postgres_server):
     yield create
     for name in created:
         postgres_admin(postgres_server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def stack_databases(create_postgres_database):
+    """For a real-process stack (dev.local_services.local_stack): a migrated app database
+    and an empty Dagster instance database, as the settings that name them."""
+
+    def create(purpose: str) -> dict[str, str]:
+        app_url = create_postgres_database(f"{purpose}_app")
+        upgrade(get_engine(app_url))
+        return {
+            "DATABASE_URL": app_url,
+            "DAGSTER_POSTGRES_URL": create_postgres_database(f"{purpose}_dagster"),
+        }
+
+    return create
 
 
 @pytest.fixture(scope="session")
@@ -177,8 +194,12 @@ class AppData:
             schema.users, oidc_subject=f"sub-{tag}", email=f"{tag}@example.com", name=tag, role=role
         )
 
-    def campaign(self, name: str = "Spring satisfaction survey") -> uuid.UUID:
-        return self._insert(schema.campaigns, name=name, status="completed")
+    def campaign(
+        self, name: str = "Spring satisfaction survey", created_by_user_id: uuid.UUID | None = None
+    ) -> uuid.UUID:
+        return self._insert(
+            schema.campaigns, name=name, status="completed", created_by_user_id=created_by_user_id
+        )
 
     def contact(self, campaign_id: uuid.UUID, state: str = "completed", **values) -> uuid.UUID:
         self._clock += timedelta(minutes=7, seconds=13)
@@ -207,6 +228,26 @@ class AppData:
         return self._insert(
             schema.export_jobs, campaign_id=campaign_id, requested_by_user_id=user_id, **values
         )
+
+    def completed_export(
+        self,
+        campaign_id: uuid.UUID | None = None,
+        user_id: uuid.UUID | None = None,
+        *,
+        s3_client=None,
+        **values,
+    ) -> uuid.UUID:
+        """A completed export job of the campaign (a new one when None) at the key the
+        pipeline would write, with download_url "old" unless given. With s3_client its file
+        is in TEST_BUCKET; without, the key names a file that does not exist."""
+        campaign_id = campaign_id or self.campaign()
+        values.setdefault("id", uuid.uuid4())
+        objects = ExportObjects(s3_client, TEST_BUCKET, DEFAULTS["S3_EXPORT_PREFIX"], 600)
+        values.setdefault("s3_key", objects.key(campaign_id, values["id"]))
+        values.setdefault("download_url", "old")
+        if s3_client is not None:
+            s3_client.put_object(Bucket=TEST_BUCKET, Key=values["s3_key"], Body=b"campaign_id\r\n")
+        return self.export_job(campaign_id, user_id, status="completed", **values)
 
     def job_row(self, job_id: uuid.UUID) -> dict:
         with self.engine.connect() as conn:

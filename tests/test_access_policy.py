@@ -13,10 +13,10 @@ from voicesurvey_exports.service.http.app import create_app
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
 from voicesurvey_exports.service.requests import ExportRequests, NotFound, PermissionDenied
 
-from .conftest import TEST_BUCKET, AppData, request_api
+from .conftest import AppData, request_api
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
+from .test_requests import OPERATIONS, call
 
-OPERATIONS = ["request", "list", "get", "refresh"]
 # (policy, caller) -> may the caller use the owner's campaign?
 ALLOWED = {
     ("role", "owner"): True,
@@ -34,14 +34,8 @@ class Campaigns:
     def __init__(self, data: AppData, s3_client):
         self.data = data
         self.owner = data.user("campaign_manager")
-        self.campaign = data._insert(
-            schema.campaigns, name="Owned", status="completed", created_by_user_id=self.owner
-        )
-        key = f"exports/{self.campaign}/{uuid.uuid4()}.csv"
-        s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
-        self.job = data.export_job(
-            self.campaign, self.owner, status="completed", s3_key=key, download_url="old"
-        )
+        self.campaign = data.campaign("Owned", created_by_user_id=self.owner)
+        self.job = data.completed_export(self.campaign, self.owner, s3_client=s3_client)
 
     def caller(self, who: str) -> uuid.UUID:
         if who == "owner":
@@ -50,16 +44,6 @@ class Campaigns:
 
     def snapshot(self) -> tuple:
         return self.data.count(schema.export_jobs), self.data.job_row(self.job)
-
-
-def call(api: ExportRequests, operation: str, campaign_id, job_id, user_id):
-    if operation == "request":
-        return api.request_export(campaign_id, user_id)
-    if operation == "list":
-        return api.list_exports(campaign_id, user_id)
-    if operation == "get":
-        return api.get_export(job_id, user_id)
-    return api.refresh_download_url(job_id, user_id)
 
 
 @pytest.fixture

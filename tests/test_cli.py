@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 
-from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.service import cli as cli_module
 
@@ -133,12 +132,8 @@ def test_unreachable_database_is_one_line(cli_env):
 
 def completed_job_in(database_url: str, owner=None) -> tuple[AppData, uuid.UUID, uuid.UUID]:
     data = AppData(get_engine(database_url))
-    campaign = data._insert(
-        schema.campaigns, name="Owned", status="completed", created_by_user_id=owner
-    )
-    key = f"exports/{campaign}/{uuid.uuid4()}.csv"
-    job = data.export_job(campaign, None, status="completed", s3_key=key, download_url="old")
-    return data, campaign, job
+    campaign = data.campaign("Owned", created_by_user_id=owner)
+    return data, campaign, data.completed_export(campaign)
 
 
 def test_refresh_without_aws_credentials_is_one_line(cli_env):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -21,7 +20,6 @@ from sqlalchemy import text
 from dev import local_services
 from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.app_db.migrations import upgrade
 from voicesurvey_exports.settings import VARIABLES
 
 from .conftest import TEST_BUCKET, AppData
@@ -91,7 +89,7 @@ def run_overlap(records) -> int:
 @pytest.mark.e2e
 @pytest.mark.soak  # about 4 minutes: runs in `make soak`, which CI runs too
 def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_limits(
-    create_postgres_database, tmp_path, monkeypatch
+    stack_databases, tmp_path, monkeypatch
 ):
     home = tmp_path / "dagster_home"
     home.mkdir()
@@ -101,53 +99,22 @@ def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_lim
     instance_config["local_artifact_storage"]["config"]["base_dir"] = str(home / "storage")
     limit = 4  # low enough that 100 requests must queue
     instance_config["concurrency"]["runs"]["max_concurrent_runs"] = limit
-    (home / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
-    code_port, web_port, s3_port = (processes.free_port() for _ in range(3))
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
+    code_port = processes.free_port()
     workspace = yaml.safe_load((REPO / "deploy/workspace.yaml").read_text())
     workspace["load_from"][0]["grpc_server"].update(host="127.0.0.1", port=code_port)
     (tmp_path / "workspace.yaml").write_text(yaml.safe_dump(workspace))
 
-    app_url = create_postgres_database("deploy_app")
-    upgrade(get_engine(app_url))
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": create_postgres_database("deploy_dagster"),
-        "DATABASE_URL": app_url,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-        **local_services.LOCAL_CREDENTIALS,
-        "S3_BUCKET_NAME": BUCKET,
-        "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
-    }
-    bin_dir = local_services.BIN
-    started = []
-    try:
-        started.append(local_services.start_s3_server(s3_port, home / "moto.log", env))
-        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
-        started.append(
-            processes.start(
-                [
-                    str(bin_dir / "dagster"),
-                    "code-server",
-                    "start",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(code_port),
-                    "-m",
-                    "voicesurvey_exports.pipeline.definitions",
-                    "--location-name",
-                    "voicesurvey_exports",
-                ],
-                home / "code-server.log",
-                env,
-                cwd=REPO,
-            )
-        )
-        processes.wait_for(lambda: processes.port_open(code_port), 120, "the code server")
-        started += local_services.start_dagster(home, env, tmp_path, web_port=web_port)
-
-        app = AppData(get_engine(app_url))
+    settings = {**stack_databases("deploy"), "EXPORT_SENSOR_INTERVAL_SECONDS": "1"}
+    with local_services.local_stack(
+        home,
+        settings,
+        bucket=BUCKET,
+        dagster_yaml=tmp_path / "dagster.yaml",
+        workspace_dir=tmp_path,
+        code_server_port=code_port,
+    ) as stack:
+        app = AppData(get_engine(settings["DATABASE_URL"]))
         manager = app.user("campaign_manager")
         campaigns = [app.campaign(f"Deploy {i}") for i in range(10)]
         for campaign in campaigns:
@@ -173,11 +140,9 @@ def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_lim
         processes.wait_for(
             lambda: counts().get("completed") == 100, 900, "100 completed export jobs", interval=3
         )
-        assert processes.port_open(web_port)
-    finally:
-        processes.stop_all(started)
+        assert processes.port_open(stack.web_port)
 
-    monkeypatch.setenv("DAGSTER_POSTGRES_URL", env["DAGSTER_POSTGRES_URL"])
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", settings["DAGSTER_POSTGRES_URL"])
     with DagsterInstance.from_config(str(home)) as instance:
         records = instance.get_run_records()
     assert len(records) == 100

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import shutil
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -18,7 +15,6 @@ from sqlalchemy import text
 from dev import local_services
 from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.app_db.migrations import upgrade
 from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 
 from .conftest import AppData
@@ -26,49 +22,30 @@ from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "e2e-exports"
 ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
 
 
 @pytest.fixture(scope="module")
-def stack(create_postgres_database, tmp_path_factory):
-    """moto server, dagster-daemon and dagster-webserver, as separate process groups."""
-    home = tmp_path_factory.mktemp("dagster_home")
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    moto_port, web_port, api_port = (processes.free_port() for _ in range(3))
-    app_url = create_postgres_database("e2e_app")
-    upgrade(get_engine(app_url))
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": create_postgres_database("e2e_dagster"),
-        "DATABASE_URL": app_url,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{moto_port}",
-        **local_services.LOCAL_CREDENTIALS,
+def stack(stack_databases, tmp_path_factory):
+    """moto server, dagster-daemon, dagster-webserver and the HTTP API, as separate process
+    groups."""
+    settings = {
+        **stack_databases("e2e"),
         "AWS_REGION": "eu-central-1",
-        "S3_BUCKET_NAME": BUCKET,
         "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
         "AUTH_ISSUER": ISSUER,
         "AUTH_AUDIENCE": AUDIENCE,
         "AUTH_JWT_SECRET": SECRET,
     }
-    started = []
-    try:
-        started.append(local_services.start_s3_server(moto_port, home / "moto.log", env))
-        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
-        started += local_services.start_dagster(home, env, REPO, web_port=web_port)
-        started.append(local_services.start_http_api(api_port, home / "api.log", env, REPO))
-        yield {
-            "env": env,
-            "app": AppData(get_engine(app_url)),
-            "home": home,
-            "graphql": f"http://127.0.0.1:{web_port}/graphql",
-            "web_port": web_port,
-            "api": f"http://127.0.0.1:{api_port}",
-        }
-    finally:
-        processes.stop_all(started)
+    home = tmp_path_factory.mktemp("dagster_home")
+    with local_services.local_stack(home, settings, bucket=BUCKET, http_api=True) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def app(stack) -> AppData:
+    return AppData(get_engine(stack.env["DATABASE_URL"]))
 
 
 def job_status(app: AppData, job_id) -> str | None:
@@ -102,8 +79,7 @@ def database_rows(app: AppData, campaign_id) -> list[list[str]]:
     ]
 
 
-def test_pending_request_becomes_a_downloadable_csv(stack):
-    app = stack["app"]
+def test_pending_request_becomes_a_downloadable_csv(app):
     manager = app.user("campaign_manager")
     campaign = app.campaign("Sondaggio clienti — Primavera")
     answers = ['Sì, "ottimo"', "Zeile 1\nZeile 2", '=HYPERLINK("x")', "👍 très bien", None]
@@ -139,19 +115,18 @@ def test_pending_request_becomes_a_downloadable_csv(stack):
     assert parsed[1:] == expected
 
 
-def test_backfill_of_fifty_campaigns_gives_fifty_completed_jobs(stack):
-    app = stack["app"]
+def test_backfill_of_fifty_campaigns_gives_fifty_completed_jobs(stack, app):
     campaigns = [str(app.campaign(f"Backfill {i}")) for i in range(50)]
     for campaign in campaigns:
         app.contact(uuid.UUID(campaign), "completed")
 
     processes.wait_for(
-        lambda: set(campaigns) <= local_services.campaign_partition_keys(stack["graphql"]),
+        lambda: set(campaigns) <= local_services.campaign_partition_keys(stack.graphql),
         120,
         "the campaign partitions sensor",
         interval=2,
     )
-    local_services.launch_backfill(stack["graphql"], campaigns)
+    local_services.launch_backfill(stack.graphql, campaigns)
 
     def completed_backfill_jobs() -> int:
         with app.engine.connect() as conn:
@@ -167,9 +142,8 @@ def test_backfill_of_fifty_campaigns_gives_fifty_completed_jobs(stack):
     assert completed_backfill_jobs() == 50
 
 
-def test_http_request_through_the_daemon_to_a_downloaded_file(stack):
+def test_http_request_through_the_daemon_to_a_downloaded_file(stack, app):
     """A campaign manager's client over real HTTP: request, poll, download."""
-    app = stack["app"]
     manager = app.user("campaign_manager")
     campaign = app.campaign("HTTP campaign")
     for state in ("completed", "refused", "pending"):
@@ -177,9 +151,9 @@ def test_http_request_through_the_daemon_to_a_downloaded_file(stack):
         app.response(contact, campaign, 'Sì, "grazie"\nciao')
     headers = {"Authorization": f"Bearer {token(oidc_subject(app, manager))}"}
 
-    created = requests.post(f"{stack['api']}/api/campaigns/{campaign}/export", headers=headers)
+    created = requests.post(f"{stack.api}/api/campaigns/{campaign}/export", headers=headers)
     assert created.status_code == 202, created.text
-    job_url = f"{stack['api']}/api/exports/{created.json()['job_id']}"
+    job_url = f"{stack.api}/api/exports/{created.json()['job_id']}"
 
     def finished():
         job = requests.get(job_url, headers=headers, timeout=10).json()

@@ -7,11 +7,8 @@ from __future__ import annotations
 import csv
 import io
 import os
-import shutil
 import signal
-from pathlib import Path
 
-import boto3
 import psycopg2
 import pytest
 from sqlalchemy import text
@@ -19,12 +16,10 @@ from sqlalchemy import text
 from dev import local_services
 from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.app_db.migrations import upgrade
 
 from .conftest import AppData
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "fault-exports"
 LARGE_CAMPAIGN = 60_000
 REEXECUTE = """
@@ -38,49 +33,25 @@ mutation($parentRunId: String!) {
 
 
 @pytest.fixture(scope="module")
-def stack(create_postgres_database, tmp_path_factory):
-    home = tmp_path_factory.mktemp("dagster_home")
-    spool_dir = tmp_path_factory.mktemp("spool")
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    s3_port, web_port = processes.free_port(), processes.free_port()
-    app_url = create_postgres_database("fault_app")
-    upgrade(get_engine(app_url))
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": create_postgres_database("fault_dagster"),
-        "DATABASE_URL": app_url,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-        **local_services.LOCAL_CREDENTIALS,
-        "S3_BUCKET_NAME": BUCKET,
+def spool_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("spool")
+
+
+@pytest.fixture(scope="module")
+def stack(stack_databases, spool_dir, tmp_path_factory):
+    settings = {
+        **stack_databases("fault"),
         "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
         "EXPORT_SPOOL_DIR": str(spool_dir),
     }
-    started = []
-    try:
-        started.append(local_services.start_s3_server(s3_port, home / "moto.log", env))
-        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
-        started += local_services.start_dagster(home, env, REPO, web_port=web_port)
-        processes.wait_for(
-            lambda: processes.port_open(web_port), 120, f"the webserver on {web_port}"
-        )
-        yield {
-            "env": env,
-            "app_url": app_url,
-            "app": AppData(get_engine(app_url)),
-            "daemon": started[1],
-            "graphql": f"http://127.0.0.1:{web_port}/graphql",
-            "spool_dir": spool_dir,
-            "s3": boto3.client(
-                "s3",
-                region_name="eu-central-1",
-                endpoint_url=env["AWS_ENDPOINT_URL"],
-                aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-            ),
-        }
-    finally:
-        processes.stop_all(started)
+    home = tmp_path_factory.mktemp("dagster_home")
+    with local_services.local_stack(home, settings, bucket=BUCKET) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def app(stack) -> AppData:
+    return AppData(get_engine(stack.env["DATABASE_URL"]))
 
 
 def run_workers(daemon_pgid: int) -> list[int]:
@@ -126,18 +97,17 @@ def finished(app: AppData, job_id) -> dict | None:
     return row if row["status"] in ("completed", "failed") else None
 
 
-def test_run_worker_killed_mid_export_is_retried_and_completes_the_same_job(stack):
-    app = stack["app"]
+def test_run_worker_killed_mid_export_is_retried_and_completes_the_same_job(stack, app, spool_dir):
     campaign = app.campaign()
     add_contacts(app, campaign, LARGE_CAMPAIGN)
-    locker = psycopg2.connect(stack["app_url"])
+    locker = psycopg2.connect(stack.env["DATABASE_URL"])
     try:
         # The extract waits on this lock, so the run is mid-export when it is killed.
         locker.cursor().execute("LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE")
         job_id = app.export_job(campaign, app.user())
         processes.wait_for(lambda: app.job_row(job_id)["status"] == "running", 120, "the run")
         killed_run = app.job_row(job_id)["dagster_run_id"]
-        workers = processes.wait_for(lambda: run_workers(stack["daemon"].pid), 30, "the run worker")
+        workers = processes.wait_for(lambda: run_workers(stack.daemon.pid), 30, "the run worker")
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
         locker.rollback()
@@ -152,11 +122,11 @@ def test_run_worker_killed_mid_export_is_retried_and_completes_the_same_job(stac
     assert len(rows) == job["total_records"] == LARGE_CAMPAIGN
     assert {(row["q1_answer"], row["q2_answer"]) for row in rows} == {("N/A", "null")}
     # Nothing of the killed run is left on the worker's disk.
-    assert list(stack["spool_dir"].iterdir()) == []
+    assert list(spool_dir.iterdir()) == []
 
 
-def test_run_failed_at_upload_reexecuted_from_failure_completes_the_same_job(stack):
-    app, s3 = stack["app"], stack["s3"]
+def test_run_failed_at_upload_reexecuted_from_failure_completes_the_same_job(stack, app):
+    s3 = stack.s3_client()
     campaign = app.campaign()
     add_contacts(app, campaign, 500)
     for item in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
@@ -166,13 +136,13 @@ def test_run_failed_at_upload_reexecuted_from_failure_completes_the_same_job(sta
         job_id = app.export_job(campaign, app.user())
         job = processes.wait_for(lambda: finished(app, job_id), 180, "the upload failure")
     finally:
-        local_services.create_bucket(stack["env"]["AWS_ENDPOINT_URL"], BUCKET)
+        local_services.create_bucket(stack.s3_endpoint, BUCKET)
     assert job["status"] == "failed"
     assert job["error_message"].startswith("upload to s3://fault-exports/")
     assert job["download_url"] is None
 
     launched = local_services.graphql(
-        stack["graphql"], REEXECUTE, {"parentRunId": job["dagster_run_id"]}
+        stack.graphql, REEXECUTE, {"parentRunId": job["dagster_run_id"]}
     )["data"]["launchRunReexecution"]
     assert launched["__typename"] == "LaunchRunSuccess", launched
 

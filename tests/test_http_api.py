@@ -67,16 +67,7 @@ def user_with_token(app_data: AppData, role: str) -> tuple[uuid.UUID, dict]:
 @pytest.fixture
 def completed_job(app_data, s3_client):
     campaign = app_data.campaign("Autumn NPS")
-    key = f"exports/{campaign}/{uuid.uuid4()}.csv"
-    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
-    job = app_data.export_job(
-        campaign,
-        app_data.user(),
-        status="completed",
-        s3_key=key,
-        download_url="old",
-        total_records=0,
-    )
+    job = app_data.completed_export(campaign, app_data.user(), s3_client=s3_client, total_records=0)
     return campaign, job
 
 
@@ -438,10 +429,7 @@ def test_a_failed_link_write_is_503_and_neither_body_nor_log_has_the_link(
 ):
     engine = database_refusing_links(create_postgres_database)
     data = AppData(engine)
-    campaign = data.campaign()
-    key = f"exports/{campaign}/{uuid.uuid4()}.csv"
-    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
-    job = data.export_job(campaign, None, status="completed", s3_key=key, download_url="old")
+    job = data.completed_export(s3_client=s3_client)
     client = service(engine, s3_client)
     _, headers = user_with_token(data, "admin")
     with caplog.at_level(logging.INFO):  # botocore DEBUG-logs its own signing; not ours

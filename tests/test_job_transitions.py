@@ -24,22 +24,17 @@ def instance():
 def completed_job_with_file(app_data, s3_client):
     campaign = app_data.campaign()
     app_data.contact(campaign, "completed")
-    job_id = uuid.uuid4()
-    key = f"exports/{campaign}/{job_id}.csv"
-    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
-    app_data.export_job(
+    job_id = app_data.completed_export(
         campaign,
         app_data.user(),
-        id=job_id,
-        status="completed",
-        s3_key=key,
+        s3_client=s3_client,
         download_url="https://link/original",
         url_expires_at=datetime.now(UTC) + timedelta(hours=1),
         total_records=1,
         completed_at=datetime.now(UTC),
         dagster_run_id="run-that-completed-it",
     )
-    return campaign, job_id, key
+    return campaign, job_id, app_data.job_row(job_id)["s3_key"]
 
 
 def test_only_one_of_two_runs_claims_a_pending_job(app_data):

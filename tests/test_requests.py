@@ -33,15 +33,8 @@ def api(engine, s3_client) -> ExportRequests:
 @pytest.fixture
 def completed_job(app_data, s3_client):
     campaign = app_data.campaign("Autumn NPS")
-    key = f"exports/{campaign}/{uuid.uuid4()}.csv"
-    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
-    return app_data.export_job(
-        campaign,
-        app_data.user(),
-        status="completed",
-        s3_key=key,
-        download_url="old",
-        total_records=0,
+    return app_data.completed_export(
+        campaign, app_data.user(), s3_client=s3_client, total_records=0
     )
 
 
@@ -222,10 +215,7 @@ def links_refused_database(create_postgres_database) -> Engine:
 
 def test_a_failed_link_write_is_one_line_without_the_signed_link(links_refused_database, s3_client):
     data = AppData(links_refused_database)
-    campaign = data.campaign()
-    key = f"exports/{campaign}/{uuid.uuid4()}.csv"
-    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
-    job = data.export_job(campaign, None, status="completed", s3_key=key, download_url="old")
+    job = data.completed_export(s3_client=s3_client)
     api = request_api(links_refused_database, s3_client)
     with pytest.raises(AppDatabaseError) as error:
         api.refresh_download_url(job, data.user())

@@ -11,21 +11,17 @@ from .dagster_harness import export_resources
 
 
 def completed_job(app_data, s3_client, days_ago: float):
-    campaign = app_data.campaign()
-    key = f"exports/{campaign}/{days_ago}.csv"
-    s3_client.put_object(Bucket=TEST_BUCKET, Key=key, Body=b"campaign_id\r\n")
     done = datetime.now(UTC) - timedelta(days=days_ago)
-    job = app_data.export_job(
-        campaign,
+    job = app_data.completed_export(
+        None,
         app_data.user(),
-        status="completed",
-        s3_key=key,
+        s3_client=s3_client,
         download_url="https://link",
         url_expires_at=done + timedelta(hours=1),
         total_records=0,
         completed_at=done,
     )
-    return job, key
+    return job, app_data.job_row(job)["s3_key"]
 
 
 def test_files_past_retention_are_deleted_and_their_links_cleared(

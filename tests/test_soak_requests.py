@@ -4,11 +4,9 @@ when it starts, also when the request sensor's cursor is reset halfway."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import uuid
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
@@ -17,39 +15,27 @@ from sqlalchemy import text
 from dev import local_services
 from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.app_db.migrations import upgrade
 from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG
 
 from .conftest import AppData
 
 pytestmark = [pytest.mark.soak, pytest.mark.e2e, pytest.mark.postgres]
-REPO = Path(__file__).resolve().parents[1]
 BUCKET = "soak-exports"
 # 500 in CI (`make soak`); SOAK_REQUESTS=30 for a quick local check.
 REQUESTS = int(os.environ.get("SOAK_REQUESTS", "500"))
 
 
 def test_requests_made_while_the_daemon_is_down_are_each_exported_exactly_once(
-    create_postgres_database, tmp_path, monkeypatch
+    stack_databases, tmp_path, monkeypatch
 ):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
-    s3_port = processes.free_port()
-    app_url = create_postgres_database("soak_app")
-    upgrade(get_engine(app_url))
-    env = {
-        **os.environ,
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": create_postgres_database("soak_dagster"),
-        "DATABASE_URL": app_url,
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
-        **local_services.LOCAL_CREDENTIALS,
-        "S3_BUCKET_NAME": BUCKET,
+    settings = {
+        **stack_databases("soak"),
         "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
         "EXPORT_SENSOR_BATCH_SIZE": "25",
     }
-    app = AppData(get_engine(app_url))
+    app = AppData(get_engine(settings["DATABASE_URL"]))
     manager = app.user()
     campaigns = [app.campaign(f"Soak {i}") for i in range(max(1, REQUESTS // 10))]
     for campaign in campaigns:
@@ -70,11 +56,7 @@ def test_requests_made_while_the_daemon_is_down_are_each_exported_exactly_once(
                 text("SELECT count(*) FROM export_jobs WHERE status = 'completed'")
             ).scalar_one()
 
-    started = []
-    try:
-        started.append(local_services.start_s3_server(s3_port, home / "moto.log", env))
-        local_services.create_bucket(env["AWS_ENDPOINT_URL"], BUCKET)
-        started += local_services.start_dagster(home, env, REPO)
+    with local_services.local_stack(home, settings, bucket=BUCKET, webserver=False) as stack:
         processes.wait_for(
             lambda: completed() >= REQUESTS // 3, 3600, "a third of the jobs", interval=3
         )
@@ -89,18 +71,16 @@ def test_requests_made_while_the_daemon_is_down_are_each_exported_exactly_once(
                 "-w",
                 "workspace.yaml",
             ],
-            env=env,
-            cwd=REPO,
+            env=stack.env,
+            cwd=stack.workspace_dir,
             check=True,
             capture_output=True,
             input=b"y\n",
             timeout=120,
         )
         processes.wait_for(lambda: completed() == REQUESTS, 3600, "every job", interval=3)
-    finally:
-        processes.stop_all(started)
 
-    monkeypatch.setenv("DAGSTER_POSTGRES_URL", env["DAGSTER_POSTGRES_URL"])
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", settings["DAGSTER_POSTGRES_URL"])
     with DagsterInstance.from_config(str(home)) as instance:
         runs = [record.dagster_run for record in instance.get_run_records()]
     runs_per_job = Counter(run.tags[EXPORT_JOB_TAG] for run in runs)
