@@ -33,7 +33,7 @@ PATHS = ("floor", "naive", "project")
 LABELS = {
     "floor": "1 floor: COPY (query) TO STDOUT WITH CSV + upload",
     "naive": "2 naive pandas: read_sql all, to_csv, upload",
-    "project": "3 this project: campaign_export ops",
+    "project": "3 this project: the ops' export steps",
 }
 
 # Terminal contacts with realistic answers (a third answered, accents, emoji, quotes,

@@ -106,7 +106,7 @@ def start_http_api(port: int, log_path: Path, env, workdir: Path) -> subprocess.
 def start_code_server(port: int, log_path: Path, env, workdir: Path) -> subprocess.Popen:
     """`dagster code-server start` serving the definitions over gRPC on 127.0.0.1:port (the
     production layout), ready when this returns."""
-    server = process_group.start(
+    return _start_listening(
         [
             str(BIN / "dagster"),
             "code-server",
@@ -122,10 +122,11 @@ def start_code_server(port: int, log_path: Path, env, workdir: Path) -> subproce
         ],
         log_path,
         env,
-        cwd=workdir,
+        workdir,
+        port,
+        120,
+        "the code server",
     )
-    process_group.wait_for(lambda: process_group.port_open(port), 120, "the code server")
-    return server
 
 
 @dataclass

@@ -109,7 +109,7 @@ def _send(signum: int, leaders: set[int], tree: dict[int, _Process]) -> None:
                 os.killpg(leader, signum)
     for pid, process in tree.items():
         if process.pgid not in leaders:
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
 
 

@@ -82,7 +82,7 @@ def test_db_status_and_adoption_of_an_old_database_are_one_line_each(cli_env):
     assert db("status") == "app schema at V0003: up to date\n"
 
     with engine.begin() as conn:  # as a later release would leave it
-        conn.exec_driver_sql("UPDATE alembic_version SET version_num = 'V0099'")
+        conn.exec_driver_sql("UPDATE voicesurvey_exports_alembic_version SET version_num = 'V0099'")
     assert db("status") == "app schema at V0099: newer than this release (its latest is V0003)\n"
     refused = cli("db", "upgrade", env=cli_env)
     assert (refused.returncode, refused.stdout) == (1, "")

@@ -15,6 +15,7 @@ import yaml
 from dagster import DagsterInstance
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config
+from dagster._core.utils import parse_env_var
 from sqlalchemy import text
 
 from dev import local_services
@@ -52,10 +53,24 @@ def test_workspace_files_name_the_code_location(name):
     assert target["location_name"] == "voicesurvey_exports"
 
 
-def test_ecs_run_tasks_get_every_setting_the_run_reads():
+def test_ecs_run_tasks_get_the_databases_and_only_settings_every_deployment_sets(monkeypatch):
     config = yaml.safe_load((REPO / "deploy/dagster-ecs.yaml").read_text())
-    passed_on = set(config["run_launcher"]["config"]["env_vars"])
-    assert passed_on >= {*VARIABLES, "DAGSTER_POSTGRES_URL"}
+    passed_on = config["run_launcher"]["config"]["env_vars"]
+    assert (
+        {"DATABASE_URL", "DAGSTER_POSTGRES_URL"}
+        <= set(passed_on)
+        <= {
+            *VARIABLES,
+            "DAGSTER_POSTGRES_URL",
+        }
+    )
+    # EcsRunLauncher reads each listed name from the daemon's environment and refuses
+    # to launch when one is unset: with just the two required ones set, all resolve.
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/app")
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql://dagster@db/dagster")
+    assert dict(map(parse_env_var, passed_on))["DATABASE_URL"] == "postgresql://app@db/app"
 
 
 def test_lifecycle_rule_expires_exports_after_retention_and_aborts_stale_uploads(s3_client):

@@ -218,7 +218,7 @@ def test_app_tables_at_v0002_without_a_record_get_v0003(new_database):
     engine = new_database("postgres", "appv2")
     upgrade(engine)
     with engine.begin() as conn:  # as if the app had created its tables up to V0002
-        conn.execute(text("DROP TABLE alembic_version"))
+        conn.execute(text("DROP TABLE voicesurvey_exports_alembic_version"))
         conn.execute(text("ALTER TABLE export_jobs DROP COLUMN dagster_run_id"))
     assert upgrade(engine) == ["V0003"]
     assert "dagster_run_id" in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
@@ -231,14 +231,14 @@ def test_a_record_ahead_of_the_tables_is_refused_and_nothing_changes(new_databas
         conn.execute(text("INSERT INTO app_schema_migrations VALUES (3, 'x', now())"))
     with pytest.raises(SchemaVersionError, match="records version 3 but the tables are only at"):
         upgrade(engine)
-    assert not inspect(engine).has_table("alembic_version")
+    assert not inspect(engine).has_table("voicesurvey_exports_alembic_version")
 
 
 def test_a_database_from_a_newer_release_is_refused(new_database):
     engine = new_database("sqlite", "newer")
     upgrade(engine)
     with engine.begin() as conn:
-        conn.execute(text("UPDATE alembic_version SET version_num = 'V0099'"))
+        conn.execute(text("UPDATE voicesurvey_exports_alembic_version SET version_num = 'V0099'"))
     with pytest.raises(SchemaVersionError, match="at revision 'V0099', which this release"):
         upgrade(engine)
 

@@ -7,7 +7,7 @@ PostgreSQL advisory lock so that concurrent ``db upgrade`` runs take turns.
 
 Databases made before Alembic are adopted without touching their data: the old runner
 recorded versions 1..3 in ``app_schema_migrations``, and the app may have created its
-tables itself with no record at all. Such a database (no ``alembic_version`` table yet)
+tables itself with no record at all. Such a database (no Alembic version table yet)
 is stamped at the revision its tables already match, then upgraded from there.
 """
 
@@ -29,11 +29,14 @@ from .engine import is_postgres
 from .errors import AppDatabaseError
 
 _SCRIPT_LOCATION = Path(__file__).with_name("alembic")
+# Not Alembic's default `alembic_version`: the app (or Dagster's storage, if pointed at
+# the same database) may keep its own Alembic history there.
+VERSION_TABLE = "voicesurvey_exports_alembic_version"
 # Arbitrary constant: serialises concurrent `db upgrade` runs on PostgreSQL.
 _ADVISORY_LOCK_KEY = 18_0002
 
 # The old runner's version table and what its versions are as Alembic revisions. The old
-# table is left in place after adoption: nothing reads it once `alembic_version` exists,
+# table is left in place after adoption: nothing reads it once the Alembic version table exists,
 # it keeps the dates the old runner recorded, and a rollback to a release that still
 # uses the old runner finds its versions recorded and changes nothing.
 LEGACY_VERSION_TABLE = "app_schema_migrations"
@@ -78,7 +81,7 @@ def current_version(engine: Engine) -> str | None:
     """
     with engine.connect() as conn:
         if _has_alembic_version(conn):
-            return MigrationContext.configure(conn).get_current_revision()
+            return _revision(conn)
         return _adoptable_revision(conn)[0]
 
 
@@ -102,7 +105,7 @@ def upgrade_with_report(engine: Engine) -> UpgradeReport:
             if adopted_at is not None:
                 command.stamp(config, adopted_at)
             command.upgrade(config, "head")
-        version = MigrationContext.configure(conn).get_current_revision()
+        version = _revision(conn)
     return UpgradeReport(version, applied, adopted_at, adopted_from)
 
 
@@ -145,13 +148,19 @@ def _config_recording(conn: Connection, revisions: list[str]) -> Config:
     return config
 
 
+def _revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(
+        conn, opts={"version_table": VERSION_TABLE}
+    ).get_current_revision()
+
+
 def _has_alembic_version(conn: Connection) -> bool:
-    return inspect(conn).has_table("alembic_version")
+    return inspect(conn).has_table(VERSION_TABLE)
 
 
 def _check_known(conn: Connection) -> None:
     """Refuse, in one line, a database that a newer release has upgraded past this one."""
-    current = MigrationContext.configure(conn).get_current_revision()
+    current = _revision(conn)
     if current is None:
         return
     if current not in KNOWN_VERSIONS:

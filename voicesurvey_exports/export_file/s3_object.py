@@ -100,15 +100,18 @@ class ExportObjects:
         return url, expires_at.replace(microsecond=0)
 
     def exists(self, key: str) -> bool:
-        """Whether the object is there. A missing bucket raises (it is a misconfigured
-        bucket or endpoint, not a deleted file); so does any other S3 error."""
+        """Whether the object is there. A missing bucket raises BucketUnreachable (it is a
+        misconfigured bucket or endpoint, not a deleted file); other S3 errors raise too."""
         try:
             self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as error:
             if error_code(error) not in MISSING_CODES:
                 raise
             # S3 answers a HEAD on a missing bucket with a bare 404 too.
-            self.client.head_bucket(Bucket=self.bucket)
+            try:
+                self.client.head_bucket(Bucket=self.bucket)
+            except ClientError as bucket_error:
+                raise BucketUnreachable(self.bucket, bucket_error) from None
             return False
         return True
 
@@ -131,6 +134,14 @@ class ExportObjects:
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": SERVER_SIDE_ENCRYPTION}
+
+
+class BucketUnreachable(Exception):
+    """The export bucket itself cannot be reached (missing, or no access to it)."""
+
+    def __init__(self, bucket: str, error: ClientError):
+        super().__init__(f"cannot reach bucket {bucket!r} in S3: {error}")
+        self.error = error
 
 
 def error_code(error: ClientError) -> str:

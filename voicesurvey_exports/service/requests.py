@@ -31,7 +31,7 @@ from ..app_db.engine import get_engine
 from ..app_db.errors import safe_database_errors
 from ..app_db.export_jobs import ExportJob
 from ..app_db.schema import EXPORT_ROLES, campaigns
-from ..export_file.s3_object import ExportObjects
+from ..export_file.s3_object import BucketUnreachable, ExportObjects
 from ..settings import ACCESS_POLICIES, Settings
 
 FILE_MISSING_MESSAGE = "the file no longer exists in S3; request a new export"
@@ -177,6 +177,11 @@ class ExportRequests:
     def _file_exists(self, key: str) -> bool:
         try:
             return self.objects.exists(key)
+        except BucketUnreachable as error:
+            raise StorageUnavailable(
+                f"cannot reach bucket {self.objects.bucket!r} in S3: "
+                f"{describe_storage_error(error.error)}"
+            ) from None
         except (BotoCoreError, ClientError) as error:
             raise StorageUnavailable(
                 f"cannot check the export file in S3: {describe_storage_error(error)}"

@@ -15,6 +15,7 @@ import os
 from alembic import context
 
 from voicesurvey_exports.app_db.engine import get_engine, sync_database_url
+from voicesurvey_exports.app_db.migrations import VERSION_TABLE
 from voicesurvey_exports.app_db.schema import metadata
 
 config = context.config
@@ -27,6 +28,7 @@ def _configure(**kwargs) -> None:
         target_metadata=metadata,
         # SQLite cannot ALTER most things: batch mode recreates the table when needed.
         render_as_batch=True,
+        version_table=VERSION_TABLE,
         on_version_apply=config.attributes.get("on_version_apply"),
         **kwargs,
     )
