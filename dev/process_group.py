@@ -32,12 +32,14 @@ def stop_all(processes: list[subprocess.Popen], grace_seconds: float = 10) -> No
 
     "Everything they started" is the process group and session of each (start() makes
     the process their leader) and any descendant that left them for a session of its
-    own. Raises RuntimeError if a process outlives SIGKILL by 10 s (stuck in the kernel).
+    own. Each process is signalled once per phase, including those that appear only
+    later: one forked meanwhile, or a child that had not yet left the caller's session
+    when stop_all began. Raises RuntimeError if a process outlives SIGKILL by 10 s.
     """
     leaders = {process.pid for process in processes}
     seen: dict[int, int] = {}  # pid -> start time of every process found in the tree
     for signum, seconds in ((signal.SIGTERM, grace_seconds), (signal.SIGKILL, 10)):
-        _send(signum, leaders, _tree(leaders, seen))
+        signalled: set[int] = set()
         deadline = time.monotonic() + seconds
         while True:
             for process in processes:
@@ -47,6 +49,8 @@ def stop_all(processes: list[subprocess.Popen], grace_seconds: float = 10) -> No
                 for process in processes:
                     process.wait()  # all are dead: returns at once
                 return
+            _send(signum, set(left) - signalled)
+            signalled.update(left)
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
@@ -99,18 +103,11 @@ def _tree(leaders: set[int], seen: dict[int, int]) -> dict[int, _Process]:
     return tree
 
 
-def _send(signum: int, leaders: set[int], tree: dict[int, _Process]) -> None:
-    """One signal to each process of the tree: to the leaders' groups as a whole (which
-    also reaches children forked meanwhile), to the few that left them one by one."""
-    for leader in leaders:
-        # A group exists while it has members; only then is its id surely still ours.
-        if any(process.pgid == leader for process in tree.values()):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(leader, signum)
-    for pid, process in tree.items():
-        if process.pgid not in leaders:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signum)
+def _send(signum: int, pids: set[int]) -> None:
+    for pid in pids:
+        # Gone meanwhile, or changed to a user we may not signal: nothing to do here.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signum)
 
 
 def group_members(pgid: int) -> list[tuple[int, str]]:

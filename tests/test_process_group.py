@@ -30,8 +30,22 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+# SIGTERM's default action, whatever the test process left to its children: an ignored
+# or blocked signal is inherited across exec, and some libraries block it in threads.
+TERMINABLE = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+open(sys.argv[1], "w").close()
+time.sleep(300)
+"""
+
+
 def test_stop_all_stops_a_process_that_exits_on_sigterm(tmp_path):
-    sleeper = process_group.start(["sleep", "300"], tmp_path / "sleep.log", None)
+    ready = tmp_path / "ready"
+    command = [sys.executable, "-c", TERMINABLE, str(ready)]
+    sleeper = process_group.start(command, tmp_path / "sleeper.log", None)
+    process_group.wait_for(ready.exists, 30, "the sleeper to reset SIGTERM", interval=0.05)
     process_group.stop_all([sleeper])
     assert sleeper.returncode == -signal.SIGTERM
 
