@@ -14,8 +14,10 @@ $(UV):
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --disable-pip-version-check --target .local/uv/lib "uv==$(UV_VERSION)"
 	mkdir -p .local/uv/bin && ln -sf ../lib/bin/uv $(UV)
 
+# --compile-bytecode: uv skips it by default, and Dagster starts its run workers and code
+# servers with -B (no .pyc written), so without it every run would compile Dagster anew.
 $(BIN)/.installed: pyproject.toml uv.lock | $(UV)
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --locked --extra dev --python "$(VENV_PYTHON)"
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --locked --compile-bytecode --extra dev --python "$(VENV_PYTHON)"
 	touch $@
 
 install: $(BIN)/.installed

@@ -102,7 +102,7 @@ def run_overlap(records) -> int:
 
 
 @pytest.mark.e2e
-@pytest.mark.soak  # about 4 minutes: runs in `make soak`, which CI runs too
+@pytest.mark.soak  # minutes of runs: in `make soak`, which CI runs too
 def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_limits(
     stack_databases, tmp_path, monkeypatch
 ):
