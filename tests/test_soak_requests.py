@@ -21,8 +21,10 @@ from .conftest import AppData
 
 pytestmark = [pytest.mark.soak, pytest.mark.e2e, pytest.mark.postgres]
 BUCKET = "soak-exports"
-# 500 in CI (`make soak`); SOAK_REQUESTS=30 for a quick local check.
-REQUESTS = int(os.environ.get("SOAK_REQUESTS", "500"))
+# 300 in CI (`make soak`: runs start at about 12 a minute on 2 cores today, so 300 keep
+# CI well inside its limit until runs get cheaper); SOAK_REQUESTS=500 for the longer
+# soak, SOAK_REQUESTS=30 for a quick local check.
+REQUESTS = int(os.environ.get("SOAK_REQUESTS", "300"))
 
 
 def test_requests_made_while_the_daemon_is_down_are_each_exported_exactly_once(
