@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import shutil
 import statistics
 import sys
@@ -61,9 +62,9 @@ def completed_count(engine, campaigns: list[str]) -> int:
         ).scalar_one()
 
 
-def measure_latency(engine, requests: int) -> list[float]:
+def measure_latency(engine, requests: int) -> tuple[list[float], list[str]]:
     campaign = add_campaign(engine, 100)
-    latencies = []
+    latencies, job_ids = [], []
     for _ in range(requests):
         job_id = uuid.uuid4()
         with engine.begin() as conn:
@@ -74,6 +75,7 @@ def measure_latency(engine, requests: int) -> list[float]:
                 {"id": job_id, "c": campaign},
             )
         start = time.perf_counter()
+        job_ids.append(str(job_id))
 
         def finished(job_id=job_id):
             with engine.connect() as conn:
@@ -84,7 +86,79 @@ def measure_latency(engine, requests: int) -> list[float]:
         process_group.wait_for(finished, 120, "an export job", interval=0.05)
         latencies.append(time.perf_counter() - start)
         print(f"  request {len(latencies)}: {latencies[-1]:.2f} s", flush=True)
-    return latencies
+    return latencies, job_ids
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (p90 of 10 values is the 9th smallest)."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+# Phases of a request, from the app's row and the instance's run and event tables.
+PHASES = (
+    ("sensor", "request row written -> run queued by the sensor"),
+    ("queue", "run queued -> dequeued (STARTING)"),
+    ("worker_start", "STARTING -> run worker up (START)"),
+    ("steps", "START -> job row seen completed (the ops)"),
+)
+
+
+def timeline(engine, instance_engine, job_ids: list[str], latencies: list[float]) -> dict:
+    """Median seconds per phase of the requests' runs (from Dagster's event log)."""
+    with engine.connect() as conn:
+        created = dict(
+            conn.execute(
+                text(
+                    "SELECT id::text, extract(epoch FROM created_at) FROM export_jobs "
+                    "WHERE id::text = ANY(:ids)"
+                ),
+                {"ids": job_ids},
+            ).all()
+        )
+    phases = {name: [] for name, _ in PHASES}
+    with instance_engine.connect() as conn:
+        for job_id, latency in zip(job_ids, latencies, strict=True):
+            run_id = conn.execute(
+                text("SELECT run_id FROM run_tags WHERE key = 'export_job_id' AND value = :job"),
+                {"job": job_id},
+            ).scalar_one()
+            events = dict(
+                conn.execute(
+                    text(
+                        "SELECT dagster_event_type, extract(epoch FROM min(timestamp)) "
+                        "FROM event_logs WHERE run_id = :r GROUP BY dagster_event_type"
+                    ),
+                    {"r": run_id},
+                ).all()
+            )
+            marks = [
+                float(created[job_id]),
+                float(events["PIPELINE_ENQUEUED"]),
+                float(events["PIPELINE_STARTING"]),
+                float(events["PIPELINE_START"]),
+            ]
+            marks.append(marks[0] + latency)
+            for (name, _), begin, end in zip(PHASES, marks[:-1], marks[1:], strict=True):
+                phases[name].append(end - begin)
+        # The last run's events, seconds after its START: where the ops' time goes.
+        last_run_events = [
+            (f"{step or ''} {kind or 'log'}".strip(), round(float(at) - marks[3], 3))
+            for step, kind, at in conn.execute(
+                text(
+                    "SELECT step_key, dagster_event_type, extract(epoch FROM timestamp) "
+                    "FROM event_logs WHERE run_id = :r AND timestamp >= to_timestamp(:start) "
+                    "AT TIME ZONE 'UTC' ORDER BY id"
+                ),
+                {"r": run_id, "start": marks[3]},
+            )
+        ]
+    return {
+        "median_by_phase": {
+            name: round(statistics.median(values), 2) for name, values in phases.items()
+        },
+        "last_run_events": last_run_events,
+    }
 
 
 def measure_backfill(engine, graphql_url: str, campaigns_count: int, timeout: float) -> dict:
@@ -115,17 +189,21 @@ def measure_backfill(engine, graphql_url: str, campaigns_count: int, timeout: fl
     }
 
 
-def measure(engine, graphql_url: str, args: argparse.Namespace) -> dict:
+def measure(engine, instance_engine, graphql_url: str, args: argparse.Namespace) -> dict:
     print("S3: local moto server on loopback; Dagster: daemon + webserver, root dagster.yaml")
     report = {"s3_endpoint": "moto server on loopback"}
     if args.requests:
         print(f"request-to-link latency, 100-contact campaign, {args.requests} requests:")
-        latencies = measure_latency(engine, args.requests)
+        latencies, job_ids = measure_latency(engine, args.requests)
         report["latency_seconds"] = {
             "median": round(statistics.median(latencies), 2),
+            "p90": round(percentile(latencies, 0.9), 2),
             "all": [round(x, 2) for x in latencies],
+            **timeline(engine, instance_engine, job_ids, latencies),
         }
         print(f"median {report['latency_seconds']['median']:.2f} s")
+        for name, meaning in PHASES:
+            print(f"  {report['latency_seconds']['median_by_phase'][name]:5.2f} s  {meaning}")
     if args.backfill:
         print(f"backfill of {args.backfill} campaigns launched as the UI does...")
         report["backfill"] = measure_backfill(
@@ -158,14 +236,16 @@ def main() -> int:
     app_url, instance_url = (f"{args.postgres}/{database}" for database in databases)
     settings = {"DAGSTER_POSTGRES_URL": instance_url, "DATABASE_URL": app_url}
     engine = get_engine(app_url)
+    instance_engine = get_engine(instance_url)
     upgrade(engine)
     try:
         with local_services.local_stack(home, settings, bucket=BUCKET) as stack:
-            report = measure(engine, stack.graphql, args)
+            report = measure(engine, instance_engine, stack.graphql, args)
             args.json.write_text(json.dumps(report, indent=2) + "\n")
             print(f"written to {args.json}")
     finally:
         engine.dispose()
+        instance_engine.dispose()
         for database in databases:
             local_services.postgres_admin(
                 args.postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'

@@ -65,10 +65,11 @@ def create_bucket(endpoint_url: str, bucket: str, region: str = LOCAL_REGION) ->
 def start_dagster(
     home: Path, env, workdir: Path, web_port: int | None = None
 ) -> list[subprocess.Popen]:
-    """dagster-daemon (and dagster-webserver if web_port) on workspace.yaml, separately."""
+    """The daemon (voicesurvey-exports-daemon: dagster-daemon with a 0.5 s sensor loop) and
+    dagster-webserver if web_port, on workspace.yaml, separately."""
     processes = [
         process_group.start(
-            [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+            [str(BIN / "voicesurvey-exports-daemon"), "run", "-w", "workspace.yaml"],
             home / "daemon.log",
             env,
             cwd=workdir,

@@ -63,7 +63,7 @@ def materialize_export(
 def run_status_sensor_resources(database_url: str, bucket: str = TEST_BUCKET) -> dict:
     """What the failure and cancellation sensors need: the job rows and the bucket."""
     resources = export_resources(database_url, bucket=bucket)
-    return {key: resources[key] for key in ("app_db", "s3", "destination")}
+    return {key: resources[key] for key in ("app_db", "destination")}
 
 
 def run_failure_sensor(
@@ -72,11 +72,13 @@ def run_failure_sensor(
     """Evaluate export_run_failure_sensor on a failed run, as the daemon would."""
     from voicesurvey_exports.pipeline.sensors import export_run_failure_sensor
 
-    context = dg.build_run_status_sensor_context(
+    # A context manager: the destination resource holds the S3 resource, which Dagster
+    # sets up and tears down around the evaluation.
+    with dg.build_run_status_sensor_context(
         sensor_name="export_run_failure_sensor",
         dagster_instance=instance,
         dagster_run=result.dagster_run,
         dagster_event=result.get_run_failure_event(),
         resources=run_status_sensor_resources(database_url, bucket),
-    ).for_run_failure()
-    export_run_failure_sensor(context)
+    ) as context:
+        export_run_failure_sensor(context.for_run_failure())

@@ -10,8 +10,9 @@ from sqlalchemy import select
 from voicesurvey_exports.app_db.schema import export_jobs
 from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG, campaign_export
+from voicesurvey_exports.pipeline.resources import ExportDestination
 
-from .conftest import TEST_BUCKET, TEST_REGION
+from .conftest import TEST_BUCKET
 from .dagster_harness import export_resources, materialize_export, run_failure_sensor
 
 
@@ -299,6 +300,11 @@ class S3FailingOnPart(S3Resource):
         return client
 
 
+class DestinationFailingOnPart(ExportDestination):
+    def s3_resource(self) -> S3Resource:
+        return S3FailingOnPart(region_name=self.region_name, endpoint_url=self.endpoint_url)
+
+
 def test_upload_failing_part_way_leaves_no_partial_object_and_no_link(
     instance, postgres_url, s3_client
 ):
@@ -320,7 +326,11 @@ def test_upload_failing_part_way_leaves_no_partial_object_and_no_link(
         )
     job_id = app_data.export_job(campaign, app_data.user())
     instance.add_dynamic_partitions("campaigns", [str(campaign)])
-    resources = export_resources(postgres_url) | {"s3": S3FailingOnPart(region_name=TEST_REGION)}
+    resources = export_resources(postgres_url)
+    destination = resources["destination"]
+    resources["destination"] = DestinationFailingOnPart(
+        **{field: getattr(destination, field) for field in ExportDestination.model_fields}
+    )
 
     result = dg.materialize(
         [campaign_export],

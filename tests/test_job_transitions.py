@@ -154,15 +154,14 @@ def test_a_retry_that_dies_before_claiming_the_job_still_fails_it(
         tags={EXPORT_JOB_TAG: str(job_id)},
         status=dg.DagsterRunStatus.FAILURE,
     )
-    context = dg.build_run_status_sensor_context(
+    with dg.build_run_status_sensor_context(
         sensor_name="export_run_failure_sensor",
         dagster_instance=instance,
         dagster_run=retry,
         dagster_event=first.get_run_failure_event(),
         resources=run_status_sensor_resources(postgres_url),
-    ).for_run_failure()
-
-    export_run_failure_sensor(context)
+    ) as context:
+        export_run_failure_sensor(context.for_run_failure())
 
     assert app.job_row(job_id)["status"] == "failed"
 

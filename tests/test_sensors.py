@@ -158,7 +158,7 @@ def test_cancelled_run_fails_its_job_and_deletes_its_file(
         s3_key=key,
     )
     instance.report_run_canceled(run)
-    context = dg.build_run_status_sensor_context(
+    with dg.build_run_status_sensor_context(
         sensor_name="export_run_canceled_sensor",
         dagster_instance=instance,
         dagster_run=instance.get_run_by_id(run.run_id),
@@ -166,8 +166,8 @@ def test_cancelled_run_fails_its_job_and_deletes_its_file(
             event_type_value="PIPELINE_CANCELED", job_name="noop", message="cancelled"
         ),
         resources=run_status_sensor_resources(database_url),
-    )
-    export_run_canceled_sensor(context)
+    ) as context:
+        export_run_canceled_sensor(context)
 
     row = app_data.job_row(job_id)
     assert (row["status"], row["error_message"], row["s3_key"]) == (

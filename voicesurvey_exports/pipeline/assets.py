@@ -20,7 +20,6 @@ from datetime import datetime
 from pathlib import Path
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import get_campaign
@@ -31,7 +30,7 @@ from ..export_file.s3_object import ExportObjects, describe_s3_error
 from .failures import permanent_failure
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
-from .spool import SpoolStorage, remove_spool_on_failure
+from .spool import SpoolStorage
 
 # Run tag linking a run to its export_jobs row (set by the sensor, or by the run itself).
 EXPORT_JOB_TAG = "export_job_id"
@@ -187,7 +186,6 @@ def _extract(context, app_db: AppDatabase, spool: SpoolStorage, target) -> Extra
     spool_path = spool.new_run_dir(context.run_id) / "contacts.spool.csv"
     with open(spool_path, "wb") as spool_file:
         copy_terminal_contacts(app_db.engine, target.campaign_id, spool_file)
-    context.log.info(f"extracted {spool_path.stat().st_size} bytes of terminal contacts")
     return ExtractedContacts(str(spool_path), context.run_id)
 
 
@@ -196,7 +194,6 @@ def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
     csv_path = spool_path.with_name("export.csv")
     stats = render_spool(spool_path, csv_path)
     spool_path.unlink()
-    context.log.info(f"rendered {stats.row_count} rows, {stats.byte_count} bytes")
     return RenderedCsv(
         path=str(csv_path),
         run_id=context.run_id,
@@ -269,7 +266,6 @@ def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) ->
 def upload_csv(
     context: dg.OpExecutionContext,
     app_db: AppDatabase,
-    s3: S3Resource,
     destination: ExportDestination,
     spool: SpoolStorage,
     target: ExportTarget,
@@ -277,7 +273,7 @@ def upload_csv(
 ) -> UploadedCsv:
     """Upload the file to its private, encrypted object, its key recorded on the job first."""
     rendered = _input_of_this_run(context, app_db, spool, target, rendered)
-    objects = destination.objects(s3)
+    objects = destination.objects()
     key = _record_key(context, app_db, objects, target)
     try:
         return _upload(context, objects, rendered, key)
@@ -295,7 +291,6 @@ def upload_csv(
 def record_export(
     context: dg.OpExecutionContext,
     app_db: AppDatabase,
-    s3: S3Resource,
     destination: ExportDestination,
     spool: SpoolStorage,
     target: ExportTarget,
@@ -303,7 +298,7 @@ def record_export(
 ) -> None:
     """Sign the download link and complete the job row; show counts, never rows, in Dagster."""
     ensure_claimed(context, app_db, spool, target)
-    objects = destination.objects(s3)
+    objects = destination.objects()
     if uploaded.run_id != context.run_id and not objects.exists(uploaded.s3_key):
         # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
         context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
@@ -344,7 +339,6 @@ def record_export(
     partitions_def=campaigns_partitions,
     kinds={"postgres", "pandas", "s3"},
     group_name="exports",
-    hooks={remove_spool_on_failure},
     # One run per campaign, also in backfills: a failing campaign fails its own run and
     # export job only, and each run's memory is bounded by one campaign.
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),

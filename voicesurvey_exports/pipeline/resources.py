@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
+from pydantic import PrivateAttr
 from sqlalchemy import Engine
 
 from ..app_db.engine import get_engine
@@ -23,8 +24,15 @@ class AppDatabase(dg.ConfigurableResource):
 
 
 class ExportDestination(dg.ConfigurableResource):
-    """Where export files go and how long their download links and files live."""
+    """Where export files go and how long their download links and files live.
 
+    Ops and sensors reach S3 through this resource, not by requiring dagster-aws's
+    S3Resource: an op that requires S3Resource gets a new boto3 client made for it (about
+    0.1-0.2 s) whether it talks to S3 or not. Here one client serves the whole run."""
+
+    region_name: str
+    # A local S3 server (moto, MinIO) instead of AWS; unset on AWS.
+    endpoint_url: str | None
     bucket: str
     prefix: str
     url_ttl_seconds: int
@@ -33,14 +41,21 @@ class ExportDestination(dg.ConfigurableResource):
     # Files (and their links) are deleted this many days after the export completed.
     retention_days: int
 
-    def objects(self, s3: S3Resource) -> ExportObjects:
-        return ExportObjects(
-            client=s3.get_client(),
-            bucket=self.bucket,
-            prefix=self.prefix,
-            url_ttl_seconds=self.url_ttl_seconds,
-            kms_key_id=self.kms_key_id,
-        )
+    _objects: ExportObjects | None = PrivateAttr(default=None)
+
+    def s3_resource(self) -> S3Resource:
+        return S3Resource(region_name=self.region_name, endpoint_url=self.endpoint_url)
+
+    def objects(self) -> ExportObjects:
+        if self._objects is None:
+            self._objects = ExportObjects(
+                client=self.s3_resource().get_client(),
+                bucket=self.bucket,
+                prefix=self.prefix,
+                url_ttl_seconds=self.url_ttl_seconds,
+                kms_key_id=self.kms_key_id,
+            )
+        return self._objects
 
 
 def build_resources(settings: Settings, database_url: str | dg.EnvVar | None = None) -> dict:
@@ -53,8 +68,9 @@ def build_resources(settings: Settings, database_url: str | dg.EnvVar | None = N
         "app_db": AppDatabase(
             database_url=database_url if database_url is not None else settings.database_url
         ),
-        "s3": S3Resource(region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url),
         "destination": ExportDestination(
+            region_name=settings.aws_region,
+            endpoint_url=settings.aws_endpoint_url,
             bucket=settings.s3_bucket_name,
             prefix=settings.s3_export_prefix,
             url_ttl_seconds=settings.url_ttl_seconds,

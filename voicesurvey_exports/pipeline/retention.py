@@ -4,7 +4,6 @@ daily schedule, and their job rows say so instead of keeping a dead link."""
 from datetime import timedelta
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
 from .resources import AppDatabase, ExportDestination
@@ -20,13 +19,12 @@ def retention_message(days: int) -> str:
 def delete_expired_exports(
     context: dg.OpExecutionContext,
     app_db: AppDatabase,
-    s3: S3Resource,
     destination: ExportDestination,
 ) -> int:
     """Delete files of exports completed more than retention_days ago and clear their
     links; also delete files that failed jobs still name (S3 was down when they failed)."""
     cutoff = export_jobs.utcnow() - timedelta(days=destination.retention_days)
-    objects = destination.objects(s3)
+    objects = destination.objects()
     message = retention_message(destination.retention_days)
     deleted = 0
     seen: set = set()

@@ -5,7 +5,6 @@ import uuid
 from collections.abc import Mapping
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
@@ -134,7 +133,6 @@ def _failing_owner(context: dg.RunStatusSensorContext, owner: str | None) -> str
 def fail_export_job(
     context: dg.RunStatusSensorContext,
     app_db: AppDatabase,
-    s3: S3Resource,
     destination: ExportDestination,
     reason: str,
 ) -> None:
@@ -158,7 +156,7 @@ def fail_export_job(
     if job.status != "failed" or not job.s3_key:
         return
     try:
-        destination.objects(s3).delete(job.s3_key)
+        destination.objects().delete(job.s3_key)
     except Exception as error:  # S3 down: retention retries; never block other jobs
         context.log.warning(
             f"could not delete the file of failed export job {job_id} yet: "
@@ -182,7 +180,6 @@ def fail_export_job(
 def export_run_failure_sensor(
     context: dg.RunFailureSensorContext,
     app_db: AppDatabase,
-    s3: S3Resource,
     destination: ExportDestination,
 ) -> None:
     if _current_tags(context).get(WILL_RETRY_TAG) == "true":
@@ -192,7 +189,7 @@ def export_run_failure_sensor(
     reason = reason_from_step_failures(context.get_step_failure_events()) or one_line(
         f"export run {context.dagster_run.run_id} failed: {context.failure_event.message}"
     )
-    fail_export_job(context, app_db, s3, destination, reason)
+    fail_export_job(context, app_db, destination, reason)
 
 
 @dg.run_status_sensor(
@@ -205,8 +202,7 @@ def export_run_failure_sensor(
 def export_run_canceled_sensor(
     context: dg.RunStatusSensorContext,
     app_db: AppDatabase,
-    s3: S3Resource,
     destination: ExportDestination,
 ) -> None:
     reason = f"export run {context.dagster_run.run_id} was cancelled"
-    fail_export_job(context, app_db, s3, destination, reason)
+    fail_export_job(context, app_db, destination, reason)

@@ -1,8 +1,9 @@
 """Local spool files that carry an export between its ops, in private folders per run.
 
-Files hold contact data, so they live only as long as the run: the last op and the
-failure hook remove the run's folders, and folders left by killed runs are swept after
-a day (or at once by the run that retries them).
+Files hold contact data, so they live only as long as the run: the last op removes the
+run's folders, the resource's teardown removes them when the run ends in any other way
+(a failed step included), and folders left by killed runs are swept after a day (or at
+once by the run that retries them).
 """
 
 import shutil
@@ -20,6 +21,12 @@ class SpoolStorage(dg.ConfigurableResource):
     """Where runs keep their spool folders (local disk of the run worker)."""
 
     base_dir: str
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        # Runs at the end of every run, success or failure (a failure hook on each op
+        # did the same, at the price of a HOOK_SKIPPED event per op and run).
+        if context.run is not None:
+            self.remove(context.run.run_id)
 
     def new_run_dir(self, run_id: str) -> Path:
         """A fresh folder only this user can enter: mkdtemp never reuses a folder that
@@ -47,8 +54,3 @@ def _remove_folder(folder: Path) -> None:
         folder.unlink(missing_ok=True)
     else:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-@dg.failure_hook(required_resource_keys={"spool"})
-def remove_spool_on_failure(context: dg.HookContext) -> None:
-    context.resources.spool.remove(context.run_id)
