@@ -148,6 +148,14 @@ def print_table(rows: int, results: dict) -> None:
         f"ratio 3/1 (project / floor): {results['ratio_project_to_floor']:.2f}   "
         f"ratio 2/3 (naive / project): {results['ratio_naive_to_project']:.2f}"
     )
+    if rows >= 1_000_000:
+        ratio, rss = results["ratio_project_to_floor"], results["project"]["peak_rss_mb"]
+        print(f"target: project / floor at most 1.5: {ratio:.2f} {verdict(ratio <= 1.5)}")
+        print(f"target: project peak RSS at most 300 MB: {rss:.0f} {verdict(rss <= 300)}")
+
+
+def verdict(met: bool) -> str:
+    return "(met)" if met else "(NOT met)"
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ import warnings
 import dagster as dg
 import pytest
 
-from voicesurvey_exports.pipeline.assets import campaign_export
+from voicesurvey_exports.pipeline.assets import CAMPAIGNS_PER_BACKFILL_RUN, campaign_export
 
 from .dagster_harness import materialize_export
 
@@ -74,6 +74,6 @@ def test_asset_declares_its_kinds_and_partitions():
     assert spec.partitions_def.name == "campaigns"
 
 
-def test_backfills_run_one_campaign_per_run_so_failures_stay_separate():
+def test_backfills_export_several_campaigns_per_run():
     policy = campaign_export.backfill_policy
-    assert policy.max_partitions_per_run == 1
+    assert policy.max_partitions_per_run == CAMPAIGNS_PER_BACKFILL_RUN > 1

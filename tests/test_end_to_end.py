@@ -115,10 +115,35 @@ def test_pending_request_becomes_a_downloadable_csv(app):
     assert parsed[1:] == expected
 
 
-def test_backfill_of_fifty_campaigns_gives_fifty_completed_jobs(stack, app):
+PARTITION_STATUSES = """
+query { assetNodeOrError(assetKey: {path: ["campaign_export"]}) { ... on AssetNode {
+  assetPartitionStatuses { ... on DefaultPartitionStatuses {
+    materializedPartitions failedPartitions } } } } }
+"""
+
+
+def test_backfill_of_fifty_campaigns_isolates_the_one_that_fails(stack, app):
+    """Through the UI's GraphQL API: 50 campaigns in runs of several campaigns each; one
+    campaign's completion is refused by the database, so that one alone ends failed."""
     campaigns = [str(app.campaign(f"Backfill {i}")) for i in range(50)]
     for campaign in campaigns:
         app.contact(uuid.UUID(campaign), "completed")
+    bad = campaigns[7]
+    with app.engine.begin() as conn:
+        conn.execute(
+            text("""
+            CREATE FUNCTION e2e_refuse_completion() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'injected: completion of campaign % refused', NEW.campaign_id;
+            END $$
+        """)
+        )
+        conn.execute(
+            text(f"""
+            CREATE TRIGGER e2e_refuse_completion BEFORE UPDATE ON export_jobs FOR EACH ROW
+            WHEN (NEW.status = 'completed' AND NEW.campaign_id = '{bad}')
+            EXECUTE FUNCTION e2e_refuse_completion()
+        """)
+        )
 
     processes.wait_for(
         lambda: set(campaigns) <= local_services.campaign_partition_keys(stack.graphql),
@@ -128,18 +153,54 @@ def test_backfill_of_fifty_campaigns_gives_fifty_completed_jobs(stack, app):
     )
     local_services.launch_backfill(stack.graphql, campaigns)
 
-    def completed_backfill_jobs() -> int:
+    def backfill_jobs() -> dict[str, dict]:
         with app.engine.connect() as conn:
-            return conn.execute(
+            rows = conn.execute(
                 text(
-                    "SELECT count(*) FROM export_jobs WHERE status = 'completed' "
-                    "AND requested_by_user_id IS NULL AND campaign_id::text = ANY(:ids)"
+                    "SELECT campaign_id::text AS campaign, status, error_message, download_url, "
+                    "s3_key FROM export_jobs WHERE requested_by_user_id IS NULL "
+                    "AND campaign_id::text = ANY(:ids)"
                 ),
                 {"ids": campaigns},
-            ).scalar_one()
+            )
+            return {row.campaign: row._asdict() for row in rows}
 
-    processes.wait_for(lambda: completed_backfill_jobs() >= 50, 600, "50 backfill jobs", interval=3)
-    assert completed_backfill_jobs() == 50
+    def all_finished() -> bool:
+        jobs = backfill_jobs()
+        return len(jobs) == 50 and all(
+            j["status"] in ("completed", "failed") for j in jobs.values()
+        )
+
+    try:
+        processes.wait_for(all_finished, 600, "50 backfill jobs", interval=3)
+    finally:
+        with app.engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER e2e_refuse_completion ON export_jobs"))
+            conn.execute(text("DROP FUNCTION e2e_refuse_completion()"))
+    jobs = backfill_jobs()
+    assert sorted(c for c, j in jobs.items() if j["status"] == "completed") == sorted(
+        set(campaigns) - {bad}
+    )
+    failed = jobs[bad]
+    assert failed["status"] == "failed" and failed["download_url"] is None
+    assert "injected: completion of campaign" in failed["error_message"]
+    assert "\n" not in failed["error_message"] and "Signature" not in failed["error_message"]
+    # The failed campaign's file is gone; the UI shows its partition failed, not materialised.
+    assert failed["s3_key"] is None
+    keys = {
+        item["Key"]
+        for page in stack.s3_client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+        for item in page.get("Contents", [])
+    }
+    assert not any(key.startswith(f"exports/{bad}/") for key in keys)
+
+    def statuses() -> dict:
+        node = local_services.graphql(stack.graphql, PARTITION_STATUSES)["data"]
+        return node["assetNodeOrError"]["assetPartitionStatuses"]
+
+    processes.wait_for(lambda: bad in statuses()["failedPartitions"], 60, "the failed partition")
+    assert bad not in statuses()["materializedPartitions"]
+    assert set(campaigns) - {bad} <= set(statuses()["materializedPartitions"])
 
 
 def test_http_request_through_the_daemon_to_a_downloaded_file(stack, app):

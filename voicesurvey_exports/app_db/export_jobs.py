@@ -189,6 +189,16 @@ def claim_job(
     return None if row is None else ExportJob.from_row(row)
 
 
+def running_jobs_of_runs(conn: Connection, run_ids: Collection[str]) -> list[ExportJob]:
+    """Jobs still running under any of these runs (a backfill run's campaigns)."""
+    rows = conn.execute(
+        select(export_jobs).where(
+            export_jobs.c.status == "running", export_jobs.c.dagster_run_id.in_(list(run_ids))
+        )
+    )
+    return [ExportJob.from_row(row) for row in rows]
+
+
 def record_object_key(conn: Connection, job_id: uuid.UUID, run_id: str, s3_key: str) -> bool:
     """Record the key before the object is written, so every object is findable from its job."""
     return _compare_and_set(conn, job_id, _owned_by(run_id), s3_key=s3_key)

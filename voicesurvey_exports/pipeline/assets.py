@@ -1,6 +1,14 @@
-"""The campaign_export asset: a graph of small ops, one campaign partition per run.
+"""The campaign_export asset: a graph of small ops over the campaign partitions of a run.
 
 start_export_job -> extract_terminal_contacts -> render_csv -> upload_csv -> record_export
+
+A request or a single materialisation is a run of one campaign: a failure fails the step
+(retry policies, then the run, whose failure sensor fails the job). A backfill run
+exports up to CAMPAIGNS_PER_BACKFILL_RUN campaigns one after another, so a backfill does
+not pay a run worker's start-up per campaign: there each campaign retries on its own, a
+campaign that still fails ends its own export job failed with its reason and drops out,
+the others complete and are materialised partition by partition, and the run then fails
+naming the failed campaigns (see campaign_batch.py).
 
 The contact rows stream from the database to a spool file, through pandas in small
 batches to the CSV file, and to S3 in multipart chunks, so memory stays flat at any
@@ -27,6 +35,7 @@ from ..app_db.contacts import copy_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
 from ..export_file.csv_format import render_spool
 from ..export_file.s3_object import ExportObjects, describe_s3_error
+from .campaign_batch import CampaignBatch
 from .failures import permanent_failure
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
@@ -39,6 +48,10 @@ SENSOR_NAME_TAG = "dagster/sensor_name"
 REQUESTS_SENSOR = "export_requests_sensor"
 # Ops that hold an app database connection share this pool (limit in dagster.yaml).
 APP_DATABASE_POOL = "app_database"
+# Campaigns per backfill run: a run worker's start-up (about 2 s and 2.5 CPU-s here) is
+# paid once for these many small exports.
+CAMPAIGNS_PER_BACKFILL_RUN = 20
+ASSET_KEY = dg.AssetKey("campaign_export")
 
 UPLOAD_RETRY_POLICY = dg.RetryPolicy(
     max_retries=2, delay=1, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -59,12 +72,14 @@ class ExportTarget:
 
 @dataclass(frozen=True)
 class ExtractedContacts:
+    export_job_id: uuid.UUID
     spool_path: str
     run_id: str
 
 
 @dataclass(frozen=True)
 class RenderedCsv:
+    export_job_id: uuid.UUID
     path: str
     run_id: str
     row_count: int
@@ -74,6 +89,7 @@ class RenderedCsv:
 
 @dataclass(frozen=True)
 class UploadedCsv:
+    export_job_id: uuid.UUID
     s3_key: str
     run_id: str
     row_count: int
@@ -127,7 +143,8 @@ def ensure_claimed(
 ) -> None:
     """In a retry or re-execution that did not re-run start_export_job, claim the job
     (and remove what a killed parent run left in the spool on this machine)."""
-    if target.claimed_by_run_id == context.run_id or context.run_id in _CLAIMED_RUNS:
+    claim = (context.run_id, target.export_job_id)
+    if target.claimed_by_run_id == context.run_id or claim in _CLAIMED:
         return
     with app_db.engine.begin() as conn:
         job = export_jobs.get_job(conn, target.export_job_id)
@@ -137,21 +154,41 @@ def ensure_claimed(
             claim_export_job(context, conn, job)
     if context.run.parent_run_id:
         spool.remove(context.run.parent_run_id)
-    _CLAIMED_RUNS.add(context.run_id)
+    _CLAIMED.add(claim)
 
 
-# Runs of this process that have claimed their job (one run per process in production).
-_CLAIMED_RUNS: set[str] = set()
+# (run, export job) pairs this process has claimed (one run per process in production).
+_CLAIMED: set[tuple[str, uuid.UUID]] = set()
+
+# Export job ids of backfill runs: one per run group and campaign, so that a retry or
+# re-execution of a backfill run finds (and claims) the rows its parent inserted.
+BATCH_JOB_NAMESPACE = uuid.UUID("8d4f3c52-6a0e-4d8e-9c57-2f1a4c7b9e10")
 
 
-@dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY)
-def start_export_job(context: dg.OpExecutionContext, app_db: AppDatabase) -> ExportTarget:
-    """Claim the request's job row for this run, or insert one for a UI or backfill run."""
-    campaign_id = parse_campaign_id(context.partition_key)
-    tagged_job_id = context.run.tags.get(EXPORT_JOB_TAG)
-    export_job_id = uuid.UUID(tagged_job_id) if tagged_job_id else uuid.uuid4()
+def batch_job_id(run: dg.DagsterRun, campaign_id: uuid.UUID) -> uuid.UUID:
+    return uuid.uuid5(BATCH_JOB_NAMESPACE, f"{run.root_run_id or run.run_id}/{campaign_id}")
+
+
+def _batch_job_ref(run: dg.DagsterRun, partition_key: str) -> tuple:
+    try:
+        campaign_id = uuid.UUID(partition_key)
+    except ValueError:
+        return None, partition_key
+    return batch_job_id(run, campaign_id), campaign_id
+
+
+def _start(
+    context: dg.OpExecutionContext, app_db: AppDatabase, partition_key: str, in_batch: bool
+) -> ExportTarget:
+    campaign_id = parse_campaign_id(partition_key)
+    if in_batch:
+        export_job_id, known_id = batch_job_id(context.run, campaign_id), True
+    else:
+        tagged_job_id = context.run.tags.get(EXPORT_JOB_TAG)
+        export_job_id = uuid.UUID(tagged_job_id) if tagged_job_id else uuid.uuid4()
+        known_id = bool(tagged_job_id)
     with app_db.engine.begin() as conn:
-        job = export_jobs.get_job(conn, export_job_id) if tagged_job_id else None
+        job = export_jobs.get_job(conn, export_job_id) if known_id else None
         # The request sensor's runs need their row; a UI or backfill run tags itself,
         # and its re-execution inherits a tag whose row may never have been written.
         if job is None and context.run.tags.get(SENSOR_NAME_TAG) == REQUESTS_SENSOR:
@@ -167,8 +204,10 @@ def start_export_job(context: dg.OpExecutionContext, app_db: AppDatabase) -> Exp
         if job is not None:
             claim_export_job(context, conn, job)
         else:
-            if not tagged_job_id:
+            if not known_id:
                 # Tag first, so the failure sensor can find the row if anything below fails.
+                # (A backfill run of several campaigns has no tag: the sensor finds its
+                # rows by their owning run.)
                 context.instance.add_run_tags(context.run_id, {EXPORT_JOB_TAG: str(export_job_id)})
             job = export_jobs.insert_job(
                 conn,
@@ -178,15 +217,37 @@ def start_export_job(context: dg.OpExecutionContext, app_db: AppDatabase) -> Exp
                 job_id=export_job_id,
                 dagster_run_id=context.run_id,
             )
-    context.log.info(f"export job {export_job_id} running for campaign {campaign_id}")
     return ExportTarget(export_job_id, campaign_id, campaign.name, job.created_at, context.run_id)
+
+
+@dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY)
+def start_export_job(
+    context: dg.OpExecutionContext, app_db: AppDatabase, destination: ExportDestination
+) -> list[ExportTarget]:
+    """Claim each campaign's request row for this run, or insert one for a UI or backfill run."""
+    batch = CampaignBatch(context, app_db, destination)
+    keys = context.partition_keys  # a run of this asset always has one or a range
+    if batch.isolated:  # a key that is not a campaign id fails only its own campaign
+        items = [(key, _batch_job_ref(context.run, key)) for key in keys]
+    else:
+        items = [(key, (None, None)) for key in keys]
+    targets = batch.each(
+        items,
+        lambda key, _attempt: _start(context, app_db, key, batch.isolated),
+        DATABASE_RETRY_POLICY,
+    )
+    for target in targets:
+        context.log.info(
+            f"export job {target.export_job_id} running for campaign {target.campaign_id}"
+        )
+    return targets
 
 
 def _extract(context, app_db: AppDatabase, spool: SpoolStorage, target) -> ExtractedContacts:
     spool_path = spool.new_run_dir(context.run_id) / "contacts.spool.csv"
     with open(spool_path, "wb") as spool_file:
         copy_terminal_contacts(app_db.engine, target.campaign_id, spool_file)
-    return ExtractedContacts(str(spool_path), context.run_id)
+    return ExtractedContacts(target.export_job_id, str(spool_path), context.run_id)
 
 
 def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
@@ -195,6 +256,7 @@ def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
     stats = render_spool(spool_path, csv_path)
     spool_path.unlink()
     return RenderedCsv(
+        export_job_id=extracted.export_job_id,
         path=str(csv_path),
         run_id=context.run_id,
         row_count=stats.row_count,
@@ -219,28 +281,55 @@ def _input_of_this_run(context, app_db, spool, target, upstream):
     return extracted if isinstance(upstream, ExtractedContacts) else _render(context, extracted)
 
 
+def _with_upstream(targets: list[ExportTarget], upstream: list) -> list[tuple]:
+    """Pair each campaign with its upstream result; campaigns that failed earlier in a
+    backfill run have none and are left out."""
+    by_job = {item.export_job_id: item for item in upstream}
+    return [
+        ((target, by_job[target.export_job_id]), (target.export_job_id, target.campaign_id))
+        for target in targets
+        if target.export_job_id in by_job
+    ]
+
+
 @dg.op(
     pool=APP_DATABASE_POOL,
     retry_policy=DATABASE_RETRY_POLICY,
 )
 def extract_terminal_contacts(
-    context: dg.OpExecutionContext, app_db: AppDatabase, spool: SpoolStorage, target: ExportTarget
-) -> ExtractedContacts:
-    """Stream the campaign's terminal contacts and their answers to a raw spool file."""
-    ensure_claimed(context, app_db, spool, target)
-    return _extract(context, app_db, spool, target)
+    context: dg.OpExecutionContext,
+    app_db: AppDatabase,
+    destination: ExportDestination,
+    spool: SpoolStorage,
+    targets: list[ExportTarget],
+) -> list[ExtractedContacts]:
+    """Stream each campaign's terminal contacts and their answers to a raw spool file."""
+
+    def extract(target: ExportTarget, _attempt: int) -> ExtractedContacts:
+        ensure_claimed(context, app_db, spool, target)
+        return _extract(context, app_db, spool, target)
+
+    return CampaignBatch(context, app_db, destination).each(
+        [(target, (target.export_job_id, target.campaign_id)) for target in targets],
+        extract,
+        DATABASE_RETRY_POLICY,
+    )
 
 
 @dg.op
 def render_csv(
     context: dg.OpExecutionContext,
     app_db: AppDatabase,
+    destination: ExportDestination,
     spool: SpoolStorage,
-    target: ExportTarget,
-    extracted: ExtractedContacts,
-) -> RenderedCsv:
+    targets: list[ExportTarget],
+    extracted: list[ExtractedContacts],
+) -> list[RenderedCsv]:
     """Format the rows as the export CSV (quoting, timestamps, injection guard), in batches."""
-    return _render(context, _input_of_this_run(context, app_db, spool, target, extracted))
+    return CampaignBatch(context, app_db, destination).each(
+        _with_upstream(targets, extracted),
+        lambda pair, _attempt: _render(context, _input_of_this_run(context, app_db, spool, *pair)),
+    )
 
 
 def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: ExportTarget) -> str:
@@ -258,7 +347,12 @@ def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: Ex
 def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) -> UploadedCsv:
     objects.upload(Path(rendered.path), key)
     return UploadedCsv(
-        key, context.run_id, rendered.row_count, rendered.byte_count, rendered.outcome_counts
+        rendered.export_job_id,
+        key,
+        context.run_id,
+        rendered.row_count,
+        rendered.byte_count,
+        rendered.outcome_counts,
     )
 
 
@@ -268,35 +362,33 @@ def upload_csv(
     app_db: AppDatabase,
     destination: ExportDestination,
     spool: SpoolStorage,
-    target: ExportTarget,
-    rendered: RenderedCsv,
-) -> UploadedCsv:
-    """Upload the file to its private, encrypted object, its key recorded on the job first."""
-    rendered = _input_of_this_run(context, app_db, spool, target, rendered)
+    targets: list[ExportTarget],
+    rendered: list[RenderedCsv],
+) -> list[UploadedCsv]:
+    """Upload each file to its private, encrypted object, its key recorded on the job first."""
     objects = destination.objects()
-    key = _record_key(context, app_db, objects, target)
-    try:
-        return _upload(context, objects, rendered, key)
-    except Exception as error:
-        attempts = context.retry_number + 1
-        if attempts <= UPLOAD_RETRY_POLICY.max_retries:
-            raise  # the retry policy tries again
-        raise permanent_failure(
-            f"upload to {objects.uri(key)} failed after {attempts} attempts: "
-            f"{describe_s3_error(error)}"
-        ) from error
+
+    def upload(pair: tuple[ExportTarget, RenderedCsv], attempt: int) -> UploadedCsv:
+        target, csv_file = pair
+        csv_file = _input_of_this_run(context, app_db, spool, target, csv_file)
+        key = _record_key(context, app_db, objects, target)
+        try:
+            return _upload(context, objects, csv_file, key)
+        except Exception as error:
+            if attempt < UPLOAD_RETRY_POLICY.max_retries:
+                raise  # the retry policy tries again
+            raise permanent_failure(
+                f"upload to {objects.uri(key)} failed after {attempt + 1} attempts: "
+                f"{describe_s3_error(error)}"
+            ) from error
+
+    return CampaignBatch(context, app_db, destination).each(
+        _with_upstream(targets, rendered), upload, UPLOAD_RETRY_POLICY
+    )
 
 
-@dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY, out=dg.Out(dg.Nothing))
-def record_export(
-    context: dg.OpExecutionContext,
-    app_db: AppDatabase,
-    destination: ExportDestination,
-    spool: SpoolStorage,
-    target: ExportTarget,
-    uploaded: UploadedCsv,
-) -> None:
-    """Sign the download link and complete the job row; show counts, never rows, in Dagster."""
+def _complete(context, app_db, destination, spool, target, uploaded) -> dict:
+    """Sign the link and complete the job row; the partition's metadata (no rows, no link)."""
     ensure_claimed(context, app_db, spool, target)
     objects = destination.objects()
     if uploaded.run_id != context.run_id and not objects.exists(uploaded.s3_key):
@@ -322,37 +414,69 @@ def record_export(
         raise permanent_failure(
             f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
         )
-    context.add_output_metadata(
-        {
-            "dagster/row_count": uploaded.row_count,
-            "bytes": uploaded.byte_count,
-            "s3_uri": objects.uri(uploaded.s3_key),
-            "export_job_id": str(target.export_job_id),
-            "url_expires_at": export_jobs.iso_utc(expires_at),
-            **{f"outcome/{state}": n for state, n in uploaded.outcome_counts.items()},
-        }
+    return {
+        "dagster/row_count": uploaded.row_count,
+        "bytes": uploaded.byte_count,
+        "s3_uri": objects.uri(uploaded.s3_key),
+        "export_job_id": str(target.export_job_id),
+        "url_expires_at": export_jobs.iso_utc(expires_at),
+        **{f"outcome/{state}": n for state, n in uploaded.outcome_counts.items()},
+    }
+
+
+@dg.op(
+    pool=APP_DATABASE_POOL,
+    retry_policy=DATABASE_RETRY_POLICY,
+    # Not produced by a backfill run of several campaigns: it materialises each campaign
+    # that completed on its own (a range output would mark failed campaigns too).
+    out=dg.Out(dg.Nothing, is_required=False),
+)
+def record_export(
+    context: dg.OpExecutionContext,
+    app_db: AppDatabase,
+    destination: ExportDestination,
+    spool: SpoolStorage,
+    targets: list[ExportTarget],
+    uploaded: list[UploadedCsv],
+):
+    """Sign the download links and complete the job rows; show counts, never rows, in Dagster."""
+    batch = CampaignBatch(context, app_db, destination)
+    results = batch.each(
+        _with_upstream(targets, uploaded),
+        lambda pair, _attempt: (pair[0], _complete(context, app_db, destination, spool, *pair)),
+        DATABASE_RETRY_POLICY,
     )
     spool.remove(context.run_id)
+    if not batch.isolated:
+        ((_, metadata),) = results
+        yield dg.Output(None, metadata=metadata)
+        return
+    for target, metadata in results:
+        yield dg.AssetMaterialization(
+            asset_key=ASSET_KEY, partition=str(target.campaign_id), metadata=metadata
+        )
+    batch.raise_if_any_failed(completed={str(target.campaign_id) for target, _ in results})
 
 
 @dg.graph_asset(
     partitions_def=campaigns_partitions,
     kinds={"postgres", "pandas", "s3"},
     group_name="exports",
-    # One run per campaign, also in backfills: a failing campaign fails its own run and
-    # export job only, and each run's memory is bounded by one campaign.
-    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+    # Backfills export CAMPAIGNS_PER_BACKFILL_RUN campaigns per run, one after the
+    # other (memory stays that of one campaign); a failing campaign fails its own export
+    # job and is not materialised, the others complete.
+    backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=CAMPAIGNS_PER_BACKFILL_RUN),
     description="A campaign's terminal contacts and survey answers as a CSV file in S3, "
     "with a time-limited download link recorded on its export_jobs row.",
 )
 def campaign_export():
-    target = start_export_job()
-    rendered = render_csv(target, extract_terminal_contacts(target))
-    return record_export(target, upload_csv(target, rendered))
+    targets = start_export_job()
+    rendered = render_csv(targets, extract_terminal_contacts(targets))
+    return record_export(targets, upload_csv(targets, rendered))
 
 
 campaign_export_job = dg.define_asset_job(
     "campaign_export_job",
     selection=[campaign_export],
-    description="Export one campaign; launched by export_requests_sensor for each pending request.",
+    description="Export campaigns; export_requests_sensor launches one run per pending request.",
 )

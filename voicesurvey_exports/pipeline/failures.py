@@ -1,10 +1,13 @@
-"""One-line failure reasons a person can act on, from Dagster's failure events."""
+"""One-line failure reasons a person can act on, and what a failed export leaves behind."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import dagster as dg
+
+from ..app_db import export_jobs
+from ..export_file.s3_object import describe_s3_error
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -34,3 +37,34 @@ def reason_from_step_failures(step_failures: Sequence[dg.DagsterEvent]) -> str |
             op_name = event.step_key.rsplit(".", 1)[-1]  # graph asset steps are asset.op
             return one_line(f"{op_name} failed: {error.cls_name}: {message}")
     return None
+
+
+def reason_from_exception(op_name: str, error: BaseException) -> str:
+    """As reason_from_step_failures, for an exception caught in the op itself."""
+    if isinstance(error, dg.Failure) and error.description:
+        return one_line(error.description)
+    # The root cause, but never a suppressed context (`raise ... from None`): a safe
+    # database error hides its original there, with the bound parameters.
+    while True:
+        cause = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+        if cause is None:
+            break
+        error = cause
+    return one_line(f"{op_name} failed: {type(error).__name__}: {error}")
+
+
+def delete_file_of_failed_job(app_db, destination, job: export_jobs.ExportJob, log) -> None:
+    """A job that ends failed leaves no file behind. If S3 refuses, the key stays on the
+    failed row and the retention job deletes the file later."""
+    try:
+        destination.objects().delete(job.s3_key)
+    except Exception as error:  # S3 down: retention retries; never block other jobs
+        log.warning(
+            f"could not delete the file of failed export job {job.id} yet: "
+            f"{describe_s3_error(error)}"
+        )
+        return
+    with app_db.engine.begin() as conn:
+        export_jobs.mark_file_deleted(
+            conn, job.id, s3_key=job.s3_key, message=None, only_if_status="failed"
+        )

@@ -8,10 +8,9 @@ import dagster as dg
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
-from ..export_file.s3_object import describe_s3_error
 from ..settings import Settings
 from .assets import EXPORT_JOB_TAG, REQUESTS_SENSOR, SENSOR_NAME_TAG, campaign_export_job
-from .failures import one_line, reason_from_step_failures
+from .failures import delete_file_of_failed_job, one_line, reason_from_step_failures
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 
@@ -137,11 +136,12 @@ def fail_export_job(
     reason: str,
 ) -> None:
     """Fail the run's export job if this run (or its finished run group) owns it, then
-    delete any object the run wrote: a job that ends failed leaves no file behind. If S3
-    refuses, the key stays on the failed row and the retention job deletes it later.
-    Runs without an export job tag (other jobs) are ignored."""
+    delete any object the run wrote: a job that ends failed leaves no file behind.
+    A backfill run of several campaigns has no job tag: the jobs its run group still
+    holds running are failed. Runs of other jobs own no export job and are ignored."""
     job_id = _export_job_id(_current_tags(context))
     if job_id is None:
+        _fail_jobs_of_run_group(context, app_db, destination, reason)
         return
     with app_db.engine.begin() as conn:
         job = export_jobs.get_job(conn, job_id)
@@ -153,20 +153,31 @@ def fail_export_job(
             return
         export_jobs.mark_failed(conn, job_id, reason, run_id=owner)
         job = export_jobs.get_job(conn, job_id)
-    if job.status != "failed" or not job.s3_key:
-        return
-    try:
-        destination.objects().delete(job.s3_key)
-    except Exception as error:  # S3 down: retention retries; never block other jobs
-        context.log.warning(
-            f"could not delete the file of failed export job {job_id} yet: "
-            f"{describe_s3_error(error)}"
-        )
-        return
+    if job.status == "failed" and job.s3_key:
+        delete_file_of_failed_job(app_db, destination, job, context.log)
+
+
+def _fail_jobs_of_run_group(
+    context: dg.RunStatusSensorContext,
+    app_db: AppDatabase,
+    destination: ExportDestination,
+    reason: str,
+) -> None:
+    run = context.dagster_run
+    group = context.instance.get_run_group(run.run_id)
+    runs = group[1] if group else [run]
+    # Finished runs only: a sibling re-execution that is still at work keeps its jobs.
+    owners = [r.run_id for r in runs if r.is_finished or r.run_id == run.run_id]
     with app_db.engine.begin() as conn:
-        export_jobs.mark_file_deleted(
-            conn, job_id, s3_key=job.s3_key, message=None, only_if_status="failed"
-        )
+        jobs = export_jobs.running_jobs_of_runs(conn, owners)
+        failed = [
+            job
+            for job in jobs
+            if export_jobs.mark_failed(conn, job.id, reason, run_id=job.dagster_run_id)
+        ]
+    for job in failed:
+        if job.s3_key:
+            delete_file_of_failed_job(app_db, destination, job, context.log)
 
 
 # No monitored_jobs: runs from the UI and backfills use Dagster's implicit asset job,

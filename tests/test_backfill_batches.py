@@ -1,0 +1,171 @@
+"""Backfill runs of several campaigns: each campaign succeeds or fails on its own."""
+
+import uuid
+
+import dagster as dg
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from voicesurvey_exports.pipeline.assets import ASSET_KEY, batch_job_id, campaign_export
+from voicesurvey_exports.pipeline.partitions import campaigns_partitions
+from voicesurvey_exports.pipeline.resources import ExportDestination
+from voicesurvey_exports.pipeline.sensors import export_run_failure_sensor
+
+from .conftest import TEST_BUCKET
+from .dagster_harness import export_resources, run_status_sensor_resources
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def backfill_run(instance, database_url, campaigns, resources=None) -> dg.ExecuteInProcessResult:
+    """One run over a range of campaign partitions, as a backfill launches it."""
+    keys = [str(c) for c in campaigns]
+    instance.add_dynamic_partitions(campaigns_partitions.name, keys)
+    return dg.materialize(
+        [campaign_export],
+        instance=instance,
+        resources=resources or export_resources(database_url),
+        tags={
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[-1],
+        },
+        raise_on_error=False,
+    )
+
+
+def jobs_of(app_data, run: dg.DagsterRun, campaigns) -> list[dict]:
+    return [app_data.job_row(batch_job_id(run, c)) for c in campaigns]
+
+
+def objects_in_bucket(s3_client) -> list[str]:
+    listing = s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", [])
+    return [item["Key"] for item in listing]
+
+
+def test_one_run_exports_every_campaign_of_its_range(instance, database_url, app_data, s3_client):
+    campaigns = [app_data.campaign(f"Batch {i}") for i in range(3)]
+    for i, campaign in enumerate(campaigns):
+        for _ in range(i + 1):
+            app_data.contact(campaign, "completed")
+
+    result = backfill_run(instance, database_url, campaigns)
+
+    assert result.success
+    jobs = jobs_of(app_data, result.dagster_run, campaigns)
+    assert [(j["status"], j["total_records"]) for j in jobs] == [
+        ("completed", 1),
+        ("completed", 2),
+        ("completed", 3),
+    ]
+    assert all(j["download_url"] and j["dagster_run_id"] == result.run_id for j in jobs)
+    assert sorted(objects_in_bucket(s3_client)) == sorted(j["s3_key"] for j in jobs)
+    assert instance.get_materialized_partitions(ASSET_KEY) == {str(c) for c in campaigns}
+
+
+class S3RefusingOneCampaign(S3Resource):
+    """The real client; the service refuses every upload of one campaign's object."""
+
+    refused_campaign: str
+
+    def get_client(self):
+        client = super().get_client()
+
+        def refuse(params, **_):
+            if self.refused_campaign in params.get("Key", ""):
+                raise ConnectionError(f"connection reset uploading {params['Key']}")
+
+        for operation in ("PutObject", "CreateMultipartUpload"):
+            client.meta.events.register(f"before-parameter-build.s3.{operation}", refuse)
+        return client
+
+
+class DestinationRefusingOneCampaign(ExportDestination):
+    refused_campaign: str
+
+    def s3_resource(self) -> S3Resource:
+        return S3RefusingOneCampaign(
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            refused_campaign=self.refused_campaign,
+        )
+
+
+def test_a_failing_campaign_fails_only_its_own_job_and_partition(
+    instance, database_url, app_data, s3_client
+):
+    campaigns = [app_data.campaign(f"Batch {i}") for i in range(3)]
+    for campaign in campaigns:
+        app_data.contact(campaign, "completed")
+    bad = campaigns[1]
+    resources = export_resources(database_url)
+    destination = resources["destination"]
+    resources["destination"] = DestinationRefusingOneCampaign(
+        **{field: getattr(destination, field) for field in ExportDestination.model_fields},
+        refused_campaign=str(bad),
+    )
+
+    result = backfill_run(instance, database_url, campaigns, resources)
+
+    # The run fails, naming the campaign; the failed job says why, the others complete.
+    assert not result.success
+    failure = result.get_run_failure_event()
+    run_failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert str(bad) in run_failure.step_failure_data.user_failure_data.description
+    assert failure is not None
+    good_jobs = [
+        app_data.job_row(batch_job_id(result.dagster_run, c)) for c in (campaigns[0], campaigns[2])
+    ]
+    assert [j["status"] for j in good_jobs] == ["completed", "completed"]
+    bad_job = app_data.job_row(batch_job_id(result.dagster_run, bad))
+    assert bad_job["status"] == "failed" and bad_job["download_url"] is None
+    assert bad_job["error_message"].startswith(f"upload to s3://{TEST_BUCKET}/exports/{bad}/")
+    assert "failed after 3 attempts" in bad_job["error_message"]
+    # Only the good campaigns have files and show as materialised in Dagster.
+    assert sorted(objects_in_bucket(s3_client)) == sorted(j["s3_key"] for j in good_jobs)
+    assert instance.get_materialized_partitions(ASSET_KEY) == {
+        str(campaigns[0]),
+        str(campaigns[2]),
+    }
+
+
+def test_a_killed_backfill_run_fails_the_jobs_it_held(instance, database_url, app_data, s3_client):
+    # A run worker killed mid-batch: its jobs are running under it, the run has no job tag.
+    run = instance.add_run(
+        dg.DagsterRun(
+            job_name="__ASSET_JOB",
+            run_id=str(uuid.uuid4()),
+            status=dg.DagsterRunStatus.FAILURE,
+        )
+    )
+    campaigns = [app_data.campaign(f"Killed {i}") for i in range(2)]
+    held = [
+        app_data.export_job(c, None, status="running", dagster_run_id=run.run_id) for c in campaigns
+    ]
+    finished = app_data.export_job(
+        campaigns[0], None, status="completed", dagster_run_id=run.run_id
+    )
+    others = app_data.export_job(campaigns[1], None, status="running", dagster_run_id="another-run")
+
+    with dg.build_run_status_sensor_context(
+        sensor_name="export_run_failure_sensor",
+        dagster_instance=instance,
+        dagster_run=run,
+        dagster_event=dg.DagsterEvent(
+            event_type_value="PIPELINE_FAILURE",
+            job_name=run.job_name,
+            message="run worker exited unexpectedly",
+        ),
+        resources=run_status_sensor_resources(database_url),
+    ) as context:
+        export_run_failure_sensor(context.for_run_failure())
+
+    for job_id in held:
+        row = app_data.job_row(job_id)
+        assert row["status"] == "failed"
+        assert "run worker exited unexpectedly" in row["error_message"]
+    assert app_data.job_row(finished)["status"] == "completed"
+    assert app_data.job_row(others)["status"] == "running"

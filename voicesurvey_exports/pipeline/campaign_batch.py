@@ -1,0 +1,92 @@
+"""The campaigns of one run, and what a failure of one of them does.
+
+A run of one campaign (a request, one partition from the UI) lets a failure fail the
+step, as Dagster does it: the op's retry policy, then the run fails and the failure
+sensor fails the export job. A backfill run of several campaigns isolates them: each
+campaign gets the op's retries on its own, and one that still fails ends its own export
+job failed (its file deleted) and drops out of the run's later steps while the others
+go on; the last op then fails the run naming the campaigns that failed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import dagster as dg
+
+from ..app_db import export_jobs
+from .failures import delete_file_of_failed_job, one_line, permanent_failure, reason_from_exception
+from .resources import AppDatabase, ExportDestination
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# Which export job and campaign an item belongs to.
+JobRef = tuple[uuid.UUID | None, uuid.UUID]
+
+
+class CampaignBatch:
+    def __init__(
+        self,
+        context: dg.OpExecutionContext,
+        app_db: AppDatabase,
+        destination: ExportDestination,
+    ):
+        self.context, self.app_db, self.destination = context, app_db, destination
+        # (A re-execution launched without its parent's tags is not partitioned: one job.)
+        self.partition_keys = list(context.partition_keys) if context.has_partitions else []
+        self.isolated = len(self.partition_keys) > 1
+
+    def each(
+        self,
+        items: Sequence[tuple[Item, JobRef]],
+        work: Callable[[Item, int], Result],
+        retry_policy: dg.RetryPolicy | None = None,
+    ) -> list[Result]:
+        """work(item, attempt) for each item (attempt counts from 0), in order."""
+        if not self.isolated:
+            return [work(item, self.context.retry_number) for item, _ in items]
+        results = []
+        for item, (job_id, campaign_id) in items:
+            attempt = 0
+            while True:
+                try:
+                    results.append(work(item, attempt))
+                    break
+                except Exception as error:
+                    permanent = isinstance(error, dg.Failure) and not error.allow_retries
+                    if not permanent and retry_policy and attempt < retry_policy.max_retries:
+                        time.sleep((retry_policy.delay or 0) * 2**attempt)
+                        attempt += 1
+                        continue
+                    self._fail(job_id, campaign_id, reason_from_exception(self._op_name, error))
+                    break
+        return results
+
+    @property
+    def _op_name(self) -> str:
+        return self.context.op_handle.name
+
+    def _fail(self, job_id: uuid.UUID | None, campaign_id: uuid.UUID, reason: str) -> None:
+        self.context.log.error(f"campaign {campaign_id}: {reason}")
+        if job_id is None:
+            return
+        with self.app_db.engine.begin() as conn:
+            export_jobs.mark_failed(conn, job_id, reason, run_id=self.context.run_id)
+            job = export_jobs.get_job(conn, job_id)
+        if job is not None and job.status == "failed" and job.s3_key:
+            delete_file_of_failed_job(self.app_db, self.destination, job, self.context.log)
+
+    def raise_if_any_failed(self, completed: set[str]) -> None:
+        failed = [key for key in self.partition_keys if key not in completed]
+        if failed:
+            shown = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
+            raise permanent_failure(
+                one_line(
+                    f"{len(failed)} of {len(self.partition_keys)} campaigns of this "
+                    f"run failed ({shown}); each one's export job holds its reason"
+                )
+            )
