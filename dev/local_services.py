@@ -65,7 +65,7 @@ def create_bucket(endpoint_url: str, bucket: str, region: str = LOCAL_REGION) ->
 def start_dagster(
     home: Path, env, workdir: Path, web_port: int | None = None
 ) -> list[subprocess.Popen]:
-    """The daemon (voicesurvey-exports-daemon: dagster-daemon with a 0.5 s sensor loop) and
+    """The daemon (voicesurvey-exports-daemon: dagster-daemon with short sensor and backfill loops) and
     dagster-webserver if web_port, on workspace.yaml, separately."""
     processes = [
         process_group.start(

@@ -7,18 +7,21 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-def test_daemon_entry_point_is_dagster_daemon_with_a_half_second_sensor_loop():
-    # In a fresh interpreter, as the installed command runs: the loop constant that
-    # Dagster's sensor daemon sleeps by is set before the daemon starts.
+def test_daemon_entry_point_is_dagster_daemon_with_short_sensor_and_backfill_loops():
+    # In a fresh interpreter, as the installed command runs: the loop constants that
+    # Dagster's sensor and backfill daemons sleep by are set before the daemon starts.
     probe = (
-        "import dagster._daemon.sensor as s; from voicesurvey_exports.pipeline import daemon; "
-        "before = s.MIN_INTERVAL_LOOP_TIME; daemon.tighten_sensor_loop(); "
-        "print(before, s.MIN_INTERVAL_LOOP_TIME)"
+        "import dagster._daemon.sensor as s, dagster._daemon.controller as c; "
+        "from voicesurvey_exports.pipeline import daemon; "
+        "before = (s.MIN_INTERVAL_LOOP_TIME, c.DEFAULT_DAEMON_INTERVAL_SECONDS); "
+        "daemon.tighten_daemon_loops(); "
+        "print(*before, s.MIN_INTERVAL_LOOP_TIME, c.DEFAULT_DAEMON_INTERVAL_SECONDS)"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert out == ["5", "0.5"]  # Dagster's 5 s, if an upgrade changes it, look again
+    # Dagster's 5 s and 30 s: if an upgrade changes them, look again.
+    assert out == ["5", "30", "0.5", "5"]
 
     help_text = subprocess.run(
         [str(BIN / "voicesurvey-exports-daemon"), "--help"],
@@ -37,4 +40,4 @@ def test_daemon_entry_point_refuses_a_dagster_without_the_loop_constant(monkeypa
 
     monkeypatch.delattr(sensor_daemon, "MIN_INTERVAL_LOOP_TIME")
     with pytest.raises(RuntimeError, match="MIN_INTERVAL_LOOP_TIME is gone"):
-        daemon.tighten_sensor_loop()
+        daemon.tighten_daemon_loops()

@@ -1,11 +1,15 @@
-"""`voicesurvey-exports-daemon`: `dagster-daemon` with a sensor loop that keeps up with people.
+"""`voicesurvey-exports-daemon`: `dagster-daemon` with loops that keep up with people.
 
-Dagster 1.13's sensor daemon sleeps until five seconds have passed since each loop began
-(`MIN_INTERVAL_LOOP_TIME`, a module constant with no setting), so a sensor whose
-minimum interval is 1 s still looks only every 5 s: on average 2.5 s of every export
-request's wait. This entry point shortens that loop and then runs Dagster's own
-`dagster-daemon` command line unchanged (`voicesurvey-exports-daemon run -w ...`).
-A loop only decides which sensors are due; each sensor keeps its own minimum interval.
+Dagster 1.13 has two loop periods that are module constants, not settings:
+- the sensor daemon sleeps until 5 s have passed since each loop began
+  (`MIN_INTERVAL_LOOP_TIME`), so a sensor whose minimum interval is 1 s still looks only
+  every 5 s: on average 2.5 s of every export request's wait;
+- the backfill daemon looks for new backfills every 30 s
+  (`DEFAULT_DAEMON_INTERVAL_SECONDS`, also the asset daemon's default interval, which
+  this project does not use), so a backfill launched from the UI waited up to 30 s.
+This entry point shortens both and then runs Dagster's own `dagster-daemon` command line
+unchanged (`voicesurvey-exports-daemon run -w ...`). A loop only decides which sensors
+and backfills are due; each sensor keeps its own minimum interval.
 """
 
 from __future__ import annotations
@@ -13,22 +17,31 @@ from __future__ import annotations
 # Sensor daemon loop period, seconds. The request sensor runs every
 # EXPORT_SENSOR_INTERVAL_SECONDS (default 1), so it fires within 1-1.5 s.
 SENSOR_LOOP_SECONDS = 0.5
+# Backfill daemon loop period, seconds (an idle iteration is one small query).
+BACKFILL_LOOP_SECONDS = 5
 
 
-def tighten_sensor_loop(seconds: float = SENSOR_LOOP_SECONDS) -> None:
-    import dagster._daemon.sensor as sensor_daemon
+def _set(module_name: str, constant: str, value: float) -> None:
+    import importlib
 
-    if not hasattr(sensor_daemon, "MIN_INTERVAL_LOOP_TIME"):
-        # A Dagster upgrade renamed it: say so rather than silently run at 5 s.
+    module = importlib.import_module(module_name)
+    if not hasattr(module, constant):
+        # A Dagster upgrade renamed it: say so rather than silently run at the old pace.
         raise RuntimeError(
-            "dagster._daemon.sensor.MIN_INTERVAL_LOOP_TIME is gone in this Dagster version; "
+            f"{module_name}.{constant} is gone in this Dagster version; "
             "update voicesurvey_exports/pipeline/daemon.py"
         )
-    sensor_daemon.MIN_INTERVAL_LOOP_TIME = seconds
+    setattr(module, constant, value)
+
+
+def tighten_daemon_loops() -> None:
+    _set("dagster._daemon.sensor", "MIN_INTERVAL_LOOP_TIME", SENSOR_LOOP_SECONDS)
+    # Read by the backfill loop when it starts, so set before the daemon runs.
+    _set("dagster._daemon.controller", "DEFAULT_DAEMON_INTERVAL_SECONDS", BACKFILL_LOOP_SECONDS)
 
 
 def main() -> None:
-    tighten_sensor_loop()
+    tighten_daemon_loops()
     from dagster._daemon.cli import main as dagster_daemon_main
 
     dagster_daemon_main()
