@@ -175,7 +175,8 @@ def timeline(engine, instance_engine, job_ids: list[str], latencies: list[float]
     }
 
 
-def measure_backfill(engine, graphql_url: str, campaigns_count: int, timeout: float) -> dict:
+def measure_backfill(engine, stack, campaigns_count: int, timeout: float) -> dict:
+    graphql_url = stack.graphql
     campaigns = [add_campaign(engine, 5) for _ in range(campaigns_count)]
 
     process_group.wait_for(
@@ -184,6 +185,7 @@ def measure_backfill(engine, graphql_url: str, campaigns_count: int, timeout: fl
         "the campaign partitions",
         interval=1,
     )
+    cpu_before = tree_cpu_seconds(stack.daemon.pid)
     start = time.perf_counter()
     local_services.launch_backfill(graphql_url, campaigns)
     with contextlib.suppress(TimeoutError):
@@ -194,17 +196,18 @@ def measure_backfill(engine, graphql_url: str, campaigns_count: int, timeout: fl
             interval=1,
         )
     seconds = time.perf_counter() - start
+    cpu = tree_cpu_seconds(stack.daemon.pid) - cpu_before
     done = completed_count(engine, campaigns)
     return {
         "campaigns": campaigns_count,
         "completed": done,
         "seconds": round(seconds, 1),
         "campaigns_per_minute": round(done / seconds * 60, 1),
+        "cpu_seconds_per_campaign": round(cpu / max(done, 1), 2),
     }
 
 
 def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
-    graphql_url = stack.graphql
     print("S3: local moto server on loopback; Dagster: daemon + webserver, root dagster.yaml")
     report = {"s3_endpoint": "moto server on loopback"}
     if args.requests:
@@ -242,13 +245,12 @@ def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
             print(f"  {report['latency_seconds']['median_by_phase'][name]:5.2f} s  {meaning}")
     if args.backfill:
         print(f"backfill of {args.backfill} campaigns launched as the UI does...")
-        report["backfill"] = measure_backfill(
-            engine, graphql_url, args.backfill, args.backfill_timeout
-        )
+        report["backfill"] = measure_backfill(engine, stack, args.backfill, args.backfill_timeout)
         b = report["backfill"]
         print(
             f"{b['completed']}/{b['campaigns']} export jobs completed in {b['seconds']} s "
-            f"({b['campaigns_per_minute']} campaigns per minute)"
+            f"({b['campaigns_per_minute']} campaigns per minute, "
+            f"{b['cpu_seconds_per_campaign']} CPU-s each)"
         )
     return report
 
@@ -275,6 +277,14 @@ def print_targets(report: dict) -> None:
         ]
     if "backfill" in report:
         backfill = report["backfill"]
+        rows.append(
+            (
+                "CPU per small export in a backfill",
+                f"{backfill['cpu_seconds_per_campaign']:.2f} s",
+                "at most 1 s",
+                backfill["cpu_seconds_per_campaign"] <= 1,
+            )
+        )
         rows.append(
             (
                 f"backfill of {backfill['campaigns']} campaigns",

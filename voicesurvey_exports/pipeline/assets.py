@@ -1,6 +1,9 @@
 """The campaign_export asset: a graph of small ops over the campaign partitions of a run.
 
-start_export_job -> extract_terminal_contacts -> render_csv -> upload_csv -> record_export
+extract_terminal_contacts -> render_csv -> upload_csv -> record_export
+
+The first op claims each campaign's export_jobs row for the run, or inserts one for a UI
+or backfill run, before it extracts; every later op receives the claimed targets too.
 
 A request or a single materialisation is a run of one campaign: a failure fails the step
 (retry policies, then the run, whose failure sensor fails the job). A backfill run
@@ -66,7 +69,7 @@ class ExportTarget:
     campaign_name: str
     requested_at: datetime
     # The run that claimed the job; a retry or re-execution that skipped
-    # start_export_job claims it again before touching it.
+    # extract_terminal_contacts claims it again before touching it.
     claimed_by_run_id: str
 
 
@@ -141,7 +144,7 @@ def claim_export_job(context: dg.OpExecutionContext, conn, job: export_jobs.Expo
 def ensure_claimed(
     context: dg.OpExecutionContext, app_db: AppDatabase, spool: SpoolStorage, target: ExportTarget
 ) -> None:
-    """In a retry or re-execution that did not re-run start_export_job, claim the job
+    """In a retry or re-execution that did not re-run extract_terminal_contacts, claim the job
     (and remove what a killed parent run left in the spool on this machine)."""
     claim = (context.run_id, target.export_job_id)
     if target.claimed_by_run_id == context.run_id or claim in _CLAIMED:
@@ -202,7 +205,9 @@ def _start(
         if campaign is None:
             raise permanent_failure(f"campaign {campaign_id} does not exist")
         if job is not None:
-            claim_export_job(context, conn, job)
+            # (Unless this run claimed it already: a retry of this op.)
+            if (job.status, job.dagster_run_id) != ("running", context.run_id):
+                claim_export_job(context, conn, job)
         else:
             if not known_id:
                 # Tag first, so the failure sensor can find the row if anything below fails.
@@ -218,29 +223,6 @@ def _start(
                 dagster_run_id=context.run_id,
             )
     return ExportTarget(export_job_id, campaign_id, campaign.name, job.created_at, context.run_id)
-
-
-@dg.op(pool=APP_DATABASE_POOL, retry_policy=DATABASE_RETRY_POLICY)
-def start_export_job(
-    context: dg.OpExecutionContext, app_db: AppDatabase, destination: ExportDestination
-) -> list[ExportTarget]:
-    """Claim each campaign's request row for this run, or insert one for a UI or backfill run."""
-    batch = CampaignBatch(context, app_db, destination)
-    keys = context.partition_keys  # a run of this asset always has one or a range
-    if batch.isolated:  # a key that is not a campaign id fails only its own campaign
-        items = [(key, _batch_job_ref(context.run, key)) for key in keys]
-    else:
-        items = [(key, (None, None)) for key in keys]
-    targets = batch.each(
-        items,
-        lambda key, _attempt: _start(context, app_db, key, batch.isolated),
-        DATABASE_RETRY_POLICY,
-    )
-    for target in targets:
-        context.log.info(
-            f"export job {target.export_job_id} running for campaign {target.campaign_id}"
-        )
-    return targets
 
 
 def _extract(context, app_db: AppDatabase, spool: SpoolStorage, target) -> ExtractedContacts:
@@ -295,25 +277,29 @@ def _with_upstream(targets: list[ExportTarget], upstream: list) -> list[tuple]:
 @dg.op(
     pool=APP_DATABASE_POOL,
     retry_policy=DATABASE_RETRY_POLICY,
+    out={"targets": dg.Out(list[ExportTarget]), "extracted": dg.Out(list[ExtractedContacts])},
 )
 def extract_terminal_contacts(
     context: dg.OpExecutionContext,
     app_db: AppDatabase,
     destination: ExportDestination,
     spool: SpoolStorage,
-    targets: list[ExportTarget],
-) -> list[ExtractedContacts]:
-    """Stream each campaign's terminal contacts and their answers to a raw spool file."""
+):
+    """Claim each campaign's request row for this run (or insert one for a UI or backfill
+    run), then stream its terminal contacts and their answers to a raw spool file."""
+    batch = CampaignBatch(context, app_db, destination)
+    keys = context.partition_keys  # a run of this asset always has one or a range
+    if batch.isolated:  # a key that is not a campaign id fails only its own campaign
+        items = [(key, _batch_job_ref(context.run, key)) for key in keys]
+    else:
+        items = [(key, (None, None)) for key in keys]
 
-    def extract(target: ExportTarget, _attempt: int) -> ExtractedContacts:
-        ensure_claimed(context, app_db, spool, target)
-        return _extract(context, app_db, spool, target)
+    def start_and_extract(key: str, _attempt: int) -> tuple[ExportTarget, ExtractedContacts]:
+        target = _start(context, app_db, key, batch.isolated)
+        return target, _extract(context, app_db, spool, target)
 
-    return CampaignBatch(context, app_db, destination).each(
-        [(target, (target.export_job_id, target.campaign_id)) for target in targets],
-        extract,
-        DATABASE_RETRY_POLICY,
-    )
+    started = batch.each(items, start_and_extract, DATABASE_RETRY_POLICY)
+    return [target for target, _ in started], [extracted for _, extracted in started]
 
 
 @dg.op
@@ -470,8 +456,8 @@ def record_export(
     "with a time-limited download link recorded on its export_jobs row.",
 )
 def campaign_export():
-    targets = start_export_job()
-    rendered = render_csv(targets, extract_terminal_contacts(targets))
+    targets, extracted = extract_terminal_contacts()
+    rendered = render_csv(targets, extracted)
     return record_export(targets, upload_csv(targets, rendered))
 
 
