@@ -16,8 +16,10 @@ $(UV):
 
 # --compile-bytecode: uv skips it by default, and Dagster starts its run workers and code
 # servers with -B (no .pyc written), so without it every run would compile Dagster anew.
+# The project itself is installed editable: compile it too (about 0.25 s per run worker).
 $(BIN)/.installed: pyproject.toml uv.lock | $(UV)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --quiet --locked --compile-bytecode --extra dev --python "$(VENV_PYTHON)"
+	$(BIN)/python -m compileall -q voicesurvey_exports
 	touch $@
 
 install: $(BIN)/.installed
