@@ -38,7 +38,8 @@ test: install
 soak: install
 	$(BIN)/python -m pytest -m soak
 
-# Speed, memory, latency and backfill figures (see benchmarks/README.md); about 15 minutes.
+# Speed, memory, latency, CPU and backfill figures beside their targets (see
+# benchmarks/README.md); about 8 minutes.
 bench: install
 	mkdir -p .local/bench
 	$(BIN)/python benchmarks/export_benchmark.py --rows 100000 --rows 1000000 \

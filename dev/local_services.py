@@ -65,8 +65,8 @@ def create_bucket(endpoint_url: str, bucket: str, region: str = LOCAL_REGION) ->
 def start_dagster(
     home: Path, env, workdir: Path, web_port: int | None = None
 ) -> list[subprocess.Popen]:
-    """The daemon (voicesurvey-exports-daemon: dagster-daemon with short sensor and backfill loops) and
-    dagster-webserver if web_port, on workspace.yaml, separately."""
+    """The daemon (voicesurvey-exports-daemon: dagster-daemon with short sensor and
+    backfill loops) and dagster-webserver if web_port, on workspace.yaml, separately."""
     processes = [
         process_group.start(
             [str(BIN / "voicesurvey-exports-daemon"), "run", "-w", "workspace.yaml"],
