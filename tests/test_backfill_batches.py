@@ -169,3 +169,117 @@ def test_a_killed_backfill_run_fails_the_jobs_it_held(instance, database_url, ap
         assert "run worker exited unexpectedly" in row["error_message"]
     assert app_data.job_row(finished)["status"] == "completed"
     assert app_data.job_row(others)["status"] == "running"
+
+
+def batch_job_for_tests(database_url: str, refused_campaign: str) -> dg.JobDefinition:
+    """campaign_export_job whose S3 refuses one campaign's uploads (none if empty); a
+    module-level function, as a run worker rebuilds a reconstructable job."""
+    from voicesurvey_exports.pipeline.assets import campaign_export_job
+
+    resources = export_resources(database_url)
+    if refused_campaign:
+        destination = resources["destination"]
+        resources["destination"] = DestinationRefusingOneCampaign(
+            **{field: getattr(destination, field) for field in ExportDestination.model_fields},
+            refused_campaign=refused_campaign,
+        )
+    defs = dg.Definitions(
+        assets=[campaign_export],
+        jobs=[campaign_export_job],
+        resources=resources,
+        executor=dg.in_process_executor,
+    )
+    return defs.resolve_job_def(campaign_export_job.name)
+
+
+@pytest.mark.postgres
+def test_reexecuting_a_partly_failed_backfill_run_completes_the_campaigns_that_failed(
+    instance, postgres_url, s3_client
+):
+    from voicesurvey_exports.app_db.engine import get_engine
+
+    from .conftest import AppData
+
+    app_data = AppData(get_engine(postgres_url))
+    campaigns = [app_data.campaign(f"Rerun {i}") for i in range(3)]
+    for campaign in campaigns:
+        app_data.contact(campaign, "completed")
+    keys = [str(c) for c in campaigns]
+    instance.add_dynamic_partitions(campaigns_partitions.name, keys)
+    bad = keys[1]
+
+    def run(refused: str, **options) -> dg.ExecuteInProcessResult:
+        with dg.execute_job(
+            dg.build_reconstructable_job(
+                __name__,
+                batch_job_for_tests.__name__,
+                reconstructable_kwargs={"database_url": postgres_url, "refused_campaign": refused},
+            ),
+            instance,
+            raise_on_error=False,
+            **options,
+        ) as result:
+            return result
+
+    range_tags = {
+        "dagster/asset_partition_range_start": keys[0],
+        "dagster/asset_partition_range_end": keys[-1],
+    }
+    first = run(bad, tags=range_tags)
+    assert not first.success
+    assert app_data.job_row(batch_job_id(first.dagster_run, campaigns[1]))["status"] == "failed"
+
+    # S3 accepts the campaign again; "re-execute from failure", as the UI offers it (the
+    # UI's re-execution keeps the parent's tags, the partition range among them).
+    second = run(
+        "",
+        tags=range_tags,
+        reexecution_options=dg.ReexecutionOptions.from_failure(first.run_id, instance),
+    )
+
+    assert second.success
+    jobs = jobs_of(app_data, first.dagster_run, campaigns)  # the same job rows
+    assert [j["status"] for j in jobs] == ["completed"] * 3
+    assert jobs[1]["dagster_run_id"] == second.run_id and jobs[1]["download_url"]
+    assert sorted(objects_in_bucket(s3_client)) == sorted(j["s3_key"] for j in jobs)
+    assert instance.get_materialized_partitions(ASSET_KEY) == set(keys)
+
+
+def test_a_retried_first_step_keeps_one_job_row_for_a_ui_run(
+    instance, database_url, app_data, s3_client, monkeypatch
+):
+    """A UI materialisation has no job id tag: its first attempt inserts the row and tags
+    the run; the op's retry must take that row, not insert a second one."""
+    from voicesurvey_exports.pipeline import assets
+
+    campaign = app_data.campaign("Retried")
+    app_data.contact(campaign, "completed")
+    calls = []
+    real_copy = assets.copy_terminal_contacts
+
+    def copy_failing_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConnectionError("server closed the connection unexpectedly")
+        return real_copy(*args, **kwargs)
+
+    monkeypatch.setattr(assets, "copy_terminal_contacts", copy_failing_once)
+    instance.add_dynamic_partitions(campaigns_partitions.name, [str(campaign)])
+    result = dg.materialize(
+        [campaign_export],
+        partition_key=str(campaign),
+        instance=instance,
+        resources=export_resources(database_url),
+        raise_on_error=False,
+    )
+
+    assert result.success and len(calls) == 2
+    from sqlalchemy import select
+
+    from voicesurvey_exports.app_db.schema import export_jobs
+
+    with app_data.engine.connect() as conn:
+        statuses = conn.execute(
+            select(export_jobs.c.status).where(export_jobs.c.campaign_id == campaign)
+        ).scalars()
+        assert list(statuses) == ["completed"]

@@ -71,6 +71,8 @@ class ExportTarget:
     # The run that claimed the job; a retry or re-execution that skipped
     # extract_terminal_contacts claims it again before touching it.
     claimed_by_run_id: str
+    # The campaign's partition key, as Dagster spells it.
+    partition_key: str
 
 
 @dataclass(frozen=True)
@@ -187,7 +189,10 @@ def _start(
     if in_batch:
         export_job_id, known_id = batch_job_id(context.run, campaign_id), True
     else:
-        tagged_job_id = context.run.tags.get(EXPORT_JOB_TAG)
+        # Read the run's tags afresh: a retry of this op must see the tag that its first
+        # attempt added, or it would insert a second job row and leave the first running.
+        run = context.instance.get_run_by_id(context.run_id) or context.run
+        tagged_job_id = run.tags.get(EXPORT_JOB_TAG)
         export_job_id = uuid.UUID(tagged_job_id) if tagged_job_id else uuid.uuid4()
         known_id = bool(tagged_job_id)
     with app_db.engine.begin() as conn:
@@ -222,7 +227,9 @@ def _start(
                 job_id=export_job_id,
                 dagster_run_id=context.run_id,
             )
-    return ExportTarget(export_job_id, campaign_id, campaign.name, job.created_at, context.run_id)
+    return ExportTarget(
+        export_job_id, campaign_id, campaign.name, job.created_at, context.run_id, partition_key
+    )
 
 
 def _extract(context, app_db: AppDatabase, spool: SpoolStorage, target) -> ExtractedContacts:
@@ -263,14 +270,16 @@ def _input_of_this_run(context, app_db, spool, target, upstream):
     return extracted if isinstance(upstream, ExtractedContacts) else _render(context, extracted)
 
 
-def _with_upstream(targets: list[ExportTarget], upstream: list) -> list[tuple]:
+def _with_upstream(
+    targets: list[ExportTarget], upstream: list, keep_missing: bool = False
+) -> list[tuple]:
     """Pair each campaign with its upstream result; campaigns that failed earlier in a
-    backfill run have none and are left out."""
+    backfill run have none and are left out (or paired with None: keep_missing)."""
     by_job = {item.export_job_id: item for item in upstream}
     return [
-        ((target, by_job[target.export_job_id]), (target.export_job_id, target.campaign_id))
+        ((target, by_job.get(target.export_job_id)), (target.export_job_id, target.campaign_id))
         for target in targets
-        if target.export_job_id in by_job
+        if keep_missing or target.export_job_id in by_job
     ]
 
 
@@ -287,6 +296,9 @@ def extract_terminal_contacts(
 ):
     """Claim each campaign's request row for this run (or insert one for a UI or backfill
     run), then stream its terminal contacts and their answers to a raw spool file."""
+    if context.run.parent_run_id:
+        # A retry or re-execution: the parent run is finished; drop what it left here.
+        spool.remove(context.run.parent_run_id)
     batch = CampaignBatch(context, app_db, destination)
     keys = context.partition_keys  # a run of this asset always has one or a range
     if batch.isolated:  # a key that is not a campaign id fails only its own campaign
@@ -332,6 +344,9 @@ def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: Ex
 
 def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) -> UploadedCsv:
     objects.upload(Path(rendered.path), key)
+    # Contact data off the disk at once (a backfill run holds many campaigns); a later
+    # step that needs the rows again exports them again.
+    Path(rendered.path).unlink(missing_ok=True)
     return UploadedCsv(
         rendered.export_job_id,
         key,
@@ -373,11 +388,37 @@ def upload_csv(
     )
 
 
-def _complete(context, app_db, destination, spool, target, uploaded) -> dict:
-    """Sign the link and complete the job row; the partition's metadata (no rows, no link)."""
-    ensure_claimed(context, app_db, spool, target)
+def _metadata(target: ExportTarget, uploaded: UploadedCsv, objects, expires_at) -> dict:
+    """The partition's metadata: counts and the object's location, no rows, no link."""
+    return {
+        "dagster/row_count": uploaded.row_count,
+        "bytes": uploaded.byte_count,
+        "s3_uri": objects.uri(uploaded.s3_key),
+        "export_job_id": str(target.export_job_id),
+        "url_expires_at": export_jobs.iso_utc(expires_at),
+        **{f"outcome/{state}": n for state, n in uploaded.outcome_counts.items()},
+    }
+
+
+def _complete(context, app_db, destination, spool, target, uploaded, in_batch: bool) -> dict:
+    """Sign the link and complete the job row; return the partition's metadata."""
     objects = destination.objects()
-    if uploaded.run_id != context.run_id and not objects.exists(uploaded.s3_key):
+    if in_batch and context.run.parent_run_id and uploaded is not None:
+        # Re-executing a backfill run: a campaign an earlier run of the group completed
+        # (batch job ids are the group's own) is done; it is materialised again.
+        with app_db.engine.connect() as conn:
+            job = export_jobs.get_job(conn, target.export_job_id)
+        if job is not None and job.status == "completed":
+            return _metadata(target, uploaded, objects, job.url_expires_at)
+    ensure_claimed(context, app_db, spool, target)
+    if uploaded is None:
+        # Re-executing a backfill run: a campaign that failed in the run re-executed.
+        context.log.info(f"campaign {target.campaign_id} failed before; exporting again")
+        rendered = _render(context, _extract(context, app_db, spool, target))
+        uploaded = _upload(
+            context, objects, rendered, _record_key(context, app_db, objects, target)
+        )
+    elif uploaded.run_id != context.run_id and not objects.exists(uploaded.s3_key):
         # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
         context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
         rendered = _render(context, _extract(context, app_db, spool, target))
@@ -400,14 +441,7 @@ def _complete(context, app_db, destination, spool, target, uploaded) -> dict:
         raise permanent_failure(
             f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
         )
-    return {
-        "dagster/row_count": uploaded.row_count,
-        "bytes": uploaded.byte_count,
-        "s3_uri": objects.uri(uploaded.s3_key),
-        "export_job_id": str(target.export_job_id),
-        "url_expires_at": export_jobs.iso_utc(expires_at),
-        **{f"outcome/{state}": n for state, n in uploaded.outcome_counts.items()},
-    }
+    return _metadata(target, uploaded, objects, expires_at)
 
 
 @dg.op(
@@ -427,21 +461,31 @@ def record_export(
 ):
     """Sign the download links and complete the job rows; show counts, never rows, in Dagster."""
     batch = CampaignBatch(context, app_db, destination)
-    results = batch.each(
-        _with_upstream(targets, uploaded),
-        lambda pair, _attempt: (pair[0], _complete(context, app_db, destination, spool, *pair)),
-        DATABASE_RETRY_POLICY,
-    )
+    # A re-executed backfill run also retries the campaigns that failed before.
+    retry_failed = batch.isolated and context.run.parent_run_id is not None
+    metadata_of_run, completed = None, set()
+    for item in _with_upstream(targets, uploaded, keep_missing=retry_failed):
+        for target, metadata in batch.each(
+            [item],
+            lambda pair, _attempt: (
+                pair[0],
+                _complete(context, app_db, destination, spool, *pair, batch.isolated),
+            ),
+            DATABASE_RETRY_POLICY,
+        ):
+            if batch.isolated:
+                # At once, so that a run killed later still shows this campaign as done.
+                yield dg.AssetMaterialization(
+                    asset_key=ASSET_KEY, partition=target.partition_key, metadata=metadata
+                )
+                completed.add(target.partition_key)
+            else:
+                metadata_of_run = metadata
     spool.remove(context.run_id)
     if not batch.isolated:
-        ((_, metadata),) = results
-        yield dg.Output(None, metadata=metadata)
+        yield dg.Output(None, metadata=metadata_of_run)
         return
-    for target, metadata in results:
-        yield dg.AssetMaterialization(
-            asset_key=ASSET_KEY, partition=str(target.campaign_id), metadata=metadata
-        )
-    batch.raise_if_any_failed(completed={str(target.campaign_id) for target, _ in results})
+    batch.raise_if_any_failed(completed)
 
 
 @dg.graph_asset(

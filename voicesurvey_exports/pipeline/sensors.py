@@ -164,7 +164,10 @@ def _fail_jobs_of_run_group(
     reason: str,
 ) -> None:
     run = context.dagster_run
-    group = context.instance.get_run_group(run.run_id)
+    try:
+        group = context.instance.get_run_group(run.run_id)
+    except Exception:  # the group's root run was deleted: this run alone
+        group = None
     runs = group[1] if group else [run]
     # Finished runs only: a sibling re-execution that is still at work keeps its jobs.
     owners = [r.run_id for r in runs if r.is_finished or r.run_id == run.run_id]
