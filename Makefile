@@ -39,7 +39,7 @@ soak: install
 	$(BIN)/python -m pytest -m soak
 
 # Speed, memory, latency, CPU and backfill figures beside their targets (see
-# benchmarks/README.md); about 8 minutes.
+# benchmarks/README.md); about 10 minutes.
 bench: install
 	mkdir -p .local/bench
 	$(BIN)/python benchmarks/export_benchmark.py --rows 100000 --rows 1000000 \
