@@ -47,9 +47,12 @@ bench: install
 	$(BIN)/python benchmarks/pipeline_benchmark.py --requests 10 --backfill 200 \
 		--json .local/bench/pipeline.json
 
+# Also Dagster's own check of the definitions (`dg check defs`), on a throwaway instance.
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	home=$$(mktemp -d) && DAGSTER_HOME=$$home DATABASE_URL=sqlite:///$$home/app.db \
+		$(BIN)/dg check defs; status=$$?; rm -rf "$$home"; exit $$status
 
 format: install
 	$(BIN)/ruff format .

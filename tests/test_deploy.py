@@ -46,6 +46,30 @@ def test_instance_configuration_is_valid(path, tmp_path, monkeypatch):
         assert result.success, [error.message for error in result.errors]
 
 
+@pytest.mark.parametrize("path", INSTANCE_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_instance_purges_old_sensor_and_schedule_ticks(path, tmp_path, monkeypatch):
+    """The request sensor ticks every second; kept forever, ticks would grow the instance
+    database by about 86,000 rows a day."""
+    from dagster._core.definitions.run_request import InstigatorType
+    from dagster._core.instance.config import (
+        get_default_tick_retention_settings,
+        get_tick_retention_settings,
+    )
+
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql://dagster@db/dagster")
+    shutil.copy(path, tmp_path / "dagster.yaml")
+    config, _ = dagster_instance_config(str(tmp_path))
+    for instigator, key in (
+        (InstigatorType.SENSOR, "sensor"),
+        (InstigatorType.SCHEDULE, "schedule"),
+    ):
+        # Resolved as the instance resolves it: Dagster's defaults, then the file's values.
+        days = get_tick_retention_settings(
+            config.get("retention", {}).get(key), get_default_tick_retention_settings(instigator)
+        )
+        assert all(0 < n <= 90 for n in days.values()), (path.name, key, days)
+
+
 @pytest.mark.parametrize("name", ["workspace.yaml", "deploy/workspace.yaml"])
 def test_workspace_files_name_the_code_location(name):
     (entry,) = yaml.safe_load((REPO / name).read_text())["load_from"]
