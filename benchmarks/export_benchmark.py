@@ -64,6 +64,15 @@ ANALYZE;
 """
 
 
+def generate_campaign(engine, campaign_id: str, rows: int) -> None:
+    """A campaign of `rows` terminal contacts with answers (GENERATE_SQL), in one go."""
+    raw = engine.raw_connection()
+    with raw.cursor() as cursor:
+        cursor.execute(GENERATE_SQL, {"campaign": campaign_id, "rows": rows})
+    raw.commit()
+    raw.close()
+
+
 def empty_bucket() -> None:
     """Each run starts with an empty bucket: moto slows down as it holds more objects."""
     s3 = boto3.client("s3", region_name="eu-central-1")
@@ -94,11 +103,7 @@ def measure(rows: int, repeat: int, server_url: str, env: dict) -> dict:
     try:
         upgrade(engine)
         campaign_id = str(uuid.uuid4())
-        raw = engine.raw_connection()
-        with raw.cursor() as cursor:
-            cursor.execute(GENERATE_SQL, {"campaign": campaign_id, "rows": rows})
-        raw.commit()
-        raw.close()
+        generate_campaign(engine, campaign_id, rows)
         # One untimed run warms PostgreSQL's cache, then the paths take turns, so that
         # neither a cold cache nor a noisy minute lands on one path only.
         run_path("floor", database_url, campaign_id, env)

@@ -60,6 +60,21 @@ def materialize_export(
     )
 
 
+def execute_reconstructable(
+    instance: dg.DagsterInstance, module: str, function: str, kwargs: dict, **options
+) -> dg.ExecuteInProcessResult:
+    """Run the job a module-level function builds, the way a run worker rebuilds it, so
+    that a re-execution (``reexecution_options``) loads its parent's outputs as the
+    daemon's retries and the UI's "re-execute from failure" do."""
+    with dg.execute_job(
+        dg.build_reconstructable_job(module, function, reconstructable_kwargs=kwargs),
+        instance,
+        raise_on_error=False,
+        **options,
+    ) as result:
+        return result
+
+
 def run_status_sensor_resources(database_url: str, bucket: str = TEST_BUCKET) -> dict:
     """What the failure and cancellation sensors need: the job rows and the bucket."""
     resources = export_resources(database_url, bucket=bucket)

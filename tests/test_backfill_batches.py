@@ -12,7 +12,11 @@ from voicesurvey_exports.pipeline.resources import ExportDestination
 from voicesurvey_exports.pipeline.sensors import export_run_failure_sensor
 
 from .conftest import TEST_BUCKET
-from .dagster_harness import export_resources, run_status_sensor_resources
+from .dagster_harness import (
+    execute_reconstructable,
+    export_resources,
+    run_status_sensor_resources,
+)
 
 
 @pytest.fixture
@@ -209,17 +213,13 @@ def test_reexecuting_a_partly_failed_backfill_run_completes_the_campaigns_that_f
     bad = keys[1]
 
     def run(refused: str, **options) -> dg.ExecuteInProcessResult:
-        with dg.execute_job(
-            dg.build_reconstructable_job(
-                __name__,
-                batch_job_for_tests.__name__,
-                reconstructable_kwargs={"database_url": postgres_url, "refused_campaign": refused},
-            ),
+        return execute_reconstructable(
             instance,
-            raise_on_error=False,
+            __name__,
+            batch_job_for_tests.__name__,
+            {"database_url": postgres_url, "refused_campaign": refused},
             **options,
-        ) as result:
-            return result
+        )
 
     range_tags = {
         "dagster/asset_partition_range_start": keys[0],

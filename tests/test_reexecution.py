@@ -26,7 +26,7 @@ from voicesurvey_exports.pipeline.assets import (
 )
 
 from .conftest import TEST_BUCKET, AppData
-from .dagster_harness import export_resources, run_failure_sensor
+from .dagster_harness import execute_reconstructable, export_resources, run_failure_sensor
 
 pytestmark = pytest.mark.postgres
 # What a presigned link carries: any of these in an event or a log line is a leak
@@ -65,13 +65,11 @@ def run_export(instance, postgres_url, s3_client):
         options = (
             dg.ReexecutionOptions.from_failure(reexecute_from, instance) if reexecute_from else None
         )
-        with dg.execute_job(
-            dg.build_reconstructable_job(
-                __name__,
-                export_job_for_tests.__name__,
-                reconstructable_kwargs={"database_url": postgres_url, "bucket": bucket},
-            ),
+        return execute_reconstructable(
             instance,
+            __name__,
+            export_job_for_tests.__name__,
+            {"database_url": postgres_url, "bucket": bucket},
             tags=None
             if options
             else {
@@ -80,9 +78,7 @@ def run_export(instance, postgres_url, s3_client):
                 SENSOR_NAME_TAG: REQUESTS_SENSOR,
             },
             reexecution_options=options,
-            raise_on_error=False,
-        ) as result:
-            return result
+        )
 
     return run
 
