@@ -211,11 +211,14 @@ def measure_backfill(engine, stack, campaigns_count: int, timeout: float) -> dic
 
 
 def peak_rss_of_run_workers(pid: int, peaks: dict[int, int]) -> None:
-    """Record each live run worker's peak RSS (VmHWM) so far; a run worker is a process
-    the code server spawned with multiprocessing."""
+    """Record each live run worker's peak RSS (VmHWM) so far; a run worker is a fork of
+    the daemon's forkserver (ForkingRunLauncher), or with Dagster's default launcher a
+    process the code server spawned with multiprocessing."""
     for process in psutil.Process(pid).children(recursive=True):
         with contextlib.suppress(psutil.Error, OSError):
-            if "spawn_main" not in " ".join(process.cmdline()):
+            command, parent = " ".join(process.cmdline()), process.parent()
+            forked = parent is not None and "forkserver" in " ".join(parent.cmdline())
+            if not forked and "spawn_main" not in command:
                 continue
             status = Path(f"/proc/{process.pid}/status").read_text()
             kib = next(

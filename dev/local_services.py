@@ -252,6 +252,15 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
+RUN_TAGS = """
+query($runId: ID!) { runOrError(runId: $runId) { ... on Run { tags { key value } } } }"""
+
+
+def run_tags(graphql_url: str, run_id: str) -> dict[str, str]:
+    run = graphql(graphql_url, RUN_TAGS, {"runId": run_id})["data"]["runOrError"]
+    return {tag["key"]: tag["value"] for tag in run.get("tags", [])}
+
+
 def campaign_partition_keys(graphql_url: str) -> set[str]:
     nodes = graphql(graphql_url, PARTITION_KEYS).get("data", {}).get("assetNodes") or []
     return set(nodes[0]["partitionKeysByDimension"][0]["partitionKeys"]) if nodes else set()

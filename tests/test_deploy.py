@@ -40,9 +40,9 @@ def test_instance_configuration_is_valid(path, tmp_path, monkeypatch):
     shutil.copy(path, tmp_path / "dagster.yaml")
     config, _ = dagster_instance_config(str(tmp_path))  # the instance schema, env included
     launcher = config.get("run_launcher")
-    if launcher:  # the launcher's own schema, without contacting ECS or Kubernetes
+    if launcher:  # its own schema (without contacting ECS or Kubernetes), defaults applied
         cls = getattr(importlib.import_module(launcher["module"]), launcher["class"])
-        result = process_config(cls.config_type(), launcher["config"])
+        result = process_config(cls.config_type(), launcher.get("config", {}))
         assert result.success, [error.message for error in result.errors]
 
 

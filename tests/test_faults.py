@@ -1,6 +1,8 @@
-"""Faults with the real daemon and webserver on the root dagster.yaml (run retries on):
-a run worker killed mid-export is retried and completes the same job with the whole file;
-a run that failed at upload, re-executed from failure as the UI does, completes it too."""
+"""Faults with the real daemon and webserver on the root dagster.yaml (run retries on,
+ForkingRunLauncher): a run worker killed mid-export is retried and completes the same job
+with the whole file; a run that failed at upload, re-executed from failure as the UI
+does, completes it too; a run terminated from the UI mid-export ends canceled, its job
+failed and nothing in S3."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import csv
 import io
 import os
 import signal
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -16,6 +19,7 @@ from sqlalchemy import text
 from dev import local_services
 from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.pipeline.run_launcher import WORKER_PID_TAG
 
 from .conftest import AppData
 
@@ -30,6 +34,16 @@ mutation($parentRunId: String!) {
     ... on PythonError { message }
   }
 }"""
+TERMINATE = """
+mutation($runId: String!) {
+  terminateRun(runId: $runId) {
+    __typename
+    ... on TerminateRunFailure { message }
+    ... on PythonError { message }
+  }
+}"""
+RUN_STATUS = """
+query($runId: ID!) { runOrError(runId: $runId) { ... on Run { status } } }"""
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +68,10 @@ def app(stack) -> AppData:
     return AppData(get_engine(stack.env["DATABASE_URL"]))
 
 
-def run_workers(daemon_pgid: int) -> list[int]:
-    """The daemon's run worker processes: its code server starts each run in a spawned
-    Python process (multiprocessing), in the daemon's process group."""
-    return [
-        pid
-        for pid, command in processes.group_members(daemon_pgid)
-        if "multiprocessing" in command or "execute_run" in command
-    ]
+def run_worker(stack, run_id: str) -> int | None:
+    """The pid of the run's worker, as the run launcher recorded it on the run."""
+    pid = local_services.run_tags(stack.graphql, run_id).get(WORKER_PID_TAG)
+    return int(pid) if pid else None
 
 
 def add_contacts(app: AppData, campaign, count: int) -> None:
@@ -107,9 +117,10 @@ def test_run_worker_killed_mid_export_is_retried_and_completes_the_same_job(stac
         job_id = app.export_job(campaign, app.user())
         processes.wait_for(lambda: app.job_row(job_id)["status"] == "running", 120, "the run")
         killed_run = app.job_row(job_id)["dagster_run_id"]
-        workers = processes.wait_for(lambda: run_workers(stack.daemon.pid), 30, "the run worker")
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
+        worker = processes.wait_for(lambda: run_worker(stack, killed_run), 30, "the run worker")
+        # The worker is one of the daemon's processes (a fork of its forkserver).
+        assert worker in {pid for pid, _ in processes.group_members(stack.daemon.pid)}
+        os.kill(worker, signal.SIGKILL)
         locker.rollback()
     finally:
         locker.close()
@@ -158,3 +169,46 @@ def test_run_failed_at_upload_reexecuted_from_failure_completes_the_same_job(sta
     assert len(rows) == job["total_records"] == 500
     listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exports/{campaign}/")
     assert [item["Key"] for item in listing.get("Contents", [])] == [job["s3_key"]]
+
+
+def test_run_terminated_from_the_ui_mid_export_is_canceled_and_leaves_nothing(
+    stack, app, spool_dir
+):
+    s3 = stack.s3_client()
+    campaign = app.campaign()
+    add_contacts(app, campaign, 2_000)
+    locker = psycopg2.connect(stack.env["DATABASE_URL"])
+    try:
+        locker.cursor().execute("LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE")
+        job_id = app.export_job(campaign, app.user())
+        processes.wait_for(lambda: app.job_row(job_id)["status"] == "running", 120, "the run")
+        run_id = app.job_row(job_id)["dagster_run_id"]
+        worker = processes.wait_for(lambda: run_worker(stack, run_id), 30, "the run worker")
+        terminated = local_services.graphql(stack.graphql, TERMINATE, {"runId": run_id})
+        assert terminated["data"]["terminateRun"]["__typename"] == "TerminateRunSuccess", terminated
+        locker.rollback()  # the extract returns from its wait and meets the interrupt
+    finally:
+        locker.close()
+
+    def run_status():
+        run = local_services.graphql(stack.graphql, RUN_STATUS, {"runId": run_id})
+        status = run["data"]["runOrError"]["status"]
+        return status if status in ("CANCELED", "FAILURE", "SUCCESS") else None
+
+    assert processes.wait_for(run_status, 60, "the run to end") == "CANCELED"
+    job = processes.wait_for(lambda: finished(app, job_id), 60, "the job to end", interval=1)
+    assert job["status"] == "failed"
+    assert job["error_message"] == f"export run {run_id} was cancelled"
+    assert job["download_url"] is None
+    processes.wait_for(lambda: not processes_alive(worker), 30, "the worker to exit")
+    listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exports/{campaign}/")
+    assert listing.get("Contents", []) == []
+    assert list(spool_dir.iterdir()) == []
+
+
+def processes_alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -47,6 +47,20 @@ class CampaignBatch:
         retry_policy: dg.RetryPolicy | None = None,
     ) -> list[Result]:
         """work(item, attempt) for each item (attempt counts from 0), in order."""
+        try:
+            return self._each(items, work, retry_policy)
+        except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
+            # Dagster counts an interrupt against the op's retry policy and runs the step
+            # again, so a run terminated from the UI would carry on; end the step instead.
+            if self._run_is_being_terminated():
+                raise permanent_failure("the run was terminated") from None
+            raise
+
+    def _run_is_being_terminated(self) -> bool:
+        run = self.context.instance.get_run_by_id(self.context.run_id)
+        return run is not None and run.status == dg.DagsterRunStatus.CANCELING
+
+    def _each(self, items, work, retry_policy):
         if not self.isolated:
             return [work(item, self.context.retry_number) for item, _ in items]
         results = []

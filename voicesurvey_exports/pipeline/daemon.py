@@ -42,6 +42,9 @@ def tighten_daemon_loops() -> None:
 
 def main() -> None:
     tighten_daemon_loops()
+    from voicesurvey_exports.pipeline import run_launcher
+
+    run_launcher.start_forkserver_early = True
     from dagster._daemon.cli import main as dagster_daemon_main
 
     dagster_daemon_main()

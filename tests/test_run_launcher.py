@@ -1,0 +1,107 @@
+"""ForkingRunLauncher on an instance configured as the root dagster.yaml configures it:
+run monitoring sees a run's worker alive or gone (also a reused pid, or another boot),
+and terminating a run whose worker is gone ends it canceled at once. Launching, a worker
+killed mid-run and a termination from the UI are in test_faults (real daemon)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._core.launcher import WorkerStatus
+from dagster._core.test_utils import create_run_for_test
+
+from voicesurvey_exports.pipeline.run_launcher import (
+    WORKER_BOOT_TAG,
+    WORKER_PID_TAG,
+    WORKER_START_TAG,
+    ForkingRunLauncher,
+)
+
+ROOT_DAGSTER_YAML = Path(__file__).parents[1] / "dagster.yaml"
+
+
+@pytest.fixture
+def instance():
+    launcher = yaml.safe_load(ROOT_DAGSTER_YAML.read_text())["run_launcher"]
+    with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
+        assert isinstance(instance.run_launcher, ForkingRunLauncher)
+        yield instance
+
+
+def worker_tags(pid: int) -> dict[str, str]:
+    """The tags launch_run records, read off the process as /proc shows it."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    start = stat[stat.rindex(")") + 2 :].split()[19]
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return {WORKER_PID_TAG: str(pid), WORKER_START_TAG: start, WORKER_BOOT_TAG: boot}
+
+
+# A stand-in worker that dies of SIGINT (a background shell starts its children with
+# SIGINT ignored; Dagster's run worker installs its own handler likewise).
+SLEEPER = (
+    "import signal, time; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "print('ready', flush=True); time.sleep(60)"
+)
+
+
+@pytest.fixture
+def worker():
+    process = subprocess.Popen([sys.executable, "-c", SLEEPER], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "ready\n"
+    yield process
+    process.kill()
+    process.wait()
+
+
+def started_run(instance, tags):
+    return create_run_for_test(instance, status=dg.DagsterRunStatus.STARTED, tags=tags)
+
+
+def test_run_monitoring_sees_the_worker_alive_then_gone(instance, worker):
+    run = started_run(instance, worker_tags(worker.pid))
+    assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+
+    worker.kill()
+    worker.wait()
+    health = instance.run_launcher.check_run_worker_health(run)
+    assert health.status == WorkerStatus.FAILED
+    assert f"pid {worker.pid}" in health.msg
+
+
+@pytest.mark.parametrize(
+    "changed", [WORKER_START_TAG, WORKER_BOOT_TAG], ids=["reused-pid", "other-boot"]
+)
+def test_a_live_process_that_is_not_the_runs_worker_counts_as_gone(instance, worker, changed):
+    tags = {**worker_tags(worker.pid), changed: "0"}
+    run = started_run(instance, tags)
+    assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.FAILED
+    assert worker.poll() is None  # and nothing was done to that process
+
+
+def test_terminate_signals_the_worker_and_marks_the_run_canceling(instance, worker):
+    run = started_run(instance, worker_tags(worker.pid))
+    assert instance.run_launcher.terminate(run.run_id)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELING
+    # SIGINT, which Dagster's run worker turns into a cancellation.
+    assert worker.wait(timeout=10) == -2
+
+
+def test_terminating_a_run_whose_worker_is_gone_cancels_it_at_once(instance, worker):
+    run = started_run(instance, worker_tags(worker.pid))
+    worker.kill()
+    worker.wait()
+    assert instance.run_launcher.terminate(run.run_id)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+
+
+def test_a_finished_run_is_not_terminated(instance, worker):
+    run = create_run_for_test(
+        instance, status=dg.DagsterRunStatus.SUCCESS, tags=worker_tags(worker.pid)
+    )
+    assert not instance.run_launcher.terminate(run.run_id)
+    assert worker.poll() is None
