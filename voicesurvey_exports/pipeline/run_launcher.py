@@ -59,6 +59,8 @@ DEFAULT_PRELOAD = (
     "sqlalchemy.dialects.postgresql.psycopg2",
     "psycopg2",
 )
+# Imported after the preload modules: freezes their objects for the garbage collector.
+FREEZE_MODULE = "voicesurvey_exports.pipeline.forkserver_ready"
 # How often the daemon looks for workers that exited.
 WATCH_SECONDS = 1.0
 # Set by `voicesurvey-exports-daemon`: start the forkserver as soon as the daemon's
@@ -147,7 +149,7 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
 
     def _context(self):
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(self._preload_modules)
+        context.set_forkserver_preload([*self._preload_modules, FREEZE_MODULE])
         return context
 
     def start_forkserver(self) -> None:
