@@ -40,6 +40,7 @@ def materialize_export(
     campaign_id: uuid.UUID | str,
     export_job_id: uuid.UUID | None = None,
     launched_by_sensor: bool = True,
+    resources: dict | None = None,
     **resource_options,
 ) -> dg.ExecuteInProcessResult:
     """Materialise one campaign partition, as the request sensor does (with a job tag, and
@@ -54,7 +55,7 @@ def materialize_export(
         [campaign_export],
         partition_key=str(campaign_id),
         instance=instance,
-        resources=export_resources(database_url, **resource_options),
+        resources=resources or export_resources(database_url, **resource_options),
         tags=tags,
         raise_on_error=False,
     )

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from voicesurvey_exports.app_db.schema import export_jobs
 from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG, campaign_export
+from voicesurvey_exports.pipeline.metadata import readable_size
 from voicesurvey_exports.pipeline.resources import ExportDestination
 
 from .conftest import TEST_BUCKET
@@ -93,7 +94,7 @@ def test_object_is_private_encrypted_csv_with_a_named_attachment_link(
 def test_materialisation_metadata_shows_counts_not_contact_data(
     instance, database_url, app_data, s3_client
 ):
-    campaign = app_data.campaign()
+    campaign = app_data.campaign("Kundenzufriedenheit Q4 – Große Qualität")
     for state in ("completed", "completed", "refused"):
         contact = app_data.contact(campaign, state, external_contact_id="secret-id")
         app_data.response(contact, campaign, "secret answer")
@@ -103,13 +104,36 @@ def test_materialisation_metadata_shows_counts_not_contact_data(
 
     metadata = result.asset_materializations_for_node("campaign_export")[0].metadata
     values = {key: value.value for key, value in metadata.items()}
-    assert values["dagster/row_count"] == 3
+    # Dagster's standard keys, which its UI and catalog understand.
+    assert values["dagster/partition_row_count"] == 3
+    key = f"exports/{campaign}/{job_id}.csv"
+    assert values["dagster/uri"] == f"s3://{TEST_BUCKET}/{key}"
+    schema = values["dagster/column_schema"]
+    assert [(column.name, column.type) for column in schema.columns][:5] == [
+        ("campaign_id", "uuid"),
+        ("contact_id", "uuid"),
+        ("external_contact_id", "text"),
+        ("outcome", "text"),
+        ("attempts_count", "integer"),
+    ]
+    assert [column.name for column in schema.columns] == list(CSV_COLUMNS)
+    # The name people know the campaign by, and the file's size as stored.
+    assert values["campaign"] == "Kundenzufriedenheit Q4 – Große Qualität"
+    stored = s3_client.head_object(Bucket=TEST_BUCKET, Key=key)["ContentLength"]
+    assert values["size_bytes"] == stored and values["size"] == f"{stored} B"
     assert values["outcome/completed"] == 2 and values["outcome/refused"] == 1
     assert values["outcome/excluded"] == 0
     assert values["export_job_id"] == str(job_id)
-    assert values["s3_uri"] == f"s3://{TEST_BUCKET}/exports/{campaign}/{job_id}.csv"
-    assert values["bytes"] > 0
     assert "secret" not in repr(values)
+    assert "X-Amz" not in repr(values) and "https://" not in repr(values)  # no link
+
+
+@pytest.mark.parametrize(
+    ("byte_count", "shown"),
+    [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 * 2**30, "5.0 GiB")],
+)
+def test_readable_size(byte_count, shown):
+    assert readable_size(byte_count) == shown
 
 
 def test_campaign_without_terminal_contacts_completes_with_header_only_file(

@@ -176,3 +176,44 @@ def test_cancelled_run_fails_its_job_and_deletes_its_file(
         None,
     )
     assert s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", []) == []
+
+
+def test_requests_waiting_too_long_fail_the_stuck_requests_sensor_naming_them(
+    instance, database_url, app_data
+):
+    from datetime import UTC, datetime, timedelta
+
+    from voicesurvey_exports.pipeline.sensors import (
+        StuckExportRequests,
+        build_stuck_requests_sensor,
+    )
+
+    sensor = build_stuck_requests_sensor(
+        settings_for(
+            database_url, EXPORT_PENDING_ALERT_MINUTES="15", EXPORT_RUNNING_ALERT_MINUTES="60"
+        )
+    )
+    campaign, now = app_data.campaign(), datetime.now(UTC)
+
+    def job(status: str, minutes_ago: int) -> uuid.UUID:
+        created = now - timedelta(minutes=minutes_ago)
+        return app_data.export_job(campaign, None, status=status, created_at=created)
+
+    job("pending", 14)
+    job("running", 59)
+    job("completed", 500)
+    result, _ = tick(sensor, instance, database_url)
+    assert isinstance(result, dg.SkipReason)
+
+    stuck_pending = job("pending", 16)
+    older_pending = job("pending", 40)
+    stuck_running = job("running", 61)
+    with pytest.raises(StuckExportRequests) as raised:
+        tick(sensor, instance, database_url)
+    message = str(raised.value)
+    assert message.startswith("export requests stuck: 2 pending over 15 min: ")
+    assert "\n" not in message
+    # Oldest first, with how long each has waited; then the running ones.
+    assert message.index(str(older_pending)) < message.index(str(stuck_pending))
+    assert f"{older_pending} (40 min)" in message
+    assert f"; 1 running over 60 min: {stuck_running} (61 min)" in message

@@ -34,6 +34,8 @@ DEFAULTS = {
     "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
     "EXPORT_SENSOR_BATCH_SIZE": "50",
     "EXPORT_RETENTION_DAYS": "30",
+    "EXPORT_PENDING_ALERT_MINUTES": "15",
+    "EXPORT_RUNNING_ALERT_MINUTES": "60",
     "EXPORT_ACCESS_POLICY": "role",
     "EXPORT_SPOOL_DIR": tempfile.gettempdir(),
 }
@@ -62,6 +64,8 @@ class Settings:
     spool_dir: str
     kms_key_id: str | None
     retention_days: int
+    pending_alert_minutes: int
+    running_alert_minutes: int
     export_access_policy: str
 
     @classmethod
@@ -97,6 +101,12 @@ class Settings:
             kms_key_id=env.get("S3_SSE_KMS_KEY_ID") or None,
             retention_days=parse_int_setting(
                 "EXPORT_RETENTION_DAYS", env["EXPORT_RETENTION_DAYS"], 1, 3650
+            ),
+            pending_alert_minutes=parse_int_setting(
+                "EXPORT_PENDING_ALERT_MINUTES", env["EXPORT_PENDING_ALERT_MINUTES"], 1, 10080
+            ),
+            running_alert_minutes=parse_int_setting(
+                "EXPORT_RUNNING_ALERT_MINUTES", env["EXPORT_RUNNING_ALERT_MINUTES"], 1, 10080
             ),
             export_access_policy=parse_choice_setting(
                 "EXPORT_ACCESS_POLICY", env["EXPORT_ACCESS_POLICY"], ACCESS_POLICIES

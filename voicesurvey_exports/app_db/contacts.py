@@ -52,8 +52,9 @@ def terminal_contacts_query(campaign_id: uuid.UUID) -> Select:
     )
 
 
-def copy_terminal_contacts(engine: Engine, campaign_id: uuid.UUID, spool: BinaryIO) -> None:
-    """Write the query's rows to a raw CSV spool (see csv_format.SPOOL_COLUMN_TYPES).
+def copy_terminal_contacts(engine: Engine, campaign_id: uuid.UUID, spool: BinaryIO) -> int:
+    """Write the query's rows to a raw CSV spool (see csv_format.SPOOL_COLUMN_TYPES);
+    return how many rows the database sent (the export's row-count check compares them).
 
     PostgreSQL streams them with COPY, the fastest way out of the server; memory
     stays flat. SQLite (the demo) goes through pandas in chunks.
@@ -74,10 +75,13 @@ def copy_terminal_contacts(engine: Engine, campaign_id: uuid.UUID, spool: Binary
                 # so that the caller sees this error, not "connection already closed".
                 conn.invalidate()
                 raise
-        return
+            return cursor.rowcount  # the server's own count of the rows COPY sent
+    rows = 0
     with engine.connect() as conn:
         for chunk in pd.read_sql(query, conn, chunksize=SQLITE_CHUNK_ROWS):
             write_spool_rows(chunk, spool)
+            rows += len(chunk)
+    return rows
 
 
 def write_spool_rows(rows: pd.DataFrame, spool: BinaryIO) -> None:

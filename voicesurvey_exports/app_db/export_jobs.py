@@ -199,6 +199,26 @@ def running_jobs_of_runs(conn: Connection, run_ids: Collection[str]) -> list[Exp
     return [ExportJob.from_row(row) for row in rows]
 
 
+def waiting_jobs(conn: Connection, status: str, requested_before: datetime) -> list[ExportJob]:
+    """Jobs still in `status` that were requested before the given time, oldest first."""
+    rows = conn.execute(
+        select(export_jobs)
+        .where(export_jobs.c.status == status, export_jobs.c.created_at < requested_before)
+        .order_by(export_jobs.c.created_at)
+    )
+    return [ExportJob.from_row(row) for row in rows]
+
+
+def has_live_file(conn: Connection, campaign_id: uuid.UUID) -> bool:
+    """Whether a completed export of the campaign still has its file."""
+    query = select(export_jobs.c.id).where(
+        export_jobs.c.campaign_id == campaign_id,
+        export_jobs.c.status == "completed",
+        export_jobs.c.s3_key.is_not(None),
+    )
+    return conn.execute(query.limit(1)).first() is not None
+
+
 def record_object_key(conn: Connection, job_id: uuid.UUID, run_id: str, s3_key: str) -> bool:
     """Record the key before the object is written, so every object is findable from its job."""
     return _compare_and_set(conn, job_id, _owned_by(run_id), s3_key=s3_key)

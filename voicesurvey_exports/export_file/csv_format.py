@@ -39,6 +39,20 @@ CSV_COLUMNS = (
     "q2_answer",
     "q3_answer",
 )
+# The column contract: each column's type as the file writes it (empty cell = no value).
+COLUMN_TYPES = {
+    "campaign_id": "uuid",
+    "contact_id": "uuid",
+    "external_contact_id": "text",
+    "outcome": "text",
+    "attempts_count": "integer",
+    "last_attempt_at": "timestamp",
+    "completed_at": "timestamp",
+    "q1_answer": "text",
+    "q2_answer": "text",
+    "q3_answer": "text",
+}
+assert tuple(COLUMN_TYPES) == CSV_COLUMNS
 UUID_COLUMNS = ("campaign_id", "contact_id")
 TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at")
 # Cells that people or callers typed: the only ones that can carry a formula.

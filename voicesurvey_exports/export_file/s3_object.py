@@ -115,6 +115,19 @@ class ExportObjects:
             return False
         return True
 
+    def stored(self, key: str, first_bytes: int) -> tuple[int, bytes]:
+        """The stored object's size and its first bytes, as a download gets them (one
+        ranged GET)."""
+        try:
+            response = self.client.get_object(
+                Bucket=self.bucket, Key=key, Range=f"bytes=0-{first_bytes - 1}"
+            )
+        except ClientError as error:
+            if error_code(error) == "InvalidRange":  # an empty object has no byte 0
+                return 0, b""
+            raise
+        return int(response["ContentRange"].rsplit("/", 1)[1]), response["Body"].read()
+
     def delete(self, key: str) -> None:
         """Delete the object and abort any multipart upload a killed run left at its key
         (its parts hold contact data too, though no object shows them)."""

@@ -36,10 +36,12 @@ from ..app_db import export_jobs
 from ..app_db.campaigns import get_campaign
 from ..app_db.contacts import copy_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
-from ..export_file.csv_format import render_spool
+from ..export_file.csv_format import HEADER, render_spool
 from ..export_file.s3_object import ExportObjects, describe_s3_error
 from .campaign_batch import CampaignBatch
+from .export_checks import ASSET_KEY, CHECK_SPECS, evaluate, failure_reason
 from .failures import permanent_failure
+from .metadata import COLUMN_SCHEMA, partition_metadata
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 from .spool import SpoolStorage
@@ -54,7 +56,6 @@ APP_DATABASE_POOL = "app_database"
 # Campaigns per backfill run: a run worker's start-up (about 2 s and 2.5 CPU-s here) is
 # paid once for these many small exports.
 CAMPAIGNS_PER_BACKFILL_RUN = 20
-ASSET_KEY = dg.AssetKey("campaign_export")
 
 UPLOAD_RETRY_POLICY = dg.RetryPolicy(
     max_retries=2, delay=1, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
@@ -80,6 +81,7 @@ class ExtractedContacts:
     export_job_id: uuid.UUID
     spool_path: str
     run_id: str
+    database_rows: int  # as the database counted them (the row-count check)
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ class RenderedCsv:
     row_count: int
     byte_count: int
     outcome_counts: dict[str, int]
+    database_rows: int
 
 
 @dataclass(frozen=True)
@@ -235,8 +238,8 @@ def _start(
 def _extract(context, app_db: AppDatabase, spool: SpoolStorage, target) -> ExtractedContacts:
     spool_path = spool.new_run_dir(context.run_id) / "contacts.spool.csv"
     with open(spool_path, "wb") as spool_file:
-        copy_terminal_contacts(app_db.engine, target.campaign_id, spool_file)
-    return ExtractedContacts(target.export_job_id, str(spool_path), context.run_id)
+        database_rows = copy_terminal_contacts(app_db.engine, target.campaign_id, spool_file)
+    return ExtractedContacts(target.export_job_id, str(spool_path), context.run_id, database_rows)
 
 
 def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
@@ -253,6 +256,7 @@ def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
         outcome_counts={
             state: stats.outcome_counts.get(state, 0) for state in TERMINAL_CONTACT_STATES
         },
+        database_rows=extracted.database_rows,
     )
 
 
@@ -357,7 +361,43 @@ def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) ->
     )
 
 
-@dg.op(retry_policy=UPLOAD_RETRY_POLICY)
+def _check_stored_file(
+    objects: ExportObjects,
+    target: ExportTarget,
+    rendered: RenderedCsv,
+    uploaded: UploadedCsv,
+    checks: list[dg.AssetCheckEvaluation],
+    blocking: bool,
+) -> None:
+    """Run the file's checks (export_checks) and add their evaluations to `checks`; a
+    failing one fails this campaign with its reason, never retried."""
+    stored_bytes, stored_start = objects.stored(uploaded.s3_key, len(HEADER))
+    evaluations = evaluate(
+        partition_key=target.partition_key,
+        database_rows=rendered.database_rows,
+        file_rows=rendered.row_count,
+        written_bytes=rendered.byte_count,
+        stored_bytes=stored_bytes,
+        stored_start=stored_start,
+        blocking=blocking,
+    )
+    checks.extend(evaluations)
+    reason = failure_reason(evaluations)
+    if reason:
+        raise permanent_failure(reason)
+
+
+@dg.op(
+    retry_policy=UPLOAD_RETRY_POLICY,
+    out={
+        "uploaded": dg.Out(list[UploadedCsv]),
+        # The asset's checks (evaluated here, recorded per partition); no value.
+        **{
+            spec.get_python_identifier(): dg.Out(dg.Nothing, is_required=False)
+            for spec in CHECK_SPECS
+        },
+    },
+)
 def upload_csv(
     context: dg.OpExecutionContext,
     app_db: AppDatabase,
@@ -365,16 +405,19 @@ def upload_csv(
     spool: SpoolStorage,
     targets: list[ExportTarget],
     rendered: list[RenderedCsv],
-) -> list[UploadedCsv]:
-    """Upload each file to its private, encrypted object, its key recorded on the job first."""
+):
+    """Upload each file to its private, encrypted object, its key recorded on the job
+    first, then check the stored object against what was extracted and written."""
     objects = destination.objects()
+    batch = CampaignBatch(context, app_db, destination)
+    checks: list[dg.AssetCheckEvaluation] = []
 
     def upload(pair: tuple[ExportTarget, RenderedCsv], attempt: int) -> UploadedCsv:
         target, csv_file = pair
         csv_file = _input_of_this_run(context, app_db, spool, target, csv_file)
         key = _record_key(context, app_db, objects, target)
         try:
-            return _upload(context, objects, csv_file, key)
+            uploaded = _upload(context, objects, csv_file, key)
         except Exception as error:
             if attempt < UPLOAD_RETRY_POLICY.max_retries:
                 raise  # the retry policy tries again
@@ -382,26 +425,35 @@ def upload_csv(
                 f"upload to {objects.uri(key)} failed after {attempt + 1} attempts: "
                 f"{describe_s3_error(error)}"
             ) from error
+        _check_stored_file(objects, target, csv_file, uploaded, checks, not batch.isolated)
+        return uploaded
 
-    return CampaignBatch(context, app_db, destination).each(
-        _with_upstream(targets, rendered), upload, UPLOAD_RETRY_POLICY
-    )
+    try:
+        uploaded = batch.each(_with_upstream(targets, rendered), upload, UPLOAD_RETRY_POLICY)
+    except Exception:
+        yield from checks  # a failed check shows on its partition too
+        raise
+    yield from checks
+    yield dg.Output(uploaded, "uploaded")
 
 
 def _metadata(target: ExportTarget, uploaded: UploadedCsv, objects, expires_at) -> dict:
-    """The partition's metadata: counts and the object's location, no rows, no link."""
-    return {
-        "dagster/row_count": uploaded.row_count,
-        "bytes": uploaded.byte_count,
-        "s3_uri": objects.uri(uploaded.s3_key),
-        "export_job_id": str(target.export_job_id),
-        "url_expires_at": export_jobs.iso_utc(expires_at),
-        **{f"outcome/{state}": n for state, n in uploaded.outcome_counts.items()},
-    }
+    return partition_metadata(
+        campaign_name=target.campaign_name,
+        uri=objects.uri(uploaded.s3_key),
+        row_count=uploaded.row_count,
+        byte_count=uploaded.byte_count,
+        outcome_counts=uploaded.outcome_counts,
+        export_job_id=str(target.export_job_id),
+        url_expires_at=export_jobs.iso_utc(expires_at),
+    )
 
 
-def _complete(context, app_db, destination, spool, target, uploaded, in_batch: bool) -> dict:
-    """Sign the link and complete the job row; return the partition's metadata."""
+def _complete(
+    context, app_db, destination, spool, target, uploaded, in_batch: bool, checks: list
+) -> dict:
+    """Sign the link and complete the job row; return the partition's metadata. A file
+    made again here is checked as upload_csv checks it (evaluations added to `checks`)."""
     objects = destination.objects()
     if in_batch and context.run.parent_run_id and uploaded is not None:
         # Re-executing a backfill run: a campaign an earlier run of the group completed
@@ -418,12 +470,14 @@ def _complete(context, app_db, destination, spool, target, uploaded, in_batch: b
         uploaded = _upload(
             context, objects, rendered, _record_key(context, app_db, objects, target)
         )
+        _check_stored_file(objects, target, rendered, uploaded, checks, not in_batch)
     elif uploaded.run_id != context.run_id and not objects.exists(uploaded.s3_key):
         # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
         context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
         rendered = _render(context, _extract(context, app_db, spool, target))
         key = _record_key(context, app_db, objects, target)
         uploaded = _upload(context, objects, rendered, key)
+        _check_stored_file(objects, target, rendered, uploaded, checks, not in_batch)
     url, expires_at = objects.sign(
         uploaded.s3_key, target.campaign_name, target.requested_at.date()
     )
@@ -464,15 +518,23 @@ def record_export(
     # A re-executed backfill run also retries the campaigns that failed before.
     retry_failed = batch.isolated and context.run.parent_run_id is not None
     metadata_of_run, completed = None, set()
+    checks: list[dg.AssetCheckEvaluation] = []  # of files made again here
     for item in _with_upstream(targets, uploaded, keep_missing=retry_failed):
-        for target, metadata in batch.each(
-            [item],
-            lambda pair, _attempt: (
-                pair[0],
-                _complete(context, app_db, destination, spool, *pair, batch.isolated),
-            ),
-            DATABASE_RETRY_POLICY,
-        ):
+        try:
+            done = batch.each(
+                [item],
+                lambda pair, _attempt: (
+                    pair[0],
+                    _complete(context, app_db, destination, spool, *pair, batch.isolated, checks),
+                ),
+                DATABASE_RETRY_POLICY,
+            )
+        except Exception:
+            yield from checks
+            raise
+        yield from checks
+        checks.clear()
+        for target, metadata in done:
             if batch.isolated:
                 # At once, so that a run killed later still shows this campaign as done.
                 yield dg.AssetMaterialization(
@@ -497,12 +559,24 @@ def record_export(
     # job and is not materialised, the others complete.
     backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=CAMPAIGNS_PER_BACKFILL_RUN),
     description="A campaign's terminal contacts and survey answers as a CSV file in S3, "
-    "with a time-limited download link recorded on its export_jobs row.",
+    "with a time-limited download link recorded on its export_jobs row. A partition is a "
+    "campaign's id (campaigns.id in the app database, where a name finds its id; the "
+    "Partitions tab searches ids); each partition's materialisation shows the campaign's "
+    "name under `campaign`.",
+    metadata={"dagster/column_schema": COLUMN_SCHEMA},
+    check_specs=CHECK_SPECS,
 )
 def campaign_export():
     targets, extracted = extract_terminal_contacts()
     rendered = render_csv(targets, extracted)
-    return record_export(targets, upload_csv(targets, rendered))
+    uploaded, *checks = upload_csv(targets, rendered)
+    return {
+        "result": record_export(targets, uploaded),
+        **{
+            spec.get_python_identifier(): check
+            for spec, check in zip(CHECK_SPECS, checks, strict=True)
+        },
+    }
 
 
 campaign_export_job = dg.define_asset_job(

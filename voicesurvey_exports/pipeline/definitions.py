@@ -10,6 +10,7 @@ from .resources import build_resources
 from .retention import export_retention_job, export_retention_schedule
 from .sensors import (
     build_export_requests_sensor,
+    build_stuck_requests_sensor,
     campaign_partitions_sensor,
     export_run_canceled_sensor,
     export_run_failure_sensor,
@@ -23,6 +24,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         schedules=[export_retention_schedule],
         sensors=[
             build_export_requests_sensor(settings),
+            build_stuck_requests_sensor(settings),
             campaign_partitions_sensor,
             export_run_failure_sensor,
             export_run_canceled_sensor,

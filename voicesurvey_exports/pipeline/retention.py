@@ -1,11 +1,15 @@
 """Retention: export files are deleted after EXPORT_RETENTION_DAYS by a
-daily schedule, and their job rows say so instead of keeping a dead link."""
+daily schedule, and their job rows say so instead of keeping a dead link. Each deletion
+is also an observation on the campaign's partition, so Dagster shows which partitions
+still have a live file."""
 
 from datetime import timedelta
 
 import dagster as dg
 
 from ..app_db import export_jobs
+from .export_checks import ASSET_KEY
+from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 
 BATCH = 500
@@ -53,6 +57,7 @@ def delete_expired_exports(
                     with app_db.engine.begin() as conn:
                         export_jobs.restore_object_key(conn, job.id, job.s3_key)
                     raise
+                _observe_deletion(context, app_db, objects, job, destination.retention_days)
             else:
                 # A failed job has no link: delete the file, then forget its key.
                 objects.delete(job.s3_key)
@@ -66,6 +71,28 @@ def delete_expired_exports(
     )
     context.add_output_metadata({"deleted_files": deleted})
     return deleted
+
+
+def _observe_deletion(context, app_db, objects, job, days: int) -> None:
+    """Record on the campaign's partition that its file is gone (the materialisation's
+    `dagster/uri` is dead now), and whether another completed export's file is live."""
+    partition = str(job.campaign_id)
+    if not context.instance.has_dynamic_partition(campaigns_partitions.name, partition):
+        return  # the campaign is gone, and its partition with it
+    with app_db.engine.connect() as conn:
+        live = export_jobs.has_live_file(conn, job.campaign_id)
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=ASSET_KEY,
+            partition=partition,
+            description=f"export file deleted after {days} days (retention)",
+            metadata={
+                "live_file": dg.MetadataValue.bool(live),
+                "deleted_uri": dg.MetadataValue.text(objects.uri(job.s3_key)),
+                "export_job_id": dg.MetadataValue.text(str(job.id)),
+            },
+        )
+    )
 
 
 @dg.job(description="Deletes export files past their retention and clears their links.")

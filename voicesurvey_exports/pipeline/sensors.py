@@ -1,8 +1,10 @@
-"""Sensors: export requests in, campaign partitions in step, failures and cancellations out."""
+"""Sensors: export requests in, campaign partitions in step, failures and cancellations out,
+requests that wait too long reported."""
 
 import json
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
@@ -87,6 +89,59 @@ def campaign_partitions_sensor(
     if to_delete:
         requests.append(campaigns_partitions.build_delete_request(to_delete))
     return dg.SensorResult(dynamic_partitions_requests=requests)
+
+
+def build_stuck_requests_sensor(settings: Settings) -> dg.SensorDefinition:
+    pending_limit = timedelta(minutes=settings.pending_alert_minutes)
+    running_limit = timedelta(minutes=settings.running_alert_minutes)
+
+    @dg.sensor(
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Fails its tick, naming the export jobs, while a request has waited `pending` "
+            f"over {settings.pending_alert_minutes} min (EXPORT_PENDING_ALERT_MINUTES) or "
+            f"stayed `running` over {settings.running_alert_minutes} min since it was made "
+            "(EXPORT_RUNNING_ALERT_MINUTES): alerting on Dagster's sensor failures covers "
+            "requests that the app's users see stuck."
+        ),
+    )
+    def stuck_export_requests_sensor(context, app_db: AppDatabase) -> dg.SkipReason:
+        now = datetime.now(UTC)
+        with app_db.engine.connect() as conn:
+            pending = export_jobs.waiting_jobs(conn, "pending", now - pending_limit)
+            running = export_jobs.waiting_jobs(conn, "running", now - running_limit)
+        if pending or running:
+            raise StuckExportRequests(stuck_requests_message(pending, running, settings, now))
+        return dg.SkipReason("no export request is waiting too long")
+
+    return stuck_export_requests_sensor
+
+
+class StuckExportRequests(Exception):
+    pass
+
+
+def stuck_requests_message(pending, running, settings: Settings, now: datetime) -> str:
+    """One line: how many jobs wait too long in each state, the oldest first, with ids."""
+
+    def listed(jobs) -> str:
+        shown = ", ".join(
+            f"{job.id} ({int((now - job.created_at).total_seconds() // 60)} min)"
+            for job in jobs[:10]
+        )
+        return shown + (f" and {len(jobs) - 10} more" if len(jobs) > 10 else "")
+
+    parts = []
+    if pending:
+        parts.append(
+            f"{len(pending)} pending over {settings.pending_alert_minutes} min: {listed(pending)}"
+        )
+    if running:
+        parts.append(
+            f"{len(running)} running over {settings.running_alert_minutes} min: {listed(running)}"
+        )
+    return "export requests stuck: " + "; ".join(parts)
 
 
 # Set by Dagster on a failed run that run retries (dagster.yaml run_retries) will re-run.
@@ -183,10 +238,17 @@ def _fail_jobs_of_run_group(
             delete_file_of_failed_job(app_db, destination, job, context.log)
 
 
+# Run status sensors handle at most 5 runs per tick (Dagster's default) and tick every
+# 30 s by default: 60 runs failing together in an S3 outage took minutes to show on their
+# jobs. Every 2 s, 5 a tick keeps up with about 150 failing runs a minute (SCALING.md).
+RUN_STATUS_SENSOR_INTERVAL_SECONDS = 2
+
+
 # No monitored_jobs: runs from the UI and backfills use Dagster's implicit asset job,
 # so every job of this code location is watched; runs without the tag are ignored.
 @dg.run_failure_sensor(
     name="export_run_failure_sensor",
+    minimum_interval_seconds=RUN_STATUS_SENSOR_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Marks an export job failed, with a one-line reason, when its run fails, "
     "and deletes any file the run wrote.",
@@ -209,6 +271,7 @@ def export_run_failure_sensor(
 @dg.run_status_sensor(
     name="export_run_canceled_sensor",
     run_status=dg.DagsterRunStatus.CANCELED,
+    minimum_interval_seconds=RUN_STATUS_SENSOR_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Marks an export job failed when its run is cancelled, and deletes any file "
     "the run wrote.",
