@@ -105,3 +105,34 @@ def test_a_finished_run_is_not_terminated(instance, worker):
     )
     assert not instance.run_launcher.terminate(run.run_id)
     assert worker.poll() is None
+
+
+@pytest.mark.parametrize("tags", [{}, {WORKER_PID_TAG: ""}], ids=["never", "blanked"])
+def test_a_run_whose_worker_is_not_recorded_yet_is_left_alone(instance, tags):
+    # Being launched (a retry's inherited worker tags are blanked first), or launched
+    # before this launcher was configured.
+    run = started_run(instance, tags)
+    assert instance.run_launcher.check_run_worker_health(run).status == WorkerStatus.RUNNING
+    assert not instance.run_launcher.terminate(run.run_id)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+def test_a_worker_that_exited_fails_its_unfinished_run_with_its_exit_status(instance, worker):
+    run = started_run(instance, worker_tags(worker.pid))
+    worker.kill()
+    worker.wait()
+    instance.run_launcher._worker_exited(run.run_id, -9)  # as the daemon's watcher does
+
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    failure = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE
+    ).records[0]
+    assert "was terminated by signal 9 (SIGKILL)" in failure.event_log_entry.dagster_event.message
+
+
+def test_an_exit_status_of_a_worker_still_running_is_not_believed(instance, worker):
+    # The status comes through the forkserver; if the forkserver dies it reports 255
+    # for workers that run on.
+    run = started_run(instance, worker_tags(worker.pid))
+    instance.run_launcher._worker_exited(run.run_id, 255)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED

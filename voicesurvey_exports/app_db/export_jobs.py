@@ -209,12 +209,14 @@ def waiting_jobs(conn: Connection, status: str, requested_before: datetime) -> l
     return [ExportJob.from_row(row) for row in rows]
 
 
-def has_live_file(conn: Connection, campaign_id: uuid.UUID) -> bool:
-    """Whether a completed export of the campaign still has its file."""
+def has_live_file(conn: Connection, campaign_id: uuid.UUID, completed_after: datetime) -> bool:
+    """Whether an export of the campaign completed after the given time still has its
+    file (older ones are the retention run's to delete)."""
     query = select(export_jobs.c.id).where(
         export_jobs.c.campaign_id == campaign_id,
         export_jobs.c.status == "completed",
         export_jobs.c.s3_key.is_not(None),
+        export_jobs.c.completed_at >= completed_after,
     )
     return conn.execute(query.limit(1)).first() is not None
 

@@ -17,8 +17,7 @@ from typing import TypeVar
 
 import dagster as dg
 
-from ..app_db import export_jobs
-from .failures import delete_file_of_failed_job, one_line, permanent_failure, reason_from_exception
+from .failures import fail_job_and_delete_file, one_line, permanent_failure, reason_from_exception
 from .resources import AppDatabase, ExportDestination
 
 Item = TypeVar("Item")
@@ -58,7 +57,12 @@ class CampaignBatch:
 
     def _run_is_being_terminated(self) -> bool:
         run = self.context.instance.get_run_by_id(self.context.run_id)
-        return run is not None and run.status == dg.DagsterRunStatus.CANCELING
+        # CANCELED too: force-terminated from the UI, or past run monitoring's cancel
+        # timeout while the interrupt waited for a database call to return.
+        return run is not None and run.status in (
+            dg.DagsterRunStatus.CANCELING,
+            dg.DagsterRunStatus.CANCELED,
+        )
 
     def _each(self, items, work, retry_policy):
         if not self.isolated:
@@ -88,11 +92,9 @@ class CampaignBatch:
         self.context.log.error(f"campaign {campaign_id}: {reason}")
         if job_id is None:
             return
-        with self.app_db.engine.begin() as conn:
-            export_jobs.mark_failed(conn, job_id, reason, run_id=self.context.run_id)
-            job = export_jobs.get_job(conn, job_id)
-        if job is not None and job.status == "failed" and job.s3_key:
-            delete_file_of_failed_job(self.app_db, self.destination, job, self.context.log)
+        fail_job_and_delete_file(
+            self.app_db, self.destination, job_id, reason, self.context.run_id, self.context.log
+        )
 
     def raise_if_any_failed(self, completed: set[str]) -> None:
         failed = [key for key in self.partition_keys if key not in completed]

@@ -53,6 +53,19 @@ def reason_from_exception(op_name: str, error: BaseException) -> str:
     return one_line(f"{op_name} failed: {type(error).__name__}: {error}")
 
 
+def fail_job_and_delete_file(
+    app_db, destination, job_id, reason: str, run_id: str | None, log
+) -> bool:
+    """Fail the job if `run_id` may (export_jobs.mark_failed), then delete its file if it
+    is failed and names one (failed here or before); return whether this call failed it."""
+    with app_db.engine.begin() as conn:
+        failed = export_jobs.mark_failed(conn, job_id, reason, run_id=run_id)
+        job = export_jobs.get_job(conn, job_id)
+    if job is not None and job.status == "failed" and job.s3_key:
+        delete_file_of_failed_job(app_db, destination, job, log)
+    return failed
+
+
 def delete_file_of_failed_job(app_db, destination, job: export_jobs.ExportJob, log) -> None:
     """A job that ends failed leaves no file behind. If S3 refuses, the key stays on the
     failed row and the retention job deletes the file later."""

@@ -57,7 +57,7 @@ def delete_expired_exports(
                     with app_db.engine.begin() as conn:
                         export_jobs.restore_object_key(conn, job.id, job.s3_key)
                     raise
-                _observe_deletion(context, app_db, objects, job, destination.retention_days)
+                _observe_deletion(context, app_db, objects, job, cutoff, destination.retention_days)
             else:
                 # A failed job has no link: delete the file, then forget its key.
                 objects.delete(job.s3_key)
@@ -73,14 +73,14 @@ def delete_expired_exports(
     return deleted
 
 
-def _observe_deletion(context, app_db, objects, job, days: int) -> None:
+def _observe_deletion(context, app_db, objects, job, cutoff, days: int) -> None:
     """Record on the campaign's partition that its file is gone (the materialisation's
     `dagster/uri` is dead now), and whether another completed export's file is live."""
     partition = str(job.campaign_id)
     if not context.instance.has_dynamic_partition(campaigns_partitions.name, partition):
         return  # the campaign is gone, and its partition with it
     with app_db.engine.connect() as conn:
-        live = export_jobs.has_live_file(conn, job.campaign_id)
+        live = export_jobs.has_live_file(conn, job.campaign_id, completed_after=cutoff)
     context.log_event(
         dg.AssetObservation(
             asset_key=ASSET_KEY,

@@ -12,8 +12,9 @@ It replaces what the code server did for its run processes:
 - launch: fork, record the worker's pid on the run (tags), Dagster's "Started process
   for run" event follows from the worker itself;
 - crash: the daemon watches its workers; one that exits while its run is unfinished
-  fails the run with the exit status (so run retries apply), and run monitoring checks
-  the recorded pid, which also covers workers the daemon forked before a restart;
+  fails the run with the exit status within about a second (so run retries apply), and
+  run monitoring checks the recorded pid, which also covers workers the daemon forked
+  before a restart;
 - terminate (UI, API): the run is marked canceling and its worker gets SIGINT, which
   Dagster turns into a clean cancellation; a worker that is already gone ends the run
   canceled at once.
@@ -24,7 +25,7 @@ platform's launchers.
 
 from __future__ import annotations
 
-import contextlib
+import logging
 import multiprocessing
 import os
 import signal
@@ -46,6 +47,8 @@ from dagster._serdes import ConfigurableClass, ConfigurableClassData
 WORKER_PID_TAG = "voicesurvey/run_worker_pid"
 WORKER_START_TAG = "voicesurvey/run_worker_start"
 WORKER_BOOT_TAG = "voicesurvey/run_worker_boot"
+WORKER_TAGS = (WORKER_PID_TAG, WORKER_START_TAG, WORKER_BOOT_TAG)
+LOGGER = logging.getLogger("dagster.run_launcher")
 
 # What a run worker imports before its first op, bar this project's own modules.
 DEFAULT_PRELOAD = (
@@ -164,12 +167,20 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         from dagster._serdes import serialize_value
 
         run = context.dagster_run
+        # A retry or re-execution inherits its parent's tags: blank the parent's worker
+        # (until this run's is recorded, monitoring and terminate see no worker yet).
+        if run.tags.get(WORKER_PID_TAG):
+            self._instance.add_run_tags(run.run_id, dict.fromkeys(WORKER_TAGS, ""))
         worker = self._context().Process(
             target=_run_worker,
             args=(run.run_id, serialize_value(self._instance.get_ref())),
             name=f"dagster-run-{run.run_id}",
         )
         worker.start()
+        # Not a child multiprocessing waits for: the daemon's exit would join it (a
+        # restart would wait for every export), and start() would poll it beside the
+        # watcher. The watcher is its only reader.
+        multiprocessing.process._children.discard(worker)  # noqa: SLF001
         pid = worker.pid
         assert pid is not None
         with self._lock:
@@ -201,8 +212,10 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
             for run_id, worker in exited.items():
                 # An exception here must not stop the watcher; the next run-monitoring
                 # pass finds the dead worker through its tags.
-                with contextlib.suppress(Exception):
+                try:
                     self._worker_exited(run_id, worker.exitcode)
+                except Exception:
+                    LOGGER.exception(f"could not report the exit of run {run_id}'s worker")
 
     def _worker_exited(self, run_id: str, exit_code: int | None) -> None:
         from dagster._core.storage.dagster_run import DagsterRunStatus
@@ -211,6 +224,10 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         run = self._instance.get_run_by_id(run_id)
         if run is None or run.is_finished:
             return
+        if self._live_worker_pid(run.tags) is not None:
+            # The exit status comes through the forkserver; if the forkserver died, the
+            # status is made up while the worker runs on. Run monitoring watches it.
+            return
         message = get_run_crash_explanation(
             prefix=f"Run worker for {run_id}", exit_code=exit_code if exit_code is not None else -1
         )
@@ -218,7 +235,7 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         if run.status == DagsterRunStatus.CANCELING:
             self._instance.report_run_canceled(run)
         else:
-            self._instance.report_run_failed(run)
+            self._instance.report_run_failed(run, message)
 
     def _live_worker_pid(self, tags: Mapping[str, str]) -> int | None:
         """The run's worker pid if that very process is still running on this machine."""
@@ -233,6 +250,10 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         return True
 
     def check_run_worker_health(self, run) -> CheckRunHealthResult:
+        if not run.tags.get(WORKER_PID_TAG):
+            # Being launched (the tags follow the fork), or launched by another launcher
+            # before this one was configured: nothing to check it by.
+            return CheckRunHealthResult(WorkerStatus.RUNNING, "no worker recorded yet")
         pid = self._live_worker_pid(run.tags)
         if pid is not None:
             return CheckRunHealthResult(WorkerStatus.RUNNING, run_worker_id=str(pid))
@@ -245,17 +266,24 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         run = self._instance.get_run_by_id(run_id)
         if not run or run.is_finished:
             return False
+        if not run.tags.get(WORKER_PID_TAG):
+            self._instance.report_engine_event(
+                "Run worker not recorded yet (being launched); try again.", run, cls=self.__class__
+            )
+            return False
+        # Canceling first: the worker reads the status when the interrupt arrives.
         self._instance.report_run_canceling(run)
         pid = self._live_worker_pid(run.tags)
-        if pid is None:
-            # Nothing left to stop (not forked yet is STARTING: monitoring's start
-            # timeout covers it; gone: canceled now rather than after cancel_timeout).
-            if WORKER_PID_TAG in run.tags:
-                self._instance.report_run_canceled(run)
-            return WORKER_PID_TAG in run.tags
-        os.kill(pid, signal.SIGINT)  # as the code server does: Dagster ends the run canceled
+        try:
+            if pid is None:
+                raise ProcessLookupError
+            os.kill(pid, signal.SIGINT)  # as the code server does: Dagster cancels the run
+        except ProcessLookupError:
+            # The worker is gone: canceled now rather than after cancel_timeout_seconds.
+            self._instance.report_run_canceled(run)
         return True
 
     def dispose(self) -> None:
-        # Workers keep running: a daemon restart does not stop exports in progress.
+        # Workers are not waited for: the daemon stops at once, and a worker runs on
+        # (unless what stops the daemon stops its whole process group, as Ctrl-C does).
         self._stop.set()

@@ -12,7 +12,7 @@ from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
 from ..settings import Settings
 from .assets import EXPORT_JOB_TAG, REQUESTS_SENSOR, SENSOR_NAME_TAG, campaign_export_job
-from .failures import delete_file_of_failed_job, one_line, reason_from_step_failures
+from .failures import fail_job_and_delete_file, one_line, reason_from_step_failures
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 
@@ -198,18 +198,15 @@ def fail_export_job(
     if job_id is None:
         _fail_jobs_of_run_group(context, app_db, destination, reason)
         return
-    with app_db.engine.begin() as conn:
+    with app_db.engine.connect() as conn:
         job = export_jobs.get_job(conn, job_id)
-        if job is None:
-            return
-        owner = _failing_owner(context, job.dagster_run_id)
-        if owner is None:
-            context.log.info(f"run may not fail export job {job_id}: another run's request")
-            return
-        export_jobs.mark_failed(conn, job_id, reason, run_id=owner)
-        job = export_jobs.get_job(conn, job_id)
-    if job.status == "failed" and job.s3_key:
-        delete_file_of_failed_job(app_db, destination, job, context.log)
+    if job is None:
+        return
+    owner = _failing_owner(context, job.dagster_run_id)
+    if owner is None:
+        context.log.info(f"run may not fail export job {job_id}: another run's request")
+        return
+    fail_job_and_delete_file(app_db, destination, job_id, reason, owner, context.log)
 
 
 def _fail_jobs_of_run_group(
@@ -226,16 +223,12 @@ def _fail_jobs_of_run_group(
     runs = group[1] if group else [run]
     # Finished runs only: a sibling re-execution that is still at work keeps its jobs.
     owners = [r.run_id for r in runs if r.is_finished or r.run_id == run.run_id]
-    with app_db.engine.begin() as conn:
+    with app_db.engine.connect() as conn:
         jobs = export_jobs.running_jobs_of_runs(conn, owners)
-        failed = [
-            job
-            for job in jobs
-            if export_jobs.mark_failed(conn, job.id, reason, run_id=job.dagster_run_id)
-        ]
-    for job in failed:
-        if job.s3_key:
-            delete_file_of_failed_job(app_db, destination, job, context.log)
+    for job in jobs:
+        fail_job_and_delete_file(
+            app_db, destination, job.id, reason, job.dagster_run_id, context.log
+        )
 
 
 # Run status sensors handle at most 5 runs per tick (Dagster's default) and tick every
