@@ -1,6 +1,6 @@
 import csv
 import io
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import dagster as dg
 import pytest
@@ -88,6 +88,9 @@ def test_object_is_private_encrypted_csv_with_a_named_attachment_link(
     query = parse_qs(urlparse(job["download_url"]).query)
     disposition = query["response-content-disposition"][0]
     assert disposition.startswith('attachment; filename="Umfrage-Fruhling-2026-')
+    # Browsers take the campaign's real name from filename* (RFC 5987).
+    star = disposition.split("; filename*=UTF-8''")[1]
+    assert unquote(star) == f"Ümfrage Frühling 2026 {job['created_at'].date().isoformat()}.csv"
     assert query.get("X-Amz-Expires", query.get("Expires"))  # a time-limited link
 
 

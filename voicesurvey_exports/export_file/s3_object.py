@@ -83,7 +83,9 @@ class ExportObjects:
     def sign(self, key: str, campaign_name: str, export_date: date) -> tuple[str, datetime]:
         """A GET link valid for url_ttl_seconds that downloads as an attachment named
         after the campaign and the export's date."""
-        filename = download_filename(campaign_name, export_date)
+        # RFC 6266: browsers take filename* (RFC 5987, UTF-8) and fall back to filename.
+        fallback = download_filename(campaign_name, export_date)
+        filename = unicode_download_filename(campaign_name, export_date)
         expires_at = datetime.now(UTC) + timedelta(seconds=self.url_ttl_seconds)
         url = self.client.generate_presigned_url(
             "get_object",
@@ -91,7 +93,8 @@ class ExportObjects:
                 "Bucket": self.bucket,
                 "Key": key,
                 "ResponseContentDisposition": (
-                    f"attachment; filename=\"{filename}\"; filename*=UTF-8''{quote(filename)}"
+                    f'attachment; filename="{fallback}"; '
+                    f"filename*=UTF-8''{quote(filename, safe='')}"
                 ),
                 "ResponseContentType": CSV_CONTENT_TYPE,
             },
@@ -170,8 +173,33 @@ def describe_s3_error(error: BaseException) -> str:
 
 
 def download_filename(campaign_name: str, export_date: date) -> str:
-    """A name a person recognises in their downloads folder: campaign name and date."""
+    """The ASCII fallback of the download's name: campaign name as a slug, and date."""
     return f"{_slug(campaign_name)}-{export_date.isoformat()}.csv"
+
+
+# Not allowed in file names on Windows (and "/" nowhere); the rest is fine everywhere.
+_UNSAFE_IN_FILENAMES = re.compile(r'[<>:"/\\|?*]')
+# UTF-8 bytes of the name part: file systems allow 255 bytes in all, date and ".csv" too.
+_MAX_NAME_BYTES = 200
+
+
+def unicode_download_filename(campaign_name: str, export_date: date) -> str:
+    """The download's name as people wrote the campaign's: "Große Qualität 2026-11-28.csv".
+
+    Characters no file system takes, or that show nothing or reorder text (controls,
+    format characters such as right-to-left overrides, line separators), become "-";
+    runs of spaces become one; dots, spaces and dashes at the ends go (Windows drops
+    trailing dots, a leading dot hides the file, a leading dash reads as an option).
+    """
+    name = unicodedata.normalize("NFC", campaign_name)
+    name = "".join(
+        "-" if unicodedata.category(char) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") else char
+        for char in _UNSAFE_IN_FILENAMES.sub("-", name)
+    )
+    name = re.sub(r"\s+", " ", name).strip(" .-")
+    encoded = name.encode("utf-8")[:_MAX_NAME_BYTES]
+    name = encoded.decode("utf-8", errors="ignore").strip(" .-")
+    return f"{name or _slug(campaign_name)} {export_date.isoformat()}.csv"
 
 
 def _slug(text: str) -> str:
