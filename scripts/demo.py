@@ -199,6 +199,7 @@ Export {job.id}: {job.status}, {job.total_records} rows{
             }
   UI:        {ui}/assets/campaign_export   (runs, metadata, backfills)
   download:  curl -o export.csv "{job.download_url}"
+  sha256:    {job.sha256} ({job.size_bytes} bytes; sha256sum export.csv to check)
   another:   source {env_file}
              {cli} request --campaign-id {LARGE_CAMPAIGN_ID} --user-id {MANAGER_ID}
              {cli} status JOB_ID --user-id {MANAGER_ID}

@@ -1,4 +1,5 @@
 import csv
+import hashlib
 import io
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -92,6 +93,25 @@ def test_object_is_private_encrypted_csv_with_a_named_attachment_link(
     star = disposition.split("; filename*=UTF-8''")[1]
     assert unquote(star) == f"Ümfrage Frühling 2026 {job['created_at'].date().isoformat()}.csv"
     assert query.get("X-Amz-Expires", query.get("Expires"))  # a time-limited link
+
+
+def test_a_completed_job_states_the_size_and_sha256_of_the_bytes_a_download_gets(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign()
+    for state in ("completed", "refused"):
+        contact = app_data.contact(campaign, state)
+        app_data.response(contact, campaign, "Große Qualität 👍", "=1+1")
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    assert materialize_export(instance, database_url, campaign, job_id).success
+
+    job = app_data.job_row(job_id)
+    stored = s3_client.get_object(Bucket=TEST_BUCKET, Key=job["s3_key"])
+    body = stored["Body"].read()
+    assert job["size_bytes"] == len(body) == stored["ContentLength"]
+    assert job["sha256"] == hashlib.sha256(body).hexdigest()
+    assert stored["Metadata"] == {"sha256": job["sha256"]}  # checkable in S3 too
 
 
 def test_materialisation_metadata_shows_counts_not_contact_data(

@@ -123,6 +123,18 @@ def test_request_returns_202_with_a_pending_job_then_the_job_is_readable(client,
     )
 
 
+def test_a_job_shows_its_files_size_and_sha256(client, app_data):
+    campaign = app_data.campaign()
+    digest = "0f" * 32
+    job = app_data.completed_export(campaign, total_records=3, size_bytes=250, sha256=digest)
+    _, headers = user_with_token(app_data, "campaign_manager")
+    shown = client.get(f"/api/exports/{job}", headers=headers).json()
+    assert (shown["size_bytes"], shown["sha256"]) == (250, digest)
+    pending = app_data.export_job(campaign, app_data.user())
+    shown = client.get(f"/api/exports/{pending}", headers=headers).json()
+    assert (shown["size_bytes"], shown["sha256"]) == (None, None)
+
+
 def test_refresh_re_signs_and_refuses_unfinished_jobs(client, app_data, completed_job):
     campaign, job = completed_job
     _, headers = user_with_token(app_data, "admin")

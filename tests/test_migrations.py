@@ -38,7 +38,7 @@ from voicesurvey_exports.app_db.migrations import (
 
 from .conftest import AppData
 
-ALL_REVISIONS = ["V0001", "V0002", "V0003"]
+ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004"]
 APP_TABLES = {"users", "campaigns", "contacts", "survey_responses", "export_jobs"}
 BOTH_ENGINES = pytest.mark.parametrize("kind", ["postgres", "sqlite"])
 
@@ -104,7 +104,7 @@ def test_fresh_upgrade_builds_what_schema_py_describes(kind, new_database):
     assert current_version(migrated) is None
     assert upgrade(migrated) == ALL_REVISIONS
     assert upgrade(migrated) == []
-    assert current_version(migrated) == LATEST_VERSION == "V0003"
+    assert current_version(migrated) == LATEST_VERSION == "V0004"
 
     created = new_database(kind, "created")
     schema.metadata.create_all(created)
@@ -135,7 +135,11 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
     Table(
         "export_jobs",
         old,
-        *(column._copy() for column in schema.export_jobs.c if column.name != "dagster_run_id"),
+        *(  # the old runner's export_jobs: without the columns of V0003 and V0004
+            column._copy()
+            for column in schema.export_jobs.c
+            if column.name not in ("dagster_run_id", "size_bytes", "sha256")
+        ),
         Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
     )
     versions = Table(
@@ -164,7 +168,8 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
 
 @BOTH_ENGINES
 @pytest.mark.parametrize(
-    ("recorded_versions", "expected_applied"), [((1, 2), ["V0003"]), ((1, 2, 3), [])]
+    ("recorded_versions", "expected_applied"),
+    [((1, 2), ["V0003", "V0004"]), ((1, 2, 3), ["V0004"])],
 )
 def test_old_runner_database_is_adopted_and_keeps_every_row(
     kind, recorded_versions, expected_applied, new_database
@@ -185,7 +190,7 @@ def test_old_runner_database_is_adopted_and_keeps_every_row(
 
     assert upgrade(engine) == expected_applied
 
-    assert current_version(engine) == "V0003"
+    assert current_version(engine) == "V0004"
     assert upgrade(engine) == []
     with engine.begin() as conn:
         assert conn.execute(select(schema.users.c.id)).scalars().all() == [manager]
@@ -210,7 +215,7 @@ def test_tables_the_app_created_without_a_version_record_are_adopted(kind, new_d
     schema.metadata.create_all(engine)
     rows = one_of_each_row(engine)
     assert upgrade(engine) == []
-    assert current_version(engine) == "V0003"
+    assert current_version(engine) == "V0004"
     assert AppData(engine).job_row(rows["job"])["campaign_id"] == rows["campaign"]
 
 
@@ -220,7 +225,8 @@ def test_app_tables_at_v0002_without_a_record_get_v0003(new_database):
     with engine.begin() as conn:  # as if the app had created its tables up to V0002
         conn.execute(text("DROP TABLE voicesurvey_exports_alembic_version"))
         conn.execute(text("ALTER TABLE export_jobs DROP COLUMN dagster_run_id"))
-    assert upgrade(engine) == ["V0003"]
+        conn.execute(text("ALTER TABLE export_jobs DROP COLUMN size_bytes, DROP COLUMN sha256"))
+    assert upgrade(engine) == ["V0003", "V0004"]
     assert "dagster_run_id" in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
 
 
@@ -272,7 +278,7 @@ def test_concurrent_upgrades_on_postgres_take_turns(create_postgres_database):
     for thread in threads:
         thread.join(timeout=60)
     assert sorted(results, key=len) == [[], ALL_REVISIONS]
-    assert current_version(get_engine(url)) == "V0003"
+    assert current_version(get_engine(url)) == "V0004"
 
 
 @BOTH_ENGINES
@@ -281,6 +287,8 @@ def test_downgrade_to_base_then_upgrade_rebuilds_the_schema(kind, new_database):
     upgrade(engine)
     fresh = schema_snapshot(engine)
 
+    assert downgrade(engine, "V0003") == ["V0004"]
+    assert "sha256" not in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
     assert downgrade(engine, "V0002") == ["V0003"]
     assert "dagster_run_id" not in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
     assert downgrade(engine, "base") == ["V0002", "V0001"]

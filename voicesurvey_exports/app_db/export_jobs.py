@@ -33,6 +33,8 @@ class ExportJob:
     created_at: datetime
     completed_at: datetime | None
     dagster_run_id: str | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
 
     @classmethod
     def from_row(cls, row) -> ExportJob:
@@ -235,8 +237,11 @@ def mark_completed(
     download_url: str,
     url_expires_at: datetime,
     total_records: int,
+    size_bytes: int | None = None,
+    sha256: str | None = None,
 ) -> bool:
-    """Complete the job if ``run_id`` still owns it with this key; return whether it did."""
+    """Complete the job if ``run_id`` still owns it with this key; return whether it did.
+    ``size_bytes`` and ``sha256`` describe the stored object's bytes."""
     with safe_database_errors(f"recording export job {job_id} as completed"):
         return _compare_and_set(
             conn,
@@ -246,6 +251,8 @@ def mark_completed(
             download_url=download_url,
             url_expires_at=url_expires_at,
             total_records=total_records,
+            size_bytes=size_bytes,
+            sha256=sha256,
             error_message=None,
             completed_at=utcnow(),
         )

@@ -1,7 +1,8 @@
 """Create or upgrade the app schema with Alembic, idempotently.
 
 The revisions live in ``app_db/alembic/versions`` (V0001 the app's tables, V0002
-export_jobs, V0003 export_jobs.dagster_run_id, ...). The Alembic configuration is built
+export_jobs, V0003 export_jobs.dagster_run_id, V0004 export_jobs.size_bytes and sha256,
+...). The Alembic configuration is built
 here in code; every run happens in one transaction on the caller's engine, under a
 PostgreSQL advisory lock so that concurrent ``db upgrade`` runs take turns.
 
@@ -41,6 +42,9 @@ _ADVISORY_LOCK_KEY = 18_0002
 # uses the old runner finds its versions recorded and changes nothing.
 LEGACY_VERSION_TABLE = "app_schema_migrations"
 _LEGACY_REVISIONS = {1: "V0001", 2: "V0002", 3: "V0003"}
+# What the tables themselves amount to (tables the app made from schema.py may be newer
+# than anything the old runner recorded).
+_REVISION_OF_LEVEL = {**_LEGACY_REVISIONS, 4: "V0004"}
 _V0001_TABLES = ("users", "campaigns", "contacts", "survey_responses")
 
 
@@ -192,7 +196,7 @@ def _adoptable_revision(conn: Connection) -> tuple[str | None, str | None]:
         )
     if level == 0:
         return None, None
-    revision = _LEGACY_REVISIONS[level]
+    revision = _REVISION_OF_LEVEL[level]
     if recorded is None:
         return revision, "the existing tables (no version record)"
     return revision, f"{LEGACY_VERSION_TABLE} version {recorded}"
@@ -205,7 +209,7 @@ def _legacy_recorded_version(conn: Connection) -> int | None:
 
 
 def _level_of_tables(conn: Connection) -> int:
-    """Which old version (0..3) the app tables present in the database amount to."""
+    """Which version (0..4) the app tables present in the database amount to."""
     inspector = inspect(conn)
     tables = set(inspector.get_table_names())
     present = [name for name in _V0001_TABLES if name in tables]
@@ -220,4 +224,6 @@ def _level_of_tables(conn: Connection) -> int:
     if "export_jobs" not in tables:
         return 1
     columns = {column["name"] for column in inspector.get_columns("export_jobs")}
+    if "sha256" in columns:
+        return 4
     return 3 if "dagster_run_id" in columns else 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     DDL,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -135,6 +136,9 @@ export_jobs = Table(
     # The Dagster run that owns the job now (revision V0003): only that run may complete or fail
     # it, so a stale run or one launched with another job's tag cannot touch it.
     Column("dagster_run_id", String(64)),
+    # The stored object's size and SHA-256 (hex), exactly as downloaded (revision V0004).
+    Column("size_bytes", BigInteger),
+    Column("sha256", String(64)),
     # The sensor asks for "pending jobs, oldest first" every few seconds.
     Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
 )

@@ -17,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import ctypes
+import hashlib
 import io
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -161,6 +163,29 @@ class RenderStats:
     row_count: int
     byte_count: int
     outcome_counts: dict[str, int]
+    sha256: str  # hex, of the file's bytes: what a download gets
+
+
+class _HashingFile:
+    """A binary file that hashes what is written to it, so the checksum costs no second
+    read of the file."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.hash = file, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.hash.update(data)
+        return self.file.write(data)
+
+    @property
+    def closed(self) -> bool:
+        return self.file.closed
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def tell(self) -> int:
+        return self.file.tell()
 
 
 def guard_formula(series: pd.Series) -> pd.Series:
@@ -213,7 +238,7 @@ def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
     """Stream the raw spool into the export CSV, batch by batch."""
     if spool_path.stat().st_size == 0:  # no terminal contacts: a header-only file
         csv_path.write_bytes(HEADER)
-        return RenderStats(0, len(HEADER), {})
+        return RenderStats(0, len(HEADER), {}, hashlib.sha256(HEADER).hexdigest())
     block_bytes = SPOOL_BLOCK_BYTES
     while True:
         try:
@@ -237,7 +262,8 @@ def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderS
     )
     outcomes: Counter[str] = Counter()
     rows = 0
-    with open(csv_path, "wb") as out:
+    with open(csv_path, "wb") as file:
+        out = _HashingFile(file)
         out.write(HEADER)  # written here so that column names stay unquoted
         writer = None
         for batch in reader:
@@ -260,7 +286,9 @@ def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderS
             writer.close()
         byte_count = out.tell()
     release_freed_memory()
-    return RenderStats(rows, byte_count, {str(k): int(v) for k, v in outcomes.items()})
+    return RenderStats(
+        rows, byte_count, {str(k): int(v) for k, v in outcomes.items()}, out.hash.hexdigest()
+    )
 
 
 def release_freed_memory() -> None:

@@ -71,12 +71,15 @@ class ExportObjects:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def upload(self, path: Path, key: str) -> None:
+    def upload(self, path: Path, key: str, sha256: str | None = None) -> None:
+        """Upload the file; its SHA-256 (hex) goes on the object as metadata `sha256`
+        (x-amz-meta-sha256), so the object can be checked in S3 too."""
+        metadata = {"Metadata": {"sha256": sha256}} if sha256 else {}
         self.client.upload_file(
             str(path),
             self.bucket,
             key,
-            ExtraArgs={"ContentType": CSV_CONTENT_TYPE, **self._encryption()},
+            ExtraArgs={"ContentType": CSV_CONTENT_TYPE, **self._encryption(), **metadata},
             Config=TRANSFER_CONFIG,
         )
 

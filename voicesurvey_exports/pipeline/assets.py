@@ -93,6 +93,7 @@ class RenderedCsv:
     byte_count: int
     outcome_counts: dict[str, int]
     database_rows: int
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class UploadedCsv:
     row_count: int
     byte_count: int
     outcome_counts: dict[str, int]
+    sha256: str
 
 
 def parse_campaign_id(partition_key: str) -> uuid.UUID:
@@ -257,6 +259,7 @@ def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
             state: stats.outcome_counts.get(state, 0) for state in TERMINAL_CONTACT_STATES
         },
         database_rows=extracted.database_rows,
+        sha256=stats.sha256,
     )
 
 
@@ -347,7 +350,7 @@ def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: Ex
 
 
 def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) -> UploadedCsv:
-    objects.upload(Path(rendered.path), key)
+    objects.upload(Path(rendered.path), key, sha256=rendered.sha256)
     # Contact data off the disk at once (a backfill run holds many campaigns); a later
     # step that needs the rows again exports them again.
     Path(rendered.path).unlink(missing_ok=True)
@@ -358,6 +361,7 @@ def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) ->
         rendered.row_count,
         rendered.byte_count,
         rendered.outcome_counts,
+        rendered.sha256,
     )
 
 
@@ -490,6 +494,8 @@ def _complete(
             download_url=url,
             url_expires_at=expires_at,
             total_records=uploaded.row_count,
+            size_bytes=uploaded.byte_count,
+            sha256=uploaded.sha256,
         )
     if not completed:
         raise permanent_failure(

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ...app_db.export_jobs import ExportJob
 
@@ -24,6 +24,14 @@ class ExportJobResponse(BaseModel):
     error_message: str | None
     created_at: datetime
     completed_at: datetime | None
+    size_bytes: int | None = Field(
+        None, description="Size of the stored file in bytes, exactly as downloaded."
+    )
+    sha256: str | None = Field(
+        None,
+        description="SHA-256 (hex) of the stored file's bytes, exactly as downloaded; also "
+        "the object's x-amz-meta-sha256.",
+    )
 
     @classmethod
     def of(cls, job: ExportJob) -> ExportJobResponse:
@@ -38,6 +46,8 @@ class ExportJobResponse(BaseModel):
             error_message=job.error_message,
             created_at=job.created_at,
             completed_at=job.completed_at,
+            size_bytes=job.size_bytes,
+            sha256=job.sha256,
         )
 
 
