@@ -19,8 +19,6 @@ import csv
 import ctypes
 import hashlib
 import io
-import queue
-import threading
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -170,31 +168,14 @@ class RenderStats:
 
 class _HashingFile:
     """A binary file that hashes what is written to it, so the checksum costs no second
-    read of the file. The hashing runs on a thread of its own (hashlib releases the GIL),
-    beside the formatting, which keeps one core busy."""
+    read of the file."""
 
     def __init__(self, file: BinaryIO):
-        self.file, self._hash = file, hashlib.sha256()
-        self._chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        self._thread = threading.Thread(target=self._hash_chunks, daemon=True)
-        self._thread.start()
-
-    def _hash_chunks(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
-            self._hash.update(chunk)
+        self.file, self.hash = file, hashlib.sha256()
 
     def write(self, data) -> int:
-        chunk = bytes(data)  # Arrow may reuse its buffer once write returns
-        self._chunks.put(chunk)
-        return self.file.write(chunk)
-
-    def finish(self) -> str:
-        """Stop the hashing thread (also after a failed render); return the SHA-256 (hex)
-        of everything written."""
-        if self._thread.is_alive():
-            self._chunks.put(None)
-            self._thread.join()
-        return self._hash.hexdigest()
+        self.hash.update(data)
+        return self.file.write(data)
 
     @property
     def closed(self) -> bool:
@@ -280,40 +261,34 @@ def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderS
         convert_options=SPOOL_CONVERT_OPTIONS,
     )
     outcomes: Counter[str] = Counter()
+    rows = 0
     with open(csv_path, "wb") as file:
         out = _HashingFile(file)
-        try:
-            rows, byte_count = _write_csv(reader, out, outcomes)
-        finally:
-            sha256 = out.finish()
-    release_freed_memory()
-    return RenderStats(rows, byte_count, {str(k): int(v) for k, v in outcomes.items()}, sha256)
-
-
-def _write_csv(reader, out: _HashingFile, outcomes: Counter[str]) -> tuple[int, int]:
-    """Header, then the spool's batches formatted; count outcomes; return the rows and
-    the bytes written."""
-    out.write(HEADER)  # written here so that column names stay unquoted
-    writer, rows = None, 0
-    for batch in reader:
-        frame = format_spool_batch(batch.to_pandas(types_mapper=pd.ArrowDtype))
-        outcomes.update(frame["outcome"].value_counts().to_dict())
-        rows += len(frame)
-        formatted = pa.RecordBatch.from_arrays(
-            [pa.array(frame[column]) for column in CSV_COLUMNS], names=list(CSV_COLUMNS)
-        )
-        if writer is None:
-            writer = pa_csv.CSVWriter(
-                out,
-                formatted.schema,
-                write_options=pa_csv.WriteOptions(
-                    include_header=False, eol="\r\n", batch_size=16_384
-                ),
+        out.write(HEADER)  # written here so that column names stay unquoted
+        writer = None
+        for batch in reader:
+            frame = format_spool_batch(batch.to_pandas(types_mapper=pd.ArrowDtype))
+            outcomes.update(frame["outcome"].value_counts().to_dict())
+            rows += len(frame)
+            formatted = pa.RecordBatch.from_arrays(
+                [pa.array(frame[column]) for column in CSV_COLUMNS], names=list(CSV_COLUMNS)
             )
-        writer.write_batch(formatted)
-    if writer is not None:
-        writer.close()
-    return rows, out.tell()
+            if writer is None:
+                writer = pa_csv.CSVWriter(
+                    out,
+                    formatted.schema,
+                    write_options=pa_csv.WriteOptions(
+                        include_header=False, eol="\r\n", batch_size=16_384
+                    ),
+                )
+            writer.write_batch(formatted)
+        if writer is not None:
+            writer.close()
+        byte_count = out.tell()
+    release_freed_memory()
+    return RenderStats(
+        rows, byte_count, {str(k): int(v) for k, v in outcomes.items()}, out.hash.hexdigest()
+    )
 
 
 def release_freed_memory() -> None:
