@@ -10,7 +10,6 @@ import csv
 import io
 import os
 import signal
-from pathlib import Path
 
 import psycopg2
 import pytest
@@ -22,6 +21,7 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.pipeline.run_launcher import WORKER_PID_TAG
 
 from .conftest import AppData
+from .test_process_group import alive
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 BUCKET = "fault-exports"
@@ -200,15 +200,7 @@ def test_run_terminated_from_the_ui_mid_export_is_canceled_and_leaves_nothing(
     assert job["status"] == "failed"
     assert job["error_message"] == f"export run {run_id} was cancelled"
     assert job["download_url"] is None
-    processes.wait_for(lambda: not processes_alive(worker), 30, "the worker to exit")
+    processes.wait_for(lambda: not alive(worker), 30, "the worker to exit")
     listing = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exports/{campaign}/")
     assert listing.get("Contents", []) == []
     assert list(spool_dir.iterdir()) == []
-
-
-def processes_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
