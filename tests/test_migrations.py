@@ -38,7 +38,7 @@ from voicesurvey_exports.app_db.migrations import (
 
 from .conftest import AppData
 
-ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004"]
+ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005"]
 APP_TABLES = {"users", "campaigns", "contacts", "survey_responses", "export_jobs"}
 BOTH_ENGINES = pytest.mark.parametrize("kind", ["postgres", "sqlite"])
 
@@ -104,7 +104,7 @@ def test_fresh_upgrade_builds_what_schema_py_describes(kind, new_database):
     assert current_version(migrated) is None
     assert upgrade(migrated) == ALL_REVISIONS
     assert upgrade(migrated) == []
-    assert current_version(migrated) == LATEST_VERSION == "V0004"
+    assert current_version(migrated) == LATEST_VERSION == "V0005"
 
     created = new_database(kind, "created")
     schema.metadata.create_all(created)
@@ -115,6 +115,8 @@ def test_fresh_upgrade_builds_what_schema_py_describes(kind, new_database):
         assert claim_job(conn, rows["job"], "run-1", ("pending",)) is not None
         assert get_job(conn, rows["job"]).dagster_run_id == "run-1"
         for table in schema.metadata.sorted_tables:
+            if table is schema.export_notifications:  # written when a job ends
+                continue
             assert len(conn.execute(select(table)).all()) == 1, table.name
     if is_postgres(migrated):  # rows inserted by other tools get an id
         with migrated.begin() as conn:
@@ -135,10 +137,19 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
     Table(
         "export_jobs",
         old,
-        *(  # the old runner's export_jobs: without the columns of V0003 and V0004
+        *(  # the old runner's export_jobs: without the columns of V0003 to V0005
             column._copy()
             for column in schema.export_jobs.c
-            if column.name not in ("dagster_run_id", "size_bytes", "sha256")
+            if column.name
+            not in (
+                "dagster_run_id",
+                "size_bytes",
+                "sha256",
+                "bom",
+                "compression",
+                "progress_percent",
+                "cancel_requested_at",
+            )
         ),
         Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
     )
@@ -169,7 +180,7 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
 @BOTH_ENGINES
 @pytest.mark.parametrize(
     ("recorded_versions", "expected_applied"),
-    [((1, 2), ["V0003", "V0004"]), ((1, 2, 3), ["V0004"])],
+    [((1, 2), ["V0003", "V0004", "V0005"]), ((1, 2, 3), ["V0004", "V0005"])],
 )
 def test_old_runner_database_is_adopted_and_keeps_every_row(
     kind, recorded_versions, expected_applied, new_database
@@ -190,7 +201,7 @@ def test_old_runner_database_is_adopted_and_keeps_every_row(
 
     assert upgrade(engine) == expected_applied
 
-    assert current_version(engine) == "V0004"
+    assert current_version(engine) == "V0005"
     assert upgrade(engine) == []
     with engine.begin() as conn:
         assert conn.execute(select(schema.users.c.id)).scalars().all() == [manager]
@@ -215,7 +226,7 @@ def test_tables_the_app_created_without_a_version_record_are_adopted(kind, new_d
     schema.metadata.create_all(engine)
     rows = one_of_each_row(engine)
     assert upgrade(engine) == []
-    assert current_version(engine) == "V0004"
+    assert current_version(engine) == "V0005"
     assert AppData(engine).job_row(rows["job"])["campaign_id"] == rows["campaign"]
 
 
@@ -226,7 +237,14 @@ def test_app_tables_at_v0002_without_a_record_get_v0003(new_database):
         conn.execute(text("DROP TABLE voicesurvey_exports_alembic_version"))
         conn.execute(text("ALTER TABLE export_jobs DROP COLUMN dagster_run_id"))
         conn.execute(text("ALTER TABLE export_jobs DROP COLUMN size_bytes, DROP COLUMN sha256"))
-    assert upgrade(engine) == ["V0003", "V0004"]
+        conn.execute(text("DROP TABLE export_notifications"))
+        conn.execute(
+            text(
+                "ALTER TABLE export_jobs DROP COLUMN bom, DROP COLUMN compression, "
+                "DROP COLUMN progress_percent, DROP COLUMN cancel_requested_at"
+            )
+        )
+    assert upgrade(engine) == ["V0003", "V0004", "V0005"]
     assert "dagster_run_id" in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
 
 
@@ -278,7 +296,7 @@ def test_concurrent_upgrades_on_postgres_take_turns(create_postgres_database):
     for thread in threads:
         thread.join(timeout=60)
     assert sorted(results, key=len) == [[], ALL_REVISIONS]
-    assert current_version(get_engine(url)) == "V0004"
+    assert current_version(get_engine(url)) == "V0005"
 
 
 @BOTH_ENGINES
@@ -287,6 +305,17 @@ def test_downgrade_to_base_then_upgrade_rebuilds_the_schema(kind, new_database):
     upgrade(engine)
     fresh = schema_snapshot(engine)
 
+    jobs = schema.export_jobs
+    with engine.begin() as conn:  # a cancelled job reads as failed in the older release
+        job = AppData(engine).export_job(AppData(engine).campaign())
+        conn.execute(jobs.update().where(jobs.c.id == job).values(status="cancelled"))
+    assert downgrade(engine, "V0004") == ["V0005"]
+    assert "progress_percent" not in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
+    assert "export_notifications" not in inspect(engine).get_table_names()
+    with engine.begin() as conn:
+        status = conn.execute(select(jobs.c.status).where(jobs.c.id == job)).scalar_one()
+        assert status == "failed"
+        conn.execute(text("DELETE FROM export_jobs"))
     assert downgrade(engine, "V0003") == ["V0004"]
     assert "sha256" not in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
     assert downgrade(engine, "V0002") == ["V0003"]

@@ -1,9 +1,12 @@
 """Queries on export_jobs: the request row's whole lifecycle.
 
-pending -> running (a run claims it) -> completed | failed. Every status change is a
+pending -> running (a run claims it) -> completed | failed | cancelled (a pending job may
+also be cancelled or failed at once). Every status change is a
 compare-and-set on the state it expects (status, owning run, object key), so a late,
 repeated or foreign event never moves a job backwards or writes over another run's
 result. Writes that carry a signed link raise errors without their parameters.
+A change to a terminal status also writes the job's notification (notifications.py) in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, case, func, or_, select
 
+from . import notifications
 from .errors import safe_database_errors
-from .schema import campaigns, export_jobs
+from .schema import TERMINAL_JOB_STATUSES, campaigns, export_jobs
 
 
 @dataclass(frozen=True)
@@ -35,11 +39,20 @@ class ExportJob:
     dagster_run_id: str | None = None
     size_bytes: int | None = None
     sha256: str | None = None
+    bom: bool = False
+    compression: str = "none"
+    progress_percent: int | None = None
+    cancel_requested_at: datetime | None = None
+
+    @property
+    def options(self) -> dict:
+        """The request's file options, as every job JSON shows them."""
+        return {"bom": self.bom, "compression": self.compression}
 
     @classmethod
     def from_row(cls, row) -> ExportJob:
         values = dict(row._mapping)
-        for name in ("url_expires_at", "created_at", "completed_at"):
+        for name in ("url_expires_at", "created_at", "completed_at", "cancel_requested_at"):
             values[name] = as_utc(values[name])
         return cls(**{name: values[name] for name in cls.__dataclass_fields__})
 
@@ -48,6 +61,9 @@ class ExportJob:
         out = {"job_id": str(self.id)}
         for name, value in asdict(self).items():
             if name in ("id", "dagster_run_id"):  # the run id is Dagster's, not the app's
+                continue
+            if name in ("bom", "compression"):
+                out["options"] = self.options
                 continue
             if isinstance(value, uuid.UUID):
                 value = str(value)
@@ -86,6 +102,9 @@ def insert_job(
     status: str = "pending",
     job_id: uuid.UUID | None = None,
     dagster_run_id: str | None = None,
+    *,
+    bom: bool = False,
+    compression: str = "none",
 ) -> ExportJob:
     row = conn.execute(
         export_jobs.insert()
@@ -95,6 +114,9 @@ def insert_job(
             requested_by_user_id=requested_by_user_id,
             status=status,
             dagster_run_id=dagster_run_id,
+            bom=bom,
+            compression=compression,
+            progress_percent=0 if status == "running" else None,
         )
         .returning(*export_jobs.c)
     ).one()
@@ -160,6 +182,23 @@ def _compare_and_set(conn: Connection, job_id: uuid.UUID, conditions, **values) 
     return result.rowcount == 1
 
 
+def _transition(conn: Connection, job_id: uuid.UUID, conditions, **values) -> ExportJob | None:
+    """A compare-and-set that returns the updated job; a change to a terminal status
+    writes the job's notification in the same transaction."""
+    row = conn.execute(
+        export_jobs.update()
+        .where(export_jobs.c.id == job_id, *conditions)
+        .values(**values)
+        .returning(*export_jobs.c)
+    ).one_or_none()
+    if row is None:
+        return None
+    job = ExportJob.from_row(row)
+    if job.status in TERMINAL_JOB_STATUSES:
+        notifications.announce(conn, job)
+    return job
+
+
 def _owned_by(run_id: str) -> list:
     return [export_jobs.c.status == "running", export_jobs.c.dagster_run_id == run_id]
 
@@ -171,6 +210,9 @@ _RESULT_CLEARED = {
     "url_expires_at": None,
     "total_records": None,
     "completed_at": None,
+    "size_bytes": None,
+    "sha256": None,
+    "progress_percent": 0,
 }
 
 
@@ -184,7 +226,12 @@ def claim_job(
     """
     row = conn.execute(
         export_jobs.update()
-        .where(export_jobs.c.id == job_id, export_jobs.c.status.in_(list(from_statuses)))
+        .where(
+            export_jobs.c.id == job_id,
+            export_jobs.c.status.in_(list(from_statuses)),
+            # A job its user asked to cancel is not taken up again (the cancel sensor ends it).
+            export_jobs.c.cancel_requested_at.is_(None),
+        )
         .values(status="running", dagster_run_id=run_id, **_RESULT_CLEARED)
         .returning(*export_jobs.c)
     ).one_or_none()
@@ -240,21 +287,29 @@ def mark_completed(
     size_bytes: int | None = None,
     sha256: str | None = None,
 ) -> bool:
-    """Complete the job if ``run_id`` still owns it with this key; return whether it did.
-    ``size_bytes`` and ``sha256`` describe the stored object's bytes."""
+    """Complete the job if ``run_id`` still owns it with this key and nobody asked to cancel
+    it; return whether it did. ``size_bytes`` and ``sha256`` describe the stored object."""
     with safe_database_errors(f"recording export job {job_id} as completed"):
-        return _compare_and_set(
-            conn,
-            job_id,
-            [*_owned_by(run_id), export_jobs.c.s3_key == s3_key],
-            status="completed",
-            download_url=download_url,
-            url_expires_at=url_expires_at,
-            total_records=total_records,
-            size_bytes=size_bytes,
-            sha256=sha256,
-            error_message=None,
-            completed_at=utcnow(),
+        return (
+            _transition(
+                conn,
+                job_id,
+                [
+                    *_owned_by(run_id),
+                    export_jobs.c.s3_key == s3_key,
+                    export_jobs.c.cancel_requested_at.is_(None),
+                ],
+                status="completed",
+                progress_percent=100,
+                download_url=download_url,
+                url_expires_at=url_expires_at,
+                total_records=total_records,
+                size_bytes=size_bytes,
+                sha256=sha256,
+                error_message=None,
+                completed_at=utcnow(),
+            )
+            is not None
         )
 
 
@@ -266,19 +321,87 @@ def mark_failed(
     With ``run_id``, only while that run owns the job (or no run has claimed it yet):
     a run launched with another job's tag, or a stale one, cannot fail it.
     """
+    return _end(conn, job_id, "failed", error_message, run_id)
+
+
+def mark_cancelled(
+    conn: Connection, job_id: uuid.UUID, message: str, run_id: str | None = None
+) -> bool:
+    """Cancel a job that is not finished yet, as mark_failed fails it (same owner rule)."""
+    return _end(conn, job_id, "cancelled", message, run_id)
+
+
+def _end(
+    conn: Connection, job_id: uuid.UUID, status: str, message: str, run_id: str | None
+) -> bool:
     conditions = [export_jobs.c.status.in_(("pending", "running"))]
     if run_id is not None:
         conditions.append(
             or_(export_jobs.c.dagster_run_id.is_(None), export_jobs.c.dagster_run_id == run_id)
         )
-    return _compare_and_set(
+    return (
+        _transition(
+            conn,
+            job_id,
+            conditions,
+            status=status,
+            error_message=message,
+            download_url=None,
+            url_expires_at=None,
+            completed_at=utcnow(),
+        )
+        is not None
+    )
+
+
+def cancel_pending(conn: Connection, job_id: uuid.UUID, message: str) -> ExportJob | None:
+    """Cancel a job no run has claimed yet, at once; None when it is no longer pending."""
+    return _transition(
         conn,
         job_id,
-        conditions,
-        status="failed",
-        error_message=error_message,
+        [export_jobs.c.status == "pending"],
+        status="cancelled",
+        error_message=message,
         completed_at=utcnow(),
     )
+
+
+def request_cancel(conn: Connection, job_id: uuid.UUID) -> ExportJob | None:
+    """Ask the pipeline to cancel a running job (it terminates the run, or the run's next
+    progress report stops it); None when the job is not running. Asking twice keeps the
+    first time."""
+    return _transition(
+        conn,
+        job_id,
+        [export_jobs.c.status == "running"],
+        cancel_requested_at=func.coalesce(export_jobs.c.cancel_requested_at, utcnow()),
+    )
+
+
+def cancel_requested(conn: Connection, limit: int = 100) -> list[ExportJob]:
+    """Running jobs whose user asked to cancel them, oldest request first."""
+    rows = conn.execute(
+        select(export_jobs)
+        .where(export_jobs.c.status == "running", export_jobs.c.cancel_requested_at.is_not(None))
+        .order_by(export_jobs.c.cancel_requested_at)
+        .limit(limit)
+    )
+    return [ExportJob.from_row(row) for row in rows]
+
+
+def report_progress(conn: Connection, job_id: uuid.UUID, run_id: str, percent: int) -> bool:
+    """Raise the job's progress to ``percent`` (never lower it) while ``run_id`` owns it;
+    return whether the run should go on: False once the job was asked to cancel, or is no
+    longer this run's."""
+    percent = max(0, min(int(percent), 99))  # 100 is for a completed job only
+    current = func.coalesce(export_jobs.c.progress_percent, 0)
+    row = conn.execute(
+        export_jobs.update()
+        .where(export_jobs.c.id == job_id, *_owned_by(run_id))
+        .values(progress_percent=case((current < percent, percent), else_=current))
+        .returning(export_jobs.c.cancel_requested_at)
+    ).one_or_none()
+    return row is not None and row.cancel_requested_at is None
 
 
 def update_download_url(

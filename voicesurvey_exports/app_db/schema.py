@@ -21,9 +21,11 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     event,
     false,
@@ -33,7 +35,12 @@ from sqlalchemy import (
 USER_ROLES = ("admin", "campaign_manager", "viewer")
 CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
 CONTACT_STATES = ("pending", "in_progress", "completed", "refused", "not_reached", "excluded")
-EXPORT_JOB_STATUSES = ("pending", "running", "completed", "failed")
+# "cancelled" since revision V0005 (appended: PostgreSQL adds enum values at the end).
+EXPORT_JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+# The states an export job ends in; each is announced once (export_notifications).
+TERMINAL_JOB_STATUSES = ("completed", "failed", "cancelled")
+# File options a request may ask for (revision V0005).
+COMPRESSIONS = ("none", "gzip")
 
 # The contacts an export contains: those whose calling is over, one way or another.
 TERMINAL_CONTACT_STATES = ("completed", "refused", "not_reached", "excluded")
@@ -139,12 +146,39 @@ export_jobs = Table(
     # The stored object's size and SHA-256 (hex), exactly as downloaded (revision V0004).
     Column("size_bytes", BigInteger),
     Column("sha256", String(64)),
+    # The request's file options (revision V0005): a UTF-8 byte-order mark, gzip.
+    Column("bom", Boolean, nullable=False, server_default=false()),
+    Column("compression", String(16), nullable=False, server_default="none"),
+    # 0-100 while running, never decreasing; NULL while pending (revision V0005).
+    Column("progress_percent", SmallInteger),
+    # A user asked to cancel the running export; the pipeline ends it `cancelled`.
+    _timestamptz(name="cancel_requested_at"),
     # The sensor asks for "pending jobs, oldest first" every few seconds.
     Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
 )
 
+# The outbox of completion webhooks (revision V0005): one row per job and terminal state,
+# written in the transaction that ends the job, so no end goes unannounced, and delivered
+# from here with retries, so a restart loses none.
+export_notifications = Table(
+    "export_notifications",
+    metadata,
+    _id(),
+    Column("export_job_id", Uuid, ForeignKey("export_jobs.id"), nullable=False),
+    Column("event", String(32), nullable=False),  # export.completed | failed | cancelled
+    Column("body", Text, nullable=False),  # the exact JSON that is signed and sent
+    _created_at(),
+    _timestamptz(name="next_attempt_at", nullable=False, server_default=func.now()),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    _timestamptz(name="delivered_at"),
+    _timestamptz(name="abandoned_at"),  # gave up: the receiver refused it, or too late
+    Column("last_error", Text),
+    UniqueConstraint("export_job_id", "event", name="uq_export_notifications_job_event"),
+    Index("ix_export_notifications_next_attempt_at", "next_attempt_at"),
+)
+
 # Rows inserted by hand or by other tools get an id on PostgreSQL (the app sets its own).
-for _table in (users, campaigns, contacts, survey_responses, export_jobs):
+for _table in (users, campaigns, contacts, survey_responses, export_jobs, export_notifications):
     event.listen(
         _table,
         "after_create",

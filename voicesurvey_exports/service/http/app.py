@@ -25,7 +25,7 @@ from ..requests import (
     StorageUnavailable,
 )
 from .auth import AuthSettings, InvalidToken, TokenVerifier
-from .schemas import ErrorResponse, ExportJobCreateResponse, ExportJobResponse
+from .schemas import ErrorResponse, ExportJobCreateResponse, ExportJobResponse, ExportOptions
 
 logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
@@ -118,6 +118,7 @@ def build_export_router(
             job_id=job.id,
             campaign_id=job.campaign_id,
             status=job.status,
+            options=ExportOptions(**job.options),
             created_at=job.created_at,
             message=f"export requested; poll GET /api/exports/{job.id} for the download URL",
         )

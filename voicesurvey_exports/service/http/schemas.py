@@ -6,11 +6,29 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ...app_db.export_jobs import ExportJob
 
-JobStatus = Literal["pending", "running", "completed", "failed"]
+JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+Compression = Literal["none", "gzip"]
+
+
+class ExportOptions(BaseModel):
+    """A request's file options; an unknown option or value is refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bom: bool = Field(
+        False,
+        description="Start the file with the UTF-8 byte-order mark, so that Excel reads "
+        "accents and emoji correctly; nothing else in the CSV changes.",
+    )
+    compression: Compression = Field(
+        "none",
+        description='"gzip": the object is the gzip of the same CSV (key and download name '
+        "end .csv.gz, Content-Type application/gzip).",
+    )
 
 
 class ExportJobResponse(BaseModel):
@@ -18,6 +36,15 @@ class ExportJobResponse(BaseModel):
     campaign_id: uuid.UUID
     requested_by_user_id: uuid.UUID | None
     status: JobStatus
+    options: ExportOptions
+    progress_percent: int | None = Field(
+        None,
+        description="null while pending, then 0-100, never decreasing, while running; "
+        "100 once completed.",
+    )
+    cancel_requested_at: datetime | None = Field(
+        None, description="When a user asked to cancel the running export."
+    )
     total_records: int | None
     download_url: str | None
     url_expires_at: datetime | None
@@ -40,6 +67,9 @@ class ExportJobResponse(BaseModel):
             campaign_id=job.campaign_id,
             requested_by_user_id=job.requested_by_user_id,
             status=job.status,
+            options=ExportOptions(**job.options),
+            progress_percent=job.progress_percent,
+            cancel_requested_at=job.cancel_requested_at,
             total_records=job.total_records,
             download_url=job.download_url,
             url_expires_at=job.url_expires_at,
@@ -55,6 +85,7 @@ class ExportJobCreateResponse(BaseModel):
     job_id: uuid.UUID
     campaign_id: uuid.UUID
     status: JobStatus
+    options: ExportOptions
     created_at: datetime
     message: str
 
