@@ -16,6 +16,11 @@ def one_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+class ExportCancelled(Exception):
+    """The export job's user asked to cancel it, or it is no longer this run's: its work
+    stops here (raised by the progress reports of a running export)."""
+
+
 def permanent_failure(description: str) -> dg.Failure:
     """A failure that retrying cannot fix (bad request data): fail the run at once."""
     return dg.Failure(description=one_line(description), allow_retries=False)
