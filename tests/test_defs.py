@@ -41,6 +41,7 @@ def test_definitions_load_without_deprecated_calls(monkeypatch, strict_warnings)
         "campaign_partitions_sensor",
         "export_run_failure_sensor",
         "export_run_canceled_sensor",
+        "export_cancel_sensor",
         "stuck_export_requests_sensor",
     }
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in repository.sensor_defs)

@@ -139,7 +139,7 @@ def test_campaign_partitions_sensor_skips_when_in_step(instance, database_url, a
     assert isinstance(result, dg.SkipReason)
 
 
-def test_cancelled_run_fails_its_job_and_deletes_its_file(
+def test_run_cancelled_in_dagster_cancels_its_job_and_deletes_its_file(
     instance, database_url, app_data, s3_client
 ):
     campaign = app_data.campaign()
@@ -171,8 +171,8 @@ def test_cancelled_run_fails_its_job_and_deletes_its_file(
 
     row = app_data.job_row(job_id)
     assert (row["status"], row["error_message"], row["s3_key"]) == (
-        "failed",
-        f"export run {run.run_id} was cancelled",
+        "cancelled",
+        f"export run {run.run_id} was cancelled in Dagster",
         None,
     )
     assert s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("Contents", []) == []

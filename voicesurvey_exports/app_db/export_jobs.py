@@ -468,11 +468,12 @@ def restore_object_key(conn: Connection, job_id: uuid.UUID, s3_key: str) -> None
     )
 
 
-def failed_with_objects(conn: Connection, limit: int) -> list[ExportJob]:
-    """Failed jobs whose object could not be deleted yet (S3 was down when they failed)."""
+def ended_with_objects(conn: Connection, limit: int) -> list[ExportJob]:
+    """Failed or cancelled jobs whose object could not be deleted yet (S3 was down when
+    they ended)."""
     rows = conn.execute(
         select(export_jobs)
-        .where(export_jobs.c.status == "failed", export_jobs.c.s3_key.is_not(None))
+        .where(export_jobs.c.status.in_(("failed", "cancelled")), export_jobs.c.s3_key.is_not(None))
         .order_by(export_jobs.c.completed_at)
         .limit(limit)
     )

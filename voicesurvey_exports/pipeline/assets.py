@@ -40,7 +40,7 @@ from ..export_file.csv_format import HEADER, render_spool
 from ..export_file.s3_object import ExportObjects, describe_s3_error
 from .campaign_batch import CampaignBatch
 from .export_checks import ASSET_KEY, CHECK_SPECS, evaluate, failure_reason
-from .failures import permanent_failure
+from .failures import ExportCancelled, permanent_failure
 from .metadata import COLUMN_SCHEMA, partition_metadata
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
@@ -142,6 +142,8 @@ def claim_export_job(context: dg.OpExecutionContext, conn, job: export_jobs.Expo
             f"export job {job.id} is already completed; materialise the campaign's partition "
             "for a new export"
         )
+    if job.status == "cancelled" or job.cancel_requested_at is not None:
+        raise permanent_failure(f"export job {job.id} was cancelled by its user")
     raise permanent_failure(
         f"export job {job.id} is {job.status} under run {job.dagster_run_id}; "
         f"run {context.run_id} may not take it over"
@@ -498,6 +500,11 @@ def _complete(
             sha256=uploaded.sha256,
         )
     if not completed:
+        with app_db.engine.connect() as conn:
+            job = export_jobs.get_job(conn, target.export_job_id)
+        if job is not None and job.cancel_requested_at is not None:
+            # Asked to cancel while the file was being written: it is deleted, not linked.
+            raise ExportCancelled(f"export job {target.export_job_id} was cancelled")
         raise permanent_failure(
             f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
         )

@@ -6,6 +6,9 @@ sensor fails the export job. A backfill run of several campaigns isolates them: 
 campaign gets the op's retries on its own, and one that still fails ends its own export
 job failed (its file deleted) and drops out of the run's later steps while the others
 go on; the last op then fails the run naming the campaigns that failed.
+
+A campaign whose export job was asked to cancel (failures.ExportCancelled) ends its job
+`cancelled` the same way, without retries.
 """
 
 from __future__ import annotations
@@ -17,7 +20,13 @@ from typing import TypeVar
 
 import dagster as dg
 
-from .failures import fail_job_and_delete_file, one_line, permanent_failure, reason_from_exception
+from .failures import (
+    ExportCancelled,
+    end_job_and_delete_file,
+    one_line,
+    permanent_failure,
+    reason_from_exception,
+)
 from .resources import AppDatabase, ExportDestination
 
 Item = TypeVar("Item")
@@ -48,6 +57,10 @@ class CampaignBatch:
         """work(item, attempt) for each item (attempt counts from 0), in order."""
         try:
             return self._each(items, work, retry_policy)
+        except ExportCancelled as error:
+            # A run of one campaign: fail the step for good; the failure sensor ends the
+            # job `cancelled` (its user asked for it).
+            raise permanent_failure(str(error)) from None
         except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
             # Dagster counts an interrupt against the op's retry policy and runs the step
             # again, so a run terminated from the UI would carry on; end the step instead.
@@ -74,6 +87,9 @@ class CampaignBatch:
                 try:
                     results.append(work(item, attempt))
                     break
+                except ExportCancelled as error:
+                    self._fail(job_id, campaign_id, str(error), status="cancelled")
+                    break
                 except Exception as error:
                     permanent = isinstance(error, dg.Failure) and not error.allow_retries
                     if not permanent and retry_policy and attempt < retry_policy.max_retries:
@@ -88,12 +104,24 @@ class CampaignBatch:
     def _op_name(self) -> str:
         return self.context.op_handle.name
 
-    def _fail(self, job_id: uuid.UUID | None, campaign_id: uuid.UUID, reason: str) -> None:
+    def _fail(
+        self,
+        job_id: uuid.UUID | None,
+        campaign_id: uuid.UUID,
+        reason: str,
+        status: str = "failed",
+    ) -> None:
         self.context.log.error(f"campaign {campaign_id}: {reason}")
         if job_id is None:
             return
-        fail_job_and_delete_file(
-            self.app_db, self.destination, job_id, reason, self.context.run_id, self.context.log
+        end_job_and_delete_file(
+            self.app_db,
+            self.destination,
+            job_id,
+            reason,
+            self.context.run_id,
+            self.context.log,
+            status=status,
         )
 
     def raise_if_any_failed(self, completed: set[str]) -> None:

@@ -12,6 +12,7 @@ from .sensors import (
     build_export_requests_sensor,
     build_stuck_requests_sensor,
     campaign_partitions_sensor,
+    export_cancel_sensor,
     export_run_canceled_sensor,
     export_run_failure_sensor,
 )
@@ -28,6 +29,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
             campaign_partitions_sensor,
             export_run_failure_sensor,
             export_run_canceled_sensor,
+            export_cancel_sensor,
         ],
         # The URL may hold a password: pass it by name so the UI never shows it.
         resources=build_resources(settings, database_url=dg.EnvVar("DATABASE_URL")),

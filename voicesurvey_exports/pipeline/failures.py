@@ -58,31 +58,41 @@ def reason_from_exception(op_name: str, error: BaseException) -> str:
     return one_line(f"{op_name} failed: {type(error).__name__}: {error}")
 
 
-def fail_job_and_delete_file(
-    app_db, destination, job_id, reason: str, run_id: str | None, log
+# What a job cancelled at its user's request says (the API's cancel, then the pipeline).
+CANCELLED_BY_USER = "cancelled at the user's request"
+
+
+def end_job_and_delete_file(
+    app_db, destination, job_id, reason: str, run_id: str | None, log, status: str = "failed"
 ) -> bool:
-    """Fail the job if `run_id` may (export_jobs.mark_failed), then delete its file if it
-    is failed and names one (failed here or before); return whether this call failed it."""
+    """End the job `failed` (or `cancelled`) if `run_id` may (export_jobs.mark_failed), then
+    delete its file if it ended and names one (here or before); return whether this call
+    ended it. A job whose user asked to cancel it ends `cancelled` whatever stopped its
+    run: the cancel is why it stopped."""
     with app_db.engine.begin() as conn:
-        failed = export_jobs.mark_failed(conn, job_id, reason, run_id=run_id)
         job = export_jobs.get_job(conn, job_id)
-    if job is not None and job.status == "failed" and job.s3_key:
-        delete_file_of_failed_job(app_db, destination, job, log)
-    return failed
+        if job is not None and job.cancel_requested_at is not None:
+            status, reason = "cancelled", CANCELLED_BY_USER
+        end = export_jobs.mark_cancelled if status == "cancelled" else export_jobs.mark_failed
+        ended = end(conn, job_id, reason, run_id=run_id)
+        job = export_jobs.get_job(conn, job_id)
+    if job is not None and job.status in ("failed", "cancelled") and job.s3_key:
+        delete_file_of_ended_job(app_db, destination, job, log)
+    return ended
 
 
-def delete_file_of_failed_job(app_db, destination, job: export_jobs.ExportJob, log) -> None:
-    """A job that ends failed leaves no file behind. If S3 refuses, the key stays on the
-    failed row and the retention job deletes the file later."""
+def delete_file_of_ended_job(app_db, destination, job: export_jobs.ExportJob, log) -> None:
+    """A job that ends failed or cancelled leaves no file behind. If S3 refuses, the key
+    stays on the row and the retention job deletes the file later."""
     try:
         destination.objects().delete(job.s3_key)
     except Exception as error:  # S3 down: retention retries; never block other jobs
         log.warning(
-            f"could not delete the file of failed export job {job.id} yet: "
+            f"could not delete the file of {job.status} export job {job.id} yet: "
             f"{describe_s3_error(error)}"
         )
         return
     with app_db.engine.begin() as conn:
         export_jobs.mark_file_deleted(
-            conn, job.id, s3_key=job.s3_key, message=None, only_if_status="failed"
+            conn, job.id, s3_key=job.s3_key, message=None, only_if_status=job.status
         )

@@ -26,7 +26,8 @@ def delete_expired_exports(
     destination: ExportDestination,
 ) -> int:
     """Delete files of exports completed more than retention_days ago and clear their
-    links; also delete files that failed jobs still name (S3 was down when they failed)."""
+    links; also delete files that failed or cancelled jobs still name (S3 was down when
+    they ended)."""
     cutoff = export_jobs.utcnow() - timedelta(days=destination.retention_days)
     objects = destination.objects()
     message = retention_message(destination.retention_days)
@@ -35,7 +36,7 @@ def delete_expired_exports(
     while True:
         with app_db.engine.connect() as conn:
             batch = export_jobs.completed_before(conn, cutoff, BATCH) + (
-                export_jobs.failed_with_objects(conn, BATCH)
+                export_jobs.ended_with_objects(conn, BATCH)
             )
         batch = [job for job in batch if job.id not in seen]
         if not batch:
@@ -59,15 +60,15 @@ def delete_expired_exports(
                     raise
                 _observe_deletion(context, app_db, objects, job, cutoff, destination.retention_days)
             else:
-                # A failed job has no link: delete the file, then forget its key.
+                # A failed or cancelled job has no link: delete the file, then forget its key.
                 objects.delete(job.s3_key)
                 with app_db.engine.begin() as conn:
                     export_jobs.mark_file_deleted(
-                        conn, job.id, s3_key=job.s3_key, message=None, only_if_status="failed"
+                        conn, job.id, s3_key=job.s3_key, message=None, only_if_status=job.status
                     )
             deleted += 1
     context.log.info(
-        f"deleted {deleted} export files (completed before {cutoff:%Y-%m-%d} or failed)"
+        f"deleted {deleted} export files (completed before {cutoff:%Y-%m-%d}, failed or cancelled)"
     )
     context.add_output_metadata({"deleted_files": deleted})
     return deleted

@@ -1,5 +1,5 @@
-"""Sensors: export requests in, campaign partitions in step, failures and cancellations out,
-requests that wait too long reported."""
+"""Sensors: export requests in, campaign partitions in step, failures and cancellations out
+(a user's cancel reaches the run here too), requests that wait too long reported."""
 
 import json
 import uuid
@@ -12,7 +12,12 @@ from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
 from ..settings import Settings
 from .assets import EXPORT_JOB_TAG, REQUESTS_SENSOR, SENSOR_NAME_TAG, campaign_export_job
-from .failures import fail_job_and_delete_file, one_line, reason_from_step_failures
+from .failures import (
+    CANCELLED_BY_USER,
+    end_job_and_delete_file,
+    one_line,
+    reason_from_step_failures,
+)
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 
@@ -184,19 +189,20 @@ def _failing_owner(context: dg.RunStatusSensorContext, owner: str | None) -> str
     return owner if same_group and owner_run.is_finished else run.run_id
 
 
-def fail_export_job(
+def end_export_job(
     context: dg.RunStatusSensorContext,
     app_db: AppDatabase,
     destination: ExportDestination,
     reason: str,
+    status: str,
 ) -> None:
-    """Fail the run's export job if this run (or its finished run group) owns it, then
-    delete any object the run wrote: a job that ends failed leaves no file behind.
-    A backfill run of several campaigns has no job tag: the jobs its run group still
-    holds running are failed. Runs of other jobs own no export job and are ignored."""
+    """End the run's export job `status` (failed or cancelled) if this run (or its finished
+    run group) owns it, then delete any object the run wrote: a job that ends so leaves no
+    file behind. A backfill run of several campaigns has no job tag: the jobs its run
+    group still holds running end. Runs of other jobs own no export job and are ignored."""
     job_id = _export_job_id(_current_tags(context))
     if job_id is None:
-        _fail_jobs_of_run_group(context, app_db, destination, reason)
+        _end_jobs_of_run_group(context, app_db, destination, reason, status)
         return
     with app_db.engine.connect() as conn:
         job = export_jobs.get_job(conn, job_id)
@@ -206,14 +212,15 @@ def fail_export_job(
     if owner is None:
         context.log.info(f"run may not fail export job {job_id}: another run's request")
         return
-    fail_job_and_delete_file(app_db, destination, job_id, reason, owner, context.log)
+    end_job_and_delete_file(app_db, destination, job_id, reason, owner, context.log, status)
 
 
-def _fail_jobs_of_run_group(
+def _end_jobs_of_run_group(
     context: dg.RunStatusSensorContext,
     app_db: AppDatabase,
     destination: ExportDestination,
     reason: str,
+    status: str,
 ) -> None:
     run = context.dagster_run
     try:
@@ -226,8 +233,8 @@ def _fail_jobs_of_run_group(
     with app_db.engine.connect() as conn:
         jobs = export_jobs.running_jobs_of_runs(conn, owners)
     for job in jobs:
-        fail_job_and_delete_file(
-            app_db, destination, job.id, reason, job.dagster_run_id, context.log
+        end_job_and_delete_file(
+            app_db, destination, job.id, reason, job.dagster_run_id, context.log, status
         )
 
 
@@ -258,7 +265,7 @@ def export_run_failure_sensor(
     reason = reason_from_step_failures(context.get_step_failure_events()) or one_line(
         f"export run {context.dagster_run.run_id} failed: {context.failure_event.message}"
     )
-    fail_export_job(context, app_db, destination, reason)
+    end_export_job(context, app_db, destination, reason, "failed")
 
 
 @dg.run_status_sensor(
@@ -266,13 +273,60 @@ def export_run_failure_sensor(
     run_status=dg.DagsterRunStatus.CANCELED,
     minimum_interval_seconds=RUN_STATUS_SENSOR_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Marks an export job failed when its run is cancelled, and deletes any file "
-    "the run wrote.",
+    description="Marks an export job cancelled when its run is cancelled (from the UI, or at "
+    "the user's request), and deletes any file the run wrote.",
 )
 def export_run_canceled_sensor(
     context: dg.RunStatusSensorContext,
     app_db: AppDatabase,
     destination: ExportDestination,
 ) -> None:
-    reason = f"export run {context.dagster_run.run_id} was cancelled"
-    fail_export_job(context, app_db, destination, reason)
+    reason = f"export run {context.dagster_run.run_id} was cancelled in Dagster"
+    end_export_job(context, app_db, destination, reason, "cancelled")
+
+
+@dg.sensor(
+    minimum_interval_seconds=RUN_STATUS_SENSOR_INTERVAL_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Carries out the cancels users ask for (`voicesurvey-exports cancel`, POST "
+    "/api/exports/{job_id}/cancel) on running export jobs: terminates a request's run (the "
+    "cancelled-run sensor then ends the job `cancelled` and deletes its file); a backfill run "
+    "stops the campaign itself at its next progress report; a job whose run is already over "
+    "is ended here.",
+)
+def export_cancel_sensor(
+    context: dg.SensorEvaluationContext,
+    app_db: AppDatabase,
+    destination: ExportDestination,
+) -> dg.SkipReason:
+    with app_db.engine.connect() as conn:
+        jobs = export_jobs.cancel_requested(conn)
+    if not jobs:
+        return dg.SkipReason("no cancel requested")
+    terminated, ended = [], []
+    for job in jobs:
+        run = context.instance.get_run_by_id(job.dagster_run_id) if job.dagster_run_id else None
+        if run is None or run.is_finished:
+            # Nothing else will end it: its run is over (or gone), or a retry of that run
+            # was refused the job because of the cancel.
+            if end_job_and_delete_file(
+                app_db,
+                destination,
+                job.id,
+                CANCELLED_BY_USER,
+                job.dagster_run_id,
+                context.log,
+                "cancelled",
+            ):
+                ended.append(str(job.id))
+        elif run.tags.get(EXPORT_JOB_TAG) == str(job.id) and run.status not in (
+            dg.DagsterRunStatus.CANCELING,
+            dg.DagsterRunStatus.CANCELED,
+        ):
+            # The run exports this job only: terminate it, as the UI's Terminate does.
+            context.instance.run_coordinator.cancel_run(run.run_id)
+            terminated.append(run.run_id)
+    return dg.SkipReason(
+        f"{len(jobs)} cancels requested: terminated runs {terminated or 'none'}, "
+        f"ended jobs {ended or 'none'}"
+    )

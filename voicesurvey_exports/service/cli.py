@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "show one export job", "job_id"),
         ("list", "list a campaign's export jobs, newest first", "--campaign-id"),
         ("refresh-url", "re-sign a completed export's download URL", "job_id"),
+        ("cancel", "cancel a pending or running export", "job_id"),
     ):
         command = commands.add_parser(name, help=help_text)
         command.add_argument(subject, **({"required": True} if subject.startswith("-") else {}))
@@ -76,6 +77,8 @@ def _run(args: argparse.Namespace) -> object:
         return api.get_export(args.job_id, args.user_id).to_json()
     if args.command == "list":
         return [job.to_json() for job in api.list_exports(args.campaign_id, args.user_id)]
+    if args.command == "cancel":
+        return api.cancel_export(args.job_id, args.user_id).to_json()
     return api.refresh_download_url(args.job_id, args.user_id).to_json()
 
 

@@ -1,4 +1,4 @@
-"""The app-side export API: the seed's four operations, with their access checks.
+"""The app-side export API: the seed's four operations and cancel, with their access checks.
 
 The app's endpoints call these; the CLI does too. They only read and write
 export_jobs rows (and re-sign links): the Dagster pipeline does the exporting.
@@ -51,6 +51,10 @@ class PermissionDenied(ExportRequestError):
 
 class NotFound(ExportRequestError):
     pass
+
+
+class NotCancellable(InvalidRequest):
+    """The export has ended already (completed, failed or cancelled)."""
 
 
 class FileGone(InvalidRequest):
@@ -173,6 +177,35 @@ class ExportRequests:
                     "was being refreshed; request a new export"
                 )
             return export_jobs.get_job(conn, job_id)
+
+    def cancel_export(self, job_id: str | uuid.UUID, user_id: str | uuid.UUID) -> ExportJob:
+        """Cancel an export that has not ended.
+
+        A pending job becomes `cancelled` at once and is never run. A running job gets
+        `cancel_requested_at`: the pipeline terminates its run, deletes any file and ends
+        it `cancelled` within seconds (the returned job is still `running`). A job that has
+        ended already is refused (NotCancellable).
+        """
+        job_id = parse_uuid(job_id, "export job id")
+        user_id = parse_uuid(user_id, "user id")
+        with self._database("cancelling the export job", write=True) as conn:
+            role = self._authorize(conn, user_id)
+            job = self._job(conn, job_id, user_id, role)
+            if job.status == "pending":
+                # (None when a run claimed it meanwhile: then it is running.)
+                cancelled = export_jobs.cancel_pending(
+                    conn, job_id, f"cancelled by user {user_id} before it started"
+                )
+                if cancelled is not None:
+                    return cancelled
+            requested = export_jobs.request_cancel(conn, job_id)
+            if requested is not None:
+                return requested
+            job = export_jobs.get_job(conn, job_id)
+        raise NotCancellable(
+            f"export job {job_id} is {job.status}: only a pending or running export can be "
+            "cancelled"
+        )
 
     def _file_exists(self, key: str) -> bool:
         try:

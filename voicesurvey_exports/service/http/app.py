@@ -158,6 +158,22 @@ def build_export_router(
         """Re-sign a completed export's file with a fresh expiry."""
         return ExportJobResponse.of(call(api.refresh_download_url, job_id, user_id))
 
+    @router.post(
+        "/exports/{job_id}/cancel",
+        response_model=ExportJobResponse,
+        status_code=status.HTTP_202_ACCEPTED,
+        responses={
+            409: {
+                "model": ErrorResponse,
+                "description": "the export has ended already (completed, failed or cancelled)",
+            }
+        },
+    )
+    def cancel_export(job_id: uuid.UUID, user_id: User) -> ExportJobResponse:
+        """Cancel an export: a pending one is `cancelled` at once; a running one shows
+        `cancel_requested_at` and ends `cancelled` within seconds, its file deleted."""
+        return ExportJobResponse.of(call(api.cancel_export, job_id, user_id))
+
     return router
 
 
@@ -166,7 +182,7 @@ def create_app(api: ExportRequests | None = None, verifier: TokenVerifier | None
     app = FastAPI(
         title="voicesurvey-exports",
         version="1.0.0",
-        description="Campaign CSV exports (REQ-018): request, list, read and refresh.",
+        description="Campaign CSV exports (REQ-018): request, list, read, refresh and cancel.",
     )
     app.include_router(build_export_router(api, verifier))
 
