@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -452,3 +453,23 @@ def test_stored_error_text_loses_url_user_info_and_query(app_data):
         )
         stored = conn.execute(text("SELECT last_error FROM export_notifications")).scalar_one()
     assert stored == "failed: https://hooks.example/x and more"
+
+
+def test_the_readme_verification_snippet_accepts_a_delivery_and_rejects_a_forgery(
+    app_data, receiver
+):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Completion webhook", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    namespace: dict = {}
+    exec(snippet, namespace)  # the app's code, as documented
+    verify = namespace["signature_is_valid"]
+    failed_job(app_data)
+    deliver(app_data.engine, receiver)
+    (ack,) = receiver.acknowledged
+    signature = ack.headers["X-VoiceSurvey-Signature"]
+
+    assert verify(ack.body, signature, SECRET)
+    assert not verify(ack.body + b" ", signature, SECRET)
+    assert not verify(ack.body, signature, "another-secret-0123456789")
+    assert not verify(ack.body, None, SECRET)
