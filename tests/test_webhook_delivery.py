@@ -21,6 +21,7 @@ from voicesurvey_exports.pipeline.webhooks import WebhookEndpoint, deliver_due
 
 from .conftest import settings_for
 from .dagster_harness import export_resources
+from .test_defs import load_defs, strict_warnings  # noqa: F401 - a fixture
 from .webhook_receiver import SECRET, SPEC_KEYS, Receiver
 
 LINK = "https://test-exports.s3.example/exports/x.csv?X-Amz-Signature=deadbeef"
@@ -473,3 +474,16 @@ def test_the_readme_verification_snippet_accepts_a_delivery_and_rejects_a_forger
     assert not verify(ack.body + b" ", signature, SECRET)
     assert not verify(ack.body, signature, "another-secret-0123456789")
     assert not verify(ack.body, None, SECRET)
+
+
+@pytest.mark.usefixtures("strict_warnings")
+def test_definitions_with_the_webhook_load_without_deprecated_calls(monkeypatch):
+    defs = load_defs(
+        monkeypatch,
+        EXPORT_WEBHOOK_URL="https://app.example.com/hooks/exports",
+        EXPORT_WEBHOOK_SECRET=SECRET,
+    )
+    dg.Definitions.validate_loadable(defs)
+    sensor = defs.get_repository_def().get_sensor_def("export_webhook_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert sensor.minimum_interval_seconds == 2

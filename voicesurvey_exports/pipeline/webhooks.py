@@ -134,7 +134,9 @@ def post(url: str, secret: str, notification: Notification, timeout: float = TIM
 
 def _scrub(text: str, url: str, secret: str) -> str:
     # Exception texts do not normally hold either, but a log line must never show them.
-    return text.replace(secret, "***").replace(url, redact_url(url))
+    if secret:
+        text = text.replace(secret, "***")
+    return text.replace(url, redact_url(url))
 
 
 @dataclass(frozen=True)
