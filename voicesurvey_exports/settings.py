@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # S3 refuses presigned URLs valid for longer than 7 days.
 MAX_URL_EXPIRATION_SECONDS = 7 * 24 * 3600
@@ -41,7 +42,17 @@ DEFAULTS = {
 }
 
 # Every variable the pipeline and the service read (deploy configs pass each one on).
-VARIABLES = ("DATABASE_URL", *DEFAULTS, "AWS_ENDPOINT_URL", "S3_SSE_KMS_KEY_ID")
+VARIABLES = (
+    "DATABASE_URL",
+    *DEFAULTS,
+    "AWS_ENDPOINT_URL",
+    "S3_SSE_KMS_KEY_ID",
+    # The completion webhook (README "Completion webhook"): both unset turns it off.
+    "EXPORT_WEBHOOK_URL",
+    "EXPORT_WEBHOOK_SECRET",
+)
+# The webhook's HMAC key: long enough not to be guessed from signed bodies.
+MIN_WEBHOOK_SECRET_LENGTH = 16
 
 
 class SettingsError(ValueError):
@@ -67,6 +78,10 @@ class Settings:
     pending_alert_minutes: int
     running_alert_minutes: int
     export_access_policy: str
+    # The completion webhook; None when EXPORT_WEBHOOK_URL is unset. The secret never
+    # appears in a repr, an error or Dagster's UI.
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -111,6 +126,7 @@ class Settings:
             export_access_policy=parse_choice_setting(
                 "EXPORT_ACCESS_POLICY", env["EXPORT_ACCESS_POLICY"], ACCESS_POLICIES
             ),
+            **webhook_settings(env.get("EXPORT_WEBHOOK_URL"), env.get("EXPORT_WEBHOOK_SECRET")),
         )
 
 
@@ -164,3 +180,51 @@ def validate_export_prefix(prefix: str) -> str:
     if prefix.startswith("/"):
         raise SettingsError(f"S3_EXPORT_PREFIX={prefix!r} must not start with '/'")
     return prefix
+
+
+def webhook_settings(url: str | None, secret: str | None) -> dict:
+    """The webhook's URL and secret, validated; both None when no URL is set (a secret
+    alone is ignored, so it can be stored ahead of switching the webhook on)."""
+    if not url:
+        return {"webhook_url": None, "webhook_secret": None}
+    validate_webhook_url(url)
+    if not secret:
+        raise SettingsError(
+            "EXPORT_WEBHOOK_SECRET is not set: EXPORT_WEBHOOK_URL needs it to sign each "
+            f"notification (at least {MIN_WEBHOOK_SECRET_LENGTH} characters)"
+        )
+    # The secret's value is never shown, not even in part: its length and the rule only.
+    if len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
+        raise SettingsError(
+            f"EXPORT_WEBHOOK_SECRET (value not shown, {len(secret)} characters) must be at "
+            f"least {MIN_WEBHOOK_SECRET_LENGTH} characters"
+        )
+    if secret != secret.strip():
+        # A secret file's trailing newline would sign with a key the app does not have.
+        raise SettingsError(
+            "EXPORT_WEBHOOK_SECRET (value not shown) must not start or end with whitespace"
+        )
+    return {"webhook_url": url, "webhook_secret": secret}
+
+
+def validate_webhook_url(url: str) -> str:
+    rule = "must be an http:// or https:// URL with a host, on one line without spaces"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise SettingsError(f"EXPORT_WEBHOOK_URL={redact_url(url)!r} {rule}") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(ch.isspace() or not ch.isprintable() for ch in url)
+    ):
+        raise SettingsError(f"EXPORT_WEBHOOK_URL={redact_url(url)!r} {rule}")
+    return url
+
+
+def redact_url(url: str) -> str:
+    """The URL without what may carry a credential: user info, query and fragment."""
+    head, marker = re.match(r"([^?#]*)([?#])?", url).groups()
+    head = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/]*@", r"\1***@", head)
+    return head + ("?..." if marker else "")

@@ -5,15 +5,23 @@ status, written by export_jobs in the transaction that ends the job, so that no 
 unannounced and none is announced twice. The row holds the exact JSON body that is
 signed and sent; the pipeline's webhook sensor delivers it. No download link and no
 contact data ever go into a body.
+
+Delivery state lives here too, so a restart of whatever sends loses nothing: ``due``
+hands out what to send now, and ``mark_delivered``, ``schedule_retry`` and ``abandon``
+are compare-and-sets that change only a row still undelivered and not abandoned, so a
+late or repeated sender never revives or re-marks a finished row.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .schema import export_notifications
@@ -51,3 +59,133 @@ def announce(conn: Connection, job: ExportJob) -> None:
         .values(id=uuid.uuid4(), export_job_id=job.id, event=EVENTS[job.status], body=body_of(job))
         .on_conflict_do_nothing(index_elements=["export_job_id", "event"])
     )
+
+
+# last_error is for operators reading the table: one line, bounded.
+MAX_ERROR_LENGTH = 500
+# A URL's user info, query and fragment may carry a token: never stored.
+_URL_USERINFO = re.compile(r"(?i)\b(https?://)[^/\s@]*@")
+_URL_QUERY = re.compile(r"(?i)\b(https?://[^\s?#]*)[?#]\S*")
+
+
+@dataclass(frozen=True)
+class Notification:
+    id: uuid.UUID
+    export_job_id: uuid.UUID
+    event: str
+    body: str
+    created_at: datetime
+    next_attempt_at: datetime
+    attempts: int
+    delivered_at: datetime | None
+    abandoned_at: datetime | None
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row) -> Notification:
+        from .export_jobs import as_utc
+
+        values = dict(row._mapping)
+        for name in ("created_at", "next_attempt_at", "delivered_at", "abandoned_at"):
+            values[name] = as_utc(values[name])
+        return cls(**{name: values[name] for name in cls.__dataclass_fields__})
+
+
+def _open():
+    return [
+        export_notifications.c.delivered_at.is_(None),
+        export_notifications.c.abandoned_at.is_(None),
+    ]
+
+
+def due(conn: Connection, now: datetime, limit: int, *, lock: bool = False) -> list[Notification]:
+    """Notifications to send now: undelivered, not abandoned, next attempt due, oldest first.
+
+    With ``lock`` (PostgreSQL; SQLite has no row locks and ignores it) the rows stay locked
+    until the transaction ends and rows another sender holds are skipped, so two senders
+    never send the same notification at once.
+    """
+    query = (
+        select(export_notifications)
+        .where(*_open(), export_notifications.c.next_attempt_at <= now)
+        .order_by(export_notifications.c.created_at, export_notifications.c.id)
+        .limit(limit)
+    )
+    if lock:
+        query = query.with_for_update(skip_locked=True)
+    return [Notification.from_row(row) for row in conn.execute(query)]
+
+
+def get(conn: Connection, notification_id: uuid.UUID) -> Notification | None:
+    row = conn.execute(
+        select(export_notifications).where(export_notifications.c.id == notification_id)
+    ).one_or_none()
+    return None if row is None else Notification.from_row(row)
+
+
+def of_job(conn: Connection, export_job_id: uuid.UUID) -> list[Notification]:
+    """A job's notifications, oldest first."""
+    rows = conn.execute(
+        select(export_notifications)
+        .where(export_notifications.c.export_job_id == export_job_id)
+        .order_by(export_notifications.c.created_at, export_notifications.c.id)
+    )
+    return [Notification.from_row(row) for row in rows]
+
+
+def _update_open(conn: Connection, notification_id: uuid.UUID, **values) -> bool:
+    result = conn.execute(
+        export_notifications.update()
+        .where(export_notifications.c.id == notification_id, *_open())
+        .values(**values)
+    )
+    return result.rowcount == 1
+
+
+def mark_delivered(
+    conn: Connection, notification_id: uuid.UUID, *, attempts: int, delivered_at: datetime
+) -> bool:
+    """Record the receiver's 2xx; False if the row was already delivered or abandoned."""
+    return _update_open(conn, notification_id, attempts=attempts, delivered_at=delivered_at)
+
+
+def schedule_retry(
+    conn: Connection,
+    notification_id: uuid.UUID,
+    *,
+    attempts: int,
+    next_attempt_at: datetime,
+    last_error: str,
+) -> bool:
+    """Record a failed attempt and when to try again; False if the row is no longer open."""
+    return _update_open(
+        conn,
+        notification_id,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        last_error=_one_line(last_error),
+    )
+
+
+def abandon(
+    conn: Connection,
+    notification_id: uuid.UUID,
+    *,
+    attempts: int,
+    abandoned_at: datetime,
+    last_error: str,
+) -> bool:
+    """Give up on the notification (refused, or too late); False if it is no longer open."""
+    return _update_open(
+        conn,
+        notification_id,
+        attempts=attempts,
+        abandoned_at=abandoned_at,
+        last_error=_one_line(last_error),
+    )
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    line = _URL_QUERY.sub(r"\1", _URL_USERINFO.sub(r"\1", line))
+    return line if len(line) <= MAX_ERROR_LENGTH else line[: MAX_ERROR_LENGTH - 3] + "..."

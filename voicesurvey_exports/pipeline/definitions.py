@@ -16,6 +16,7 @@ from .sensors import (
     export_run_canceled_sensor,
     export_run_failure_sensor,
 )
+from .webhooks import build_export_webhook_sensors, webhook_resources
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -30,9 +31,13 @@ def build_defs(settings: Settings) -> dg.Definitions:
             export_run_failure_sensor,
             export_run_canceled_sensor,
             export_cancel_sensor,
+            *build_export_webhook_sensors(settings),  # only with EXPORT_WEBHOOK_URL set
         ],
         # The URL may hold a password: pass it by name so the UI never shows it.
-        resources=build_resources(settings, database_url=dg.EnvVar("DATABASE_URL")),
+        resources={
+            **build_resources(settings, database_url=dg.EnvVar("DATABASE_URL")),
+            **webhook_resources(settings),
+        },
         executor=dg.in_process_executor,
     )
 

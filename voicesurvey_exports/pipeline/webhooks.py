@@ -1,0 +1,293 @@
+"""The completion webhook: each export job's end, announced to the app by a signed POST.
+
+export_jobs writes one outbox row (app_db/notifications.py) per job and terminal status
+in the transaction that ends the job; ``export_webhook_sensor`` delivers due rows every
+2 s. All delivery state is in that table, so a restart of the daemon or the code server
+loses nothing and repeats nothing that was acknowledged.
+
+Delivery is at least once: a 2xx marks the row delivered. Connection errors, timeouts,
+5xx, 408 and 429 are retried with exponential backoff (1 s, 2 s, 4 s ... at most 60 s
+apart) until 24 h after the job ended, then abandoned; any other answer abandons at
+once. Should recording a 2xx fail, the next tick sends the same body again with the same
+``X-VoiceSurvey-Delivery`` id, which receivers use to drop the duplicate. Nothing here
+changes an export job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+
+import dagster as dg
+from sqlalchemy import Engine
+
+from ..app_db import notifications
+from ..app_db.notifications import Notification
+from ..settings import Settings, redact_url
+from .resources import AppDatabase
+
+SIGNATURE_HEADER = "X-VoiceSurvey-Signature"
+EVENT_HEADER = "X-VoiceSurvey-Event"
+DELIVERY_HEADER = "X-VoiceSurvey-Delivery"
+TIMEOUT_SECONDS = 5
+# Retried this long after the notification was written (the job's end), then abandoned.
+RETRY_WINDOW = timedelta(hours=24)
+MAX_BACKOFF_SECONDS = 60
+# Answers that say "try again later"; every other non-2xx is the receiver refusing.
+RETRY_STATUSES = frozenset({408, 429})
+# One tick sends at most this many, for at most about this long (plus one timeout), so
+# that a slow receiver never holds a tick near Dagster's 60 s sensor timeout.
+TICK_LIMIT = 50
+TICK_BUDGET_SECONDS = 20
+SENSOR_NAME = "export_webhook_sensor"
+
+
+def _user_agent() -> str:
+    try:
+        version = metadata.version("voicesurvey-exports")
+    except metadata.PackageNotFoundError:
+        version = "dev"
+    return f"voicesurvey-exports/{version} (export webhook)"
+
+
+USER_AGENT = _user_agent()
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The X-VoiceSurvey-Signature value: HMAC-SHA256 of the raw body, keyed by the secret."""
+    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+
+
+def backoff(attempts: int) -> timedelta:
+    """The wait after the attempts-th failed attempt: 1 s, 2 s, 4 s ... at most 60 s."""
+    return timedelta(seconds=min(MAX_BACKOFF_SECONDS, 2 ** min(max(attempts - 1, 0), 6)))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one POST came to: the HTTP status, or a connection error (status None)."""
+
+    status: int | None
+    error: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def retryable(self) -> bool:
+        return self.status is None or self.status >= 500 or self.status in RETRY_STATUSES
+
+    def describe(self) -> str:
+        return f"HTTP {self.status}" if self.error is None else self.error
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    # A redirect would turn the POST into a GET without the body: report it instead.
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
+def post(url: str, secret: str, notification: Notification, timeout: float = TIMEOUT_SECONDS):
+    """POST the notification's stored body, signed, once; never raises for network trouble."""
+    body = notification.body.encode("utf-8")  # exactly the bytes that are signed
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            SIGNATURE_HEADER: sign(body, secret),
+            EVENT_HEADER: notification.event,
+            DELIVERY_HEADER: str(notification.id),
+        },
+    )
+    try:
+        with _OPENER.open(request, timeout=timeout) as response:
+            return Answer(response.status)
+    except urllib.error.HTTPError as error:
+        error.close()
+        return Answer(error.code)
+    except urllib.error.URLError as error:
+        if isinstance(error.reason, TimeoutError):  # while connecting or sending
+            return Answer(None, f"no answer within {timeout:g} s")
+        return Answer(None, _scrub(f"connection failed: {error.reason}", url, secret))
+    except TimeoutError:  # while waiting for the answer
+        return Answer(None, f"no answer within {timeout:g} s")
+    except (OSError, http.client.HTTPException) as error:
+        return Answer(
+            None, _scrub(f"connection failed: {type(error).__name__}: {error}", url, secret)
+        )
+
+
+def _scrub(text: str, url: str, secret: str) -> str:
+    # Exception texts do not normally hold either, but a log line must never show them.
+    if secret:
+        text = text.replace(secret, "***")
+    return text.replace(url, redact_url(url))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    notification: Notification
+    result: str  # delivered | retry | abandoned | taken (another sender recorded it first)
+    detail: str
+    next_attempt_at: datetime | None = None
+
+
+def deliver_one(
+    conn,
+    notification: Notification,
+    url: str,
+    secret: str,
+    now: datetime,
+    timeout: float = TIMEOUT_SECONDS,
+) -> Outcome:
+    """Send one due notification and record what came of it on its row."""
+    attempts = notification.attempts + 1
+    deadline = notification.created_at + RETRY_WINDOW
+    if now >= deadline and notification.attempts == 0:
+        # Written before the webhook was switched on, or while nothing delivered for a
+        # day: an announcement that late would only mislead.
+        detail = "not sent: older than the 24 h delivery window"
+        recorded = notifications.abandon(
+            conn, notification.id, attempts=0, abandoned_at=now, last_error=detail
+        )
+        return Outcome(notification, "abandoned" if recorded else "taken", detail)
+    answer = post(url, secret, notification, timeout)
+    done_at = datetime.now(UTC)
+    if answer.delivered:
+        recorded = notifications.mark_delivered(
+            conn, notification.id, attempts=attempts, delivered_at=done_at
+        )
+        return Outcome(notification, "delivered" if recorded else "taken", answer.describe())
+    if not answer.retryable:
+        detail = f"refused by the receiver: {answer.describe()}"
+        recorded = notifications.abandon(
+            conn, notification.id, attempts=attempts, abandoned_at=done_at, last_error=detail
+        )
+        return Outcome(notification, "abandoned" if recorded else "taken", detail)
+    if done_at >= deadline:
+        detail = f"gave up after {attempts} attempts in 24 h: {answer.describe()}"
+        recorded = notifications.abandon(
+            conn, notification.id, attempts=attempts, abandoned_at=done_at, last_error=detail
+        )
+        return Outcome(notification, "abandoned" if recorded else "taken", detail)
+    next_attempt_at = min(done_at + backoff(attempts), deadline)
+    recorded = notifications.schedule_retry(
+        conn,
+        notification.id,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        last_error=answer.describe(),
+    )
+    return Outcome(
+        notification, "retry" if recorded else "taken", answer.describe(), next_attempt_at
+    )
+
+
+def deliver_due(
+    engine: Engine,
+    url: str,
+    secret: str,
+    *,
+    limit: int = TICK_LIMIT,
+    budget_seconds: float = TICK_BUDGET_SECONDS,
+    timeout: float = TIMEOUT_SECONDS,
+    log: Callable[[str], None] | None = None,
+) -> list[Outcome]:
+    """Deliver due notifications, oldest first, until none is due, ``limit`` were tried or
+    ``budget_seconds`` have passed. Each one in a transaction of its own that holds its row
+    locked (PostgreSQL) while it is sent, so concurrent senders never send the same one."""
+    started = time.monotonic()
+    outcomes: list[Outcome] = []
+    shown_url = redact_url(url)
+    while len(outcomes) < limit and time.monotonic() - started < budget_seconds:
+        with engine.begin() as conn:
+            now = datetime.now(UTC)
+            due = notifications.due(conn, now, 1, lock=True)
+            if not due:
+                break
+            outcome = deliver_one(conn, due[0], url, secret, now, timeout)
+        outcomes.append(outcome)
+        if log is not None:
+            log(describe(outcome, shown_url))
+    return outcomes
+
+
+def describe(outcome: Outcome, shown_url: str) -> str:
+    """One log line per attempt: which notification, where to (no query), what came of it."""
+    n = outcome.notification
+    line = (
+        f"webhook {n.event} of export job {n.export_job_id} (delivery {n.id}) to {shown_url}, "
+        f"attempt {n.attempts + 1}: {outcome.result} ({outcome.detail})"
+    )
+    if outcome.next_attempt_at is not None:
+        wait = (outcome.next_attempt_at - datetime.now(UTC)).total_seconds()
+        line += f", next attempt in {max(wait, 0):.0f} s"
+    return line
+
+
+def summary(outcomes: list[Outcome]) -> str:
+    if not outcomes:
+        return "no webhook notification due"
+    counts: dict[str, int] = {}
+    for outcome in outcomes:
+        counts[outcome.result] = counts.get(outcome.result, 0) + 1
+    return "webhook notifications: " + ", ".join(f"{n} {what}" for what, n in counts.items())
+
+
+class WebhookEndpoint(dg.ConfigurableResource):
+    """Where completion notifications go and the key that signs them. The definitions pass
+    both as EnvVars, so Dagster's UI shows the variables' names, never the secret (or a
+    token in the URL)."""
+
+    url: str
+    secret: str
+
+
+def webhook_resources(settings: Settings) -> dict:
+    """The webhook resource when EXPORT_WEBHOOK_URL is set (settings validated both)."""
+    if not settings.webhook_url:
+        return {}
+    return {
+        "webhook": WebhookEndpoint(
+            url=dg.EnvVar("EXPORT_WEBHOOK_URL"), secret=dg.EnvVar("EXPORT_WEBHOOK_SECRET")
+        )
+    }
+
+
+def build_export_webhook_sensors(settings: Settings) -> list[dg.SensorDefinition]:
+    """export_webhook_sensor when EXPORT_WEBHOOK_URL is set, else nothing."""
+    if not settings.webhook_url:
+        return []
+
+    @dg.sensor(
+        name=SENSOR_NAME,
+        minimum_interval_seconds=2,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Delivers the completion webhook (EXPORT_WEBHOOK_URL): a signed POST per export "
+            "job that ends completed, failed or cancelled, from the export_notifications "
+            "outbox, retried with backoff for 24 h. Never changes an export job."
+        ),
+    )
+    def export_webhook_sensor(
+        context: dg.SensorEvaluationContext, app_db: AppDatabase, webhook: WebhookEndpoint
+    ) -> dg.SkipReason:
+        outcomes = deliver_due(app_db.engine, webhook.url, webhook.secret, log=context.log.info)
+        return dg.SkipReason(summary(outcomes))
+
+    return [export_webhook_sensor]
