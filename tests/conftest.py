@@ -245,7 +245,9 @@ class AppData:
         campaign_id = campaign_id or self.campaign()
         values.setdefault("id", uuid.uuid4())
         objects = ExportObjects(s3_client, TEST_BUCKET, DEFAULTS["S3_EXPORT_PREFIX"], 600)
-        values.setdefault("s3_key", objects.key(campaign_id, values["id"]))
+        values.setdefault(
+            "s3_key", objects.key(campaign_id, values["id"], values.get("compression", "none"))
+        )
         values.setdefault("download_url", "old")
         if s3_client is not None:
             s3_client.put_object(Bucket=TEST_BUCKET, Key=values["s3_key"], Body=b"campaign_id\r\n")

@@ -92,6 +92,28 @@ def test_db_status_and_adoption_of_an_old_database_are_one_line_each(cli_env):
     )
 
 
+def test_request_with_bom_and_gzip_shows_the_options_in_its_json(cli_env):
+    assert cli("db", "upgrade", env=cli_env).returncode == 0
+    data = AppData(get_engine(cli_env["DATABASE_URL"]))
+    campaign, manager = str(data.campaign()), str(data.user("campaign_manager"))
+
+    plain = cli("request", "--campaign-id", campaign, "--user-id", manager, env=cli_env)
+    both = cli(
+        "request", "--campaign-id", campaign, "--user-id", manager, "--bom", "--gzip", env=cli_env
+    )
+    gzip_only = cli(
+        "request", "--campaign-id", campaign, "--user-id", manager, "--gzip", env=cli_env
+    )
+
+    assert json.loads(plain.stdout)["options"] == {"bom": False, "compression": "none"}
+    job = json.loads(both.stdout)
+    assert job["options"] == {"bom": True, "compression": "gzip"}
+    assert json.loads(gzip_only.stdout)["options"] == {"bom": False, "compression": "gzip"}
+    status = cli("status", job["job_id"], "--user-id", manager, env=cli_env)
+    assert json.loads(status.stdout)["options"] == {"bom": True, "compression": "gzip"}
+    assert data.job_row(uuid.UUID(job["job_id"]))["compression"] == "gzip"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,4 +1,6 @@
 import csv
+import gzip
+import hashlib
 import io
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
@@ -10,7 +12,13 @@ import pytest
 
 from voicesurvey_exports.app_db.contacts import write_spool_rows
 from voicesurvey_exports.export_file import csv_format
-from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS, render_rows, render_spool
+from voicesurvey_exports.export_file.csv_format import (
+    BOM,
+    CSV_COLUMNS,
+    HEADER,
+    render_rows,
+    render_spool,
+)
 
 from .test_csv_properties import (
     DISGUISES,
@@ -21,22 +29,34 @@ from .test_csv_properties import (
 )
 
 
-def render_streaming(rows: pd.DataFrame, tmp_path) -> bytes:
+def render_streaming(rows: pd.DataFrame, tmp_path, **options) -> bytes:
+    """The file render_spool writes (with options: as stored, BOM and gzip included);
+    its stats must state the rows, and the size and SHA-256 of exactly these bytes."""
     spool, out = tmp_path / "spool.csv", tmp_path / "out.csv"
     with open(spool, "wb") as spool_file:
         write_spool_rows(rows, spool_file)
-    stats = render_spool(spool, out)
+    stats = render_spool(spool, out, **options)
     body = out.read_bytes()
     assert (stats.row_count, stats.byte_count) == (len(rows), len(body))
+    assert stats.sha256 == hashlib.sha256(body).hexdigest()
     return body
 
 
-@pytest.fixture(params=["reference", "streaming"])
+def csv_inside(stored: bytes) -> bytes:
+    """The CSV inside a file stored with both options: gunzipped, after its BOM."""
+    body = gzip.decompress(stored)
+    assert body.startswith(BOM + HEADER)
+    return body.removeprefix(BOM)
+
+
+@pytest.fixture(params=["reference", "streaming", "streaming with bom and gzip"])
 def render_csv(request, tmp_path):
-    """Both renderers must meet every rule of the CSV format."""
+    """Both renderers must meet every rule of the CSV format, and the options keep them."""
     if request.param == "reference":
         return render_rows
-    return lambda rows: render_streaming(rows, tmp_path)
+    if request.param == "streaming":
+        return lambda rows: render_streaming(rows, tmp_path)
+    return lambda rows: csv_inside(render_streaming(rows, tmp_path, bom=True, gzip=True))
 
 
 def rows(*records: dict) -> pd.DataFrame:
@@ -244,3 +264,61 @@ def test_row_longer_than_the_largest_block_fails_with_a_clear_error(tmp_path, mo
     # It grew the blocks up to the largest Arrow accepts, then stopped.
     assert asked[0] == csv_format.SPOOL_BLOCK_BYTES
     assert asked == sorted(asked) and asked[-1] == csv_format.MAX_SPOOL_BLOCK_BYTES
+
+
+AWKWARD_ROWS = rows(
+    {"external_contact_id": "=cmd()", "q1_answer": "Größe 🎉 ✓", "q2_answer": "a\r\nb"},
+    {"outcome": "refused", "q1_answer": "", "q3_answer": "N/A"},
+)
+
+
+def test_bom_option_puts_the_byte_order_mark_before_the_same_bytes(tmp_path):
+    plain = render_streaming(AWKWARD_ROWS, tmp_path)
+
+    with_bom = render_streaming(AWKWARD_ROWS, tmp_path, bom=True)
+
+    assert with_bom[:3] == b"\xef\xbb\xbf"
+    assert with_bom == BOM + plain
+    # A reader that honours the mark (Excel, utf-8-sig) gets the reference's rows.
+    assert parse(with_bom.decode("utf-8-sig").encode()) == parse(render_rows(AWKWARD_ROWS))
+
+
+@pytest.mark.parametrize("bom", [False, True], ids=["gzip", "gzip with bom"])
+def test_gzip_option_stores_the_gzip_of_exactly_the_same_csv(tmp_path, bom):
+    uncompressed = render_streaming(AWKWARD_ROWS, tmp_path, bom=bom)
+
+    stored = render_streaming(AWKWARD_ROWS, tmp_path, bom=bom, gzip=True)
+
+    assert stored[:2] == b"\x1f\x8b"  # a gzip member; size and hash are of these bytes
+    assert gzip.decompress(stored) == uncompressed
+
+
+def test_the_same_csv_always_gzips_to_the_same_bytes(tmp_path):
+    first = render_streaming(AWKWARD_ROWS, tmp_path, gzip=True)
+    second = render_streaming(AWKWARD_ROWS, tmp_path, gzip=True)
+    assert first == second
+    # No time (MTIME 0) and no file name (FLG without FNAME) in the gzip header.
+    assert first[3] == 0 and first[4:8] == bytes(4)
+
+
+@pytest.mark.parametrize(
+    ("options", "inside"),
+    [
+        ({"bom": True}, lambda stored: stored),
+        ({"gzip": True}, gzip.decompress),
+        ({"bom": True, "gzip": True}, gzip.decompress),
+    ],
+    ids=["bom", "gzip", "bom and gzip"],
+)
+def test_header_only_file_keeps_its_options(tmp_path, options, inside):
+    stored = render_streaming(rows().iloc[0:0], tmp_path, **options)
+    assert inside(stored) == (BOM if options.get("bom") else b"") + HEADER
+
+
+def test_a_row_longer_than_a_block_gzips_whole_after_the_retry(tmp_path, monkeypatch):
+    """Blocks too small for a row make render_spool start the file again: the gzip
+    stream it then writes must be one whole member, not the rest of the first."""
+    monkeypatch.setattr(csv_format, "SPOOL_BLOCK_BYTES", 4096)
+    long_rows = rows({"q1_answer": "x" * 10_000}, {"q1_answer": "y" * 50_000})
+    plain = render_streaming(long_rows, tmp_path, bom=True)
+    assert gzip.decompress(render_streaming(long_rows, tmp_path, bom=True, gzip=True)) == plain

@@ -4,12 +4,23 @@ Windows, macOS and Linux, whatever the name holds."""
 from __future__ import annotations
 
 import unicodedata
+import uuid
 from datetime import date
+from urllib.parse import parse_qs, unquote, urlparse
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicesurvey_exports.export_file.s3_object import download_filename, unicode_download_filename
+from voicesurvey_exports.app_db.schema import COMPRESSIONS
+from voicesurvey_exports.export_file.s3_object import (
+    SUFFIXES,
+    ExportObjects,
+    download_filename,
+    unicode_download_filename,
+)
+
+from .conftest import TEST_BUCKET
 
 DAY = date(2026, 11, 28)
 
@@ -28,10 +39,10 @@ def test_characters_no_file_system_takes_or_that_hide_or_reorder_text_are_replac
     assert unicode_download_filename("///", DAY) == "campaign-export 2026-11-28.csv"
 
 
-@given(st.text(max_size=400))
-def test_any_name_gives_a_file_name_every_system_accepts(name):
-    filename = unicode_download_filename(name, DAY)
-    assert filename.endswith(" 2026-11-28.csv")
+@given(st.text(max_size=400), st.sampled_from([".csv", ".csv.gz"]))
+def test_any_name_gives_a_file_name_every_system_accepts(name, suffix):
+    filename = unicode_download_filename(name, DAY, suffix)
+    assert filename.endswith(f" 2026-11-28{suffix}")
     assert len(filename.encode("utf-8")) <= 255
     assert not filename.startswith((".", " "))
     assert not set(filename) & set('<>:"/\\|?*')
@@ -39,3 +50,42 @@ def test_any_name_gives_a_file_name_every_system_accepts(name):
         unicodedata.category(char) not in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
         for char in filename
     )
+
+
+def link_response(url: str) -> tuple[str, str, str]:
+    """(ASCII filename, filename*, content type) a presigned link makes S3 answer with."""
+    query = parse_qs(urlparse(url).query)
+    disposition = query["response-content-disposition"][0]
+    fallback = disposition.split('filename="')[1].split('"')[0]
+    star = unquote(disposition.split("; filename*=UTF-8''")[1])
+    return fallback, star, query["response-content-type"][0]
+
+
+def test_every_compression_option_has_its_key_ending():
+    assert set(SUFFIXES) == set(COMPRESSIONS)
+
+
+@pytest.mark.parametrize(
+    ("compression", "suffix", "content_type"),
+    [("none", ".csv", "text/csv; charset=utf-8"), ("gzip", ".csv.gz", "application/gzip")],
+)
+def test_a_link_names_and_types_the_download_as_its_key_says(
+    s3_client, compression, suffix, content_type
+):
+    objects = ExportObjects(s3_client, TEST_BUCKET, "exports/", 600)
+    campaign_id, job_id = uuid.uuid4(), uuid.uuid4()
+    key = objects.key(campaign_id, job_id, compression)
+    assert key == f"exports/{campaign_id}/{job_id}{suffix}"
+
+    url, _ = objects.sign(key, "Große Qualität", DAY)
+
+    assert link_response(url) == (
+        f"Groe-Qualitat-2026-11-28{suffix}",
+        f"Große Qualität 2026-11-28{suffix}",
+        content_type,
+    )
+
+
+def test_an_unknown_compression_has_no_key():
+    with pytest.raises(ValueError, match="compression 'zip' is not one of"):
+        ExportObjects(None, TEST_BUCKET, "exports/", 600).key(uuid.uuid4(), uuid.uuid4(), "zip")

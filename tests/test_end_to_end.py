@@ -5,6 +5,8 @@ S3 server on loopback. URLs are plain postgresql://, as operators write them."""
 from __future__ import annotations
 
 import csv
+import gzip
+import hashlib
 import io
 import uuid
 
@@ -227,3 +229,43 @@ def test_http_request_through_the_daemon_to_a_downloaded_file(stack, app):
     assert rows[1:] == database_rows(app, campaign) and job["total_records"] == 2
     unauthenticated = requests.get(job_url, timeout=10)
     assert unauthenticated.status_code == 401
+
+
+def test_http_request_with_bom_and_gzip_downloads_a_csv_gz_that_excel_reads(stack, app):
+    """The options over real HTTP, to a real presigned download of the stored object."""
+    manager = app.user("campaign_manager")
+    campaign = app.campaign("Qualität – Frühjahr")
+    for state in ("completed", "refused"):
+        contact = app.contact(campaign, state, external_contact_id=f"gz-{state}")
+        app.response(contact, campaign, "Größe 👍", "=1+1")
+    headers = {"Authorization": f"Bearer {token(oidc_subject(app, manager))}"}
+
+    created = requests.post(
+        f"{stack.api}/api/campaigns/{campaign}/export",
+        headers=headers,
+        json={"bom": True, "compression": "gzip"},
+        timeout=10,
+    )
+    assert created.status_code == 202, created.text
+    assert created.json()["options"] == {"bom": True, "compression": "gzip"}
+    job_url = f"{stack.api}/api/exports/{created.json()['job_id']}"
+
+    def finished():
+        job = requests.get(job_url, headers=headers, timeout=10).json()
+        return job if job["status"] in ("completed", "failed") else None
+
+    job = processes.wait_for(finished, 180, "the gzip export over HTTP")
+    assert job["status"] == "completed", job["error_message"]
+    download = requests.get(job["download_url"], timeout=30)
+    assert download.status_code == 200
+    assert download.headers["Content-Type"] == "application/gzip"
+    assert "Content-Encoding" not in download.headers  # a .csv.gz file, not a transfer encoding
+    disposition = download.headers["Content-Disposition"]
+    assert disposition.split('filename="')[1].split('"')[0].endswith(".csv.gz")
+    assert disposition.endswith(".csv.gz")
+    body = download.content
+    assert (len(body), hashlib.sha256(body).hexdigest()) == (job["size_bytes"], job["sha256"])
+    csv_bytes = gzip.decompress(body)
+    assert csv_bytes.startswith(b"\xef\xbb\xbf" + ",".join(CSV_COLUMNS).encode())
+    rows = list(csv.reader(io.StringIO(csv_bytes.decode("utf-8-sig"), newline="")))
+    assert rows[1:] == database_rows(app, campaign) and job["total_records"] == 2

@@ -1,4 +1,5 @@
 import csv
+import gzip
 import hashlib
 import io
 from urllib.parse import parse_qs, unquote, urlparse
@@ -9,7 +10,7 @@ from dagster_aws.s3 import S3Resource
 from sqlalchemy import select
 
 from voicesurvey_exports.app_db.schema import export_jobs
-from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
+from voicesurvey_exports.export_file.csv_format import BOM, CSV_COLUMNS, HEADER
 from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG, campaign_export
 from voicesurvey_exports.pipeline.metadata import readable_size
 from voicesurvey_exports.pipeline.resources import ExportDestination
@@ -114,6 +115,116 @@ def test_a_completed_job_states_the_size_and_sha256_of_the_bytes_a_download_gets
     assert stored["Metadata"] == {"sha256": job["sha256"]}  # checkable in S3 too
 
 
+def campaign_with_awkward_answers(app_data):
+    campaign = app_data.campaign("Große Qualität – Q4")
+    for state in ("completed", "refused", "excluded"):
+        contact = app_data.contact(campaign, state, external_contact_id="=crm")
+        app_data.response(contact, campaign, "Große Qualität 👍", 'Sì, "bene"\nciao', None)
+    return campaign
+
+
+def export_with(instance, database_url, app_data, campaign, **options) -> dict:
+    """The completed job row of an export of the campaign requested with these options."""
+    job_id = app_data.export_job(campaign, app_data.user(), **options)
+    result = materialize_export(instance, database_url, campaign, job_id)
+    assert result.success
+    job = app_data.job_row(job_id)
+    assert job["status"] == "completed", job["error_message"]
+    return job
+
+
+def stored_object(s3_client, job: dict) -> tuple[bytes, dict]:
+    """The stored bytes, exactly as a download gets them, and the object's GET answer."""
+    stored = s3_client.get_object(Bucket=TEST_BUCKET, Key=job["s3_key"])
+    body = stored["Body"].read()
+    # The job states the size and SHA-256 of exactly these bytes, and so does the object.
+    assert job["size_bytes"] == len(body) == stored["ContentLength"]
+    assert job["sha256"] == hashlib.sha256(body).hexdigest()
+    assert stored["Metadata"] == {"sha256": job["sha256"]}
+    return body, stored
+
+
+def link_names_and_type(download_url: str) -> tuple[str, str, str]:
+    """(ASCII filename, filename*, content type) the link makes S3 answer with."""
+    query = parse_qs(urlparse(download_url).query)
+    disposition = query["response-content-disposition"][0]
+    fallback = disposition.split('filename="')[1].split('"')[0]
+    return (
+        fallback,
+        unquote(disposition.split("; filename*=UTF-8''")[1]),
+        query["response-content-type"][0],
+    )
+
+
+def test_a_bom_export_starts_with_the_byte_order_mark_and_holds_the_same_csv(
+    instance, database_url, app_data, s3_client
+):
+    campaign = campaign_with_awkward_answers(app_data)
+    plain_job = export_with(instance, database_url, app_data, campaign)
+    bom_job = export_with(instance, database_url, app_data, campaign, bom=True)
+
+    plain, _ = stored_object(s3_client, plain_job)
+    body, stored = stored_object(s3_client, bom_job)
+
+    assert body.startswith(BOM + HEADER)
+    assert body == BOM + plain
+    assert stored["ContentType"] == "text/csv; charset=utf-8"
+    assert bom_job["s3_key"].endswith(f"{bom_job['id']}.csv")
+    assert link_names_and_type(bom_job["download_url"])[1].endswith(".csv")
+
+
+def test_a_gzip_export_is_the_gzip_of_the_same_csv_and_downloads_as_csv_gz(
+    instance, database_url, app_data, s3_client
+):
+    campaign = campaign_with_awkward_answers(app_data)
+    plain_job = export_with(instance, database_url, app_data, campaign)
+    gzip_job = export_with(instance, database_url, app_data, campaign, compression="gzip")
+
+    plain, _ = stored_object(s3_client, plain_job)
+    body, stored = stored_object(s3_client, gzip_job)  # size and sha256: compressed bytes
+
+    assert gzip_job["s3_key"] == f"exports/{campaign}/{gzip_job['id']}.csv.gz"
+    assert stored["ContentType"] == "application/gzip"
+    assert stored["ServerSideEncryption"] == "AES256"
+    assert gzip.decompress(body) == plain
+    assert gzip_job["total_records"] == plain_job["total_records"] == 3
+    shown = instance.get_latest_materialization_event(campaign_export.key)
+    metadata = shown.asset_materialization.metadata
+    assert (metadata["compression"].value, metadata["size_bytes"].value) == ("gzip", len(body))
+    day = gzip_job["created_at"].date().isoformat()
+    assert link_names_and_type(gzip_job["download_url"]) == (
+        f"Groe-Qualitat-Q4-{day}.csv.gz",
+        f"Große Qualität – Q4 {day}.csv.gz",
+        "application/gzip",
+    )
+
+
+def test_a_bom_and_gzip_export_gunzips_to_the_bom_export(
+    instance, database_url, app_data, s3_client
+):
+    campaign = campaign_with_awkward_answers(app_data)
+    bom_job = export_with(instance, database_url, app_data, campaign, bom=True)
+    both_job = export_with(instance, database_url, app_data, campaign, bom=True, compression="gzip")
+
+    with_bom, _ = stored_object(s3_client, bom_job)
+    body, _ = stored_object(s3_client, both_job)
+
+    assert gzip.decompress(body) == with_bom
+
+
+def test_a_ui_materialisation_exports_a_plain_csv(instance, database_url, app_data, s3_client):
+    campaign = campaign_with_awkward_answers(app_data)
+
+    result = materialize_export(instance, database_url, campaign)
+
+    assert result.success
+    with app_data.engine.connect() as conn:
+        (job,) = conn.execute(select(export_jobs)).mappings().all()
+    assert (job["bom"], job["compression"]) == (False, "none")
+    body, _ = stored_object(s3_client, dict(job))
+    assert body.startswith(HEADER) and job["s3_key"].endswith(".csv")
+
+
 def test_materialisation_metadata_shows_counts_not_contact_data(
     instance, database_url, app_data, s3_client
 ):
@@ -147,6 +258,7 @@ def test_materialisation_metadata_shows_counts_not_contact_data(
     assert values["outcome/completed"] == 2 and values["outcome/refused"] == 1
     assert values["outcome/excluded"] == 0
     assert values["export_job_id"] == str(job_id)
+    assert (values["compression"], values["bom"]) == ("none", False)
     assert "secret" not in repr(values)
     assert "X-Amz" not in repr(values) and "https://" not in repr(values)  # no link
 

@@ -4,18 +4,22 @@ and leaves no file (in a backfill run, that campaign's job only)."""
 
 from __future__ import annotations
 
+import gzip
+
 import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from voicesurvey_exports.export_file.csv_format import HEADER
+from voicesurvey_exports.export_file.csv_format import BOM, HEADER
 from voicesurvey_exports.pipeline.assets import ASSET_KEY, batch_job_id
 from voicesurvey_exports.pipeline.export_checks import (
+    GZIP_START_BYTES,
     HEADER_CHECK,
     ROWS,
     SIZE,
     evaluate,
     failure_reason,
+    stored_start_bytes,
 )
 from voicesurvey_exports.pipeline.resources import ExportDestination
 
@@ -107,6 +111,56 @@ def test_every_export_passes_its_three_checks_recorded_on_its_partition(
     for name in (ROWS, HEADER_CHECK, SIZE):
         (record,) = check_records(instance, name)
         assert (record.status.value, record.partition) == ("SUCCEEDED", str(campaign))
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"bom": True}, {"compression": "gzip"}, {"bom": True, "compression": "gzip"}],
+    ids=["bom", "gzip", "bom and gzip"],
+)
+def test_exports_with_options_pass_their_three_checks(
+    instance, database_url, app_data, s3_client, options
+):
+    campaign = app_data.campaign()
+    for state in ("completed", "refused", "excluded"):
+        app_data.contact(campaign, state)
+    job_id = app_data.export_job(campaign, app_data.user(), **options)
+
+    result = materialize_export(instance, database_url, campaign, job_id)
+
+    assert result.success
+    assert {(e.check_name, e.passed) for e in result.get_asset_check_evaluations()} == {
+        (ROWS, True),
+        (HEADER_CHECK, True),
+        (SIZE, True),
+    }
+    assert app_data.job_row(job_id)["status"] == "completed"
+
+
+def test_a_gzip_export_whose_object_is_not_its_gzip_fails_the_header_check(
+    instance, database_url, app_data, s3_client
+):
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "completed")
+    job_id = app_data.export_job(campaign, app_data.user(), compression="gzip")
+
+    result = materialize_export(
+        instance,
+        database_url,
+        campaign,
+        job_id,
+        resources=truncating_resources(database_url, campaign),  # stores plain CSV bytes
+    )
+    assert not result.success
+    run_failure_sensor(instance, result, database_url)
+
+    job = app_data.job_row(job_id)
+    assert job["status"] == "failed" and job["download_url"] is None
+    assert job["error_message"] == (
+        f"check {HEADER_CHECK} failed: the stored file, gunzipped, does not start with the "
+        "column contract's header"
+    )
+    assert objects_in_bucket(s3_client) == []
 
 
 def test_a_failing_check_fails_the_job_with_its_reason_and_leaves_no_file(
@@ -211,6 +265,67 @@ def test_checks_compare_the_stored_bytes_with_the_written_ones(stored, failed, r
     )
     assert [e.check_name for e in evaluations if not e.passed] == failed
     assert failure_reason(evaluations) == reason
+
+
+ROW = b'"00000000-0000-4000-8000-00000000c001","secret-contact",completed\r\n'
+# Many distinct rows: their gzip is longer than the start the check reads.
+MANY_ROWS = b"".join(b'"%d","secret-%d",completed\r\n' % (i, i * 7919) for i in range(20_000))
+
+
+def header_check(stored: bytes, **options) -> tuple[bool, str | None]:
+    """(passed, failure reason) of the header check on an object that stores `stored`."""
+    evaluations = evaluate(
+        partition_key="p",
+        database_rows=1,
+        file_rows=1,
+        written_bytes=len(stored),
+        stored_bytes=len(stored),
+        stored_start=stored[: stored_start_bytes(**options)],
+        blocking=True,
+        **options,
+    )
+    (check,) = [e for e in evaluations if e.check_name == HEADER_CHECK]
+    shown = repr([(e.description, e.metadata) for e in evaluations])
+    assert b"secret" not in shown.encode() and "c001" not in shown  # never the file's content
+    return check.passed, failure_reason(evaluations)
+
+
+def test_with_bom_the_header_must_follow_the_byte_order_mark():
+    assert header_check(BOM + HEADER + ROW, bom=True, gzip=False) == (True, None)
+    assert header_check(HEADER + ROW, bom=True, gzip=False) == (
+        False,
+        f"check {HEADER_CHECK} failed: the stored file does not start with the byte-order "
+        "mark and the column contract's header",
+    )
+
+
+@pytest.mark.parametrize("bom", [False, True])
+def test_a_gzip_objects_header_is_checked_on_its_decompressed_start(bom):
+    csv_bytes = (BOM if bom else b"") + HEADER + MANY_ROWS
+    stored = gzip.compress(csv_bytes, compresslevel=6, mtime=0)
+    assert len(stored) > GZIP_START_BYTES  # only the start is read, and that is enough
+
+    assert header_check(stored, bom=bom, gzip=True) == (True, None)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        HEADER + ROW,  # stored uncompressed
+        gzip.compress(ROW + HEADER),  # another file's gzip
+        gzip.compress(BOM + HEADER + ROW),  # a BOM that was not asked for
+        gzip.compress(HEADER + ROW)[:12],  # cut short
+        b"",
+    ],
+    ids=["plain", "other content", "unasked bom", "truncated", "empty"],
+)
+def test_a_gzip_object_that_does_not_gunzip_to_the_header_fails_without_showing_it(stored):
+    passed, reason = header_check(stored, bom=False, gzip=True)
+    assert not passed
+    assert reason == (
+        f"check {HEADER_CHECK} failed: the stored file, gunzipped, does not start with the "
+        "column contract's header"
+    )
 
 
 def test_a_row_count_that_differs_from_the_database_fails_with_both_counts():

@@ -123,6 +123,88 @@ def test_request_returns_202_with_a_pending_job_then_the_job_is_readable(client,
     )
 
 
+def test_post_takes_the_options_as_an_optional_json_body(client, app_data):
+    campaign = app_data.campaign()
+    _, headers = user_with_token(app_data, "campaign_manager")
+    path = f"/api/campaigns/{campaign}/export"
+
+    both = client.post(path, headers=headers, json={"bom": True, "compression": "gzip"})
+    gzip_only = client.post(path, headers=headers, json={"compression": "gzip"})
+    no_body = client.post(path, headers=headers)
+    empty_body = client.post(
+        path, headers={**headers, "Content-Type": "application/json"}, content=b""
+    )
+    empty_object = client.post(path, headers=headers, json={})
+
+    assert [r.status_code for r in (both, gzip_only, no_body, empty_body, empty_object)] == [
+        202
+    ] * 5
+    assert both.json()["options"] == {"bom": True, "compression": "gzip"}
+    assert gzip_only.json()["options"] == {"bom": False, "compression": "gzip"}
+    for defaults in (no_body, empty_body, empty_object):
+        assert defaults.json()["options"] == {"bom": False, "compression": "none"}
+    stored = app_data.job_row(uuid.UUID(both.json()["job_id"]))
+    assert (stored["bom"], stored["compression"]) == (True, "gzip")
+    shown = client.get(f"/api/exports/{both.json()['job_id']}", headers=headers).json()
+    assert shown["options"] == {"bom": True, "compression": "gzip"}
+    listed = client.get(f"/api/campaigns/{campaign}/exports", headers=headers).json()
+    assert [job["options"]["compression"] for job in listed].count("gzip") == 2
+
+
+def test_get_takes_the_options_as_query_parameters(client, app_data):
+    campaign = app_data.campaign()
+    _, headers = user_with_token(app_data, "campaign_manager")
+    path = f"/api/campaigns/{campaign}/export"
+
+    both = client.get(f"{path}?bom=true&compression=gzip", headers=headers)
+    bom_only = client.get(f"{path}?bom=true", headers=headers)
+    none = client.get(path, headers=headers)
+
+    assert [r.status_code for r in (both, bom_only, none)] == [202] * 3
+    assert both.json()["options"] == {"bom": True, "compression": "gzip"}
+    assert bom_only.json()["options"] == {"bom": True, "compression": "none"}
+    assert none.json()["options"] == {"bom": False, "compression": "none"}
+    stored = app_data.job_row(uuid.UUID(both.json()["job_id"]))
+    assert (stored["bom"], stored["compression"]) == (True, "gzip")
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "field"),
+    [
+        ("POST", {"zip": True}, "zip"),
+        ("POST", {"bom": True, "format": "xlsx"}, "format"),
+        ("POST", {"compression": "zip"}, "compression"),
+        ("POST", {"compression": "GZIP"}, "compression"),
+        ("POST", {"compression": None}, "compression"),
+        ("POST", {"bom": "maybe"}, "bom"),
+        ("POST", {"bom": [True]}, "bom"),
+        ("POST", {"compression": 1}, "compression"),
+        ("POST", ["gzip"], None),
+        ("POST", "gzip", None),
+        ("GET", {"zip": "true"}, "zip"),
+        ("GET", {"compression": "zip"}, "compression"),
+        ("GET", {"compression": "gzip", "level": "9"}, "level"),
+        ("GET", {"bom": "maybe"}, "bom"),
+    ],
+)
+def test_an_unknown_option_or_value_is_422_and_nothing_is_written(
+    client, app_data, method, options, field
+):
+    campaign = app_data.campaign()
+    _, headers = user_with_token(app_data, "campaign_manager")
+    path = f"/api/campaigns/{campaign}/export"
+
+    if method == "POST":
+        response = client.post(path, headers=headers, json=options)
+    else:
+        response = client.get(path, headers=headers, params=options)
+
+    assert response.status_code == 422, response.text
+    if field is not None:  # FastAPI's validation error names the offending field
+        assert field in [error["loc"][-1] for error in response.json()["detail"]]
+    assert app_data.count(export_jobs) == 0
+
+
 def test_a_job_shows_its_files_size_and_sha256(client, app_data):
     campaign = app_data.campaign()
     digest = "0f" * 32

@@ -79,6 +79,42 @@ def test_request_returns_a_pending_job_for_the_user(api, app_data):
     assert app_data.job_row(job.id)["status"] == "pending"
 
 
+def test_a_request_without_options_asks_for_a_plain_csv(api, app_data):
+    job = api.request_export(app_data.campaign(), app_data.user())
+    assert job.options == {"bom": False, "compression": "none"}
+    assert job.to_json()["options"] == {"bom": False, "compression": "none"}
+
+
+def test_a_requests_options_are_stored_on_its_job(api, app_data):
+    campaign, user = app_data.campaign(), app_data.user()
+
+    job = api.request_export(campaign, user, bom=True, compression="gzip")
+
+    assert job.to_json()["options"] == {"bom": True, "compression": "gzip"}
+    stored = app_data.job_row(job.id)
+    assert (stored["status"], stored["bom"], stored["compression"]) == ("pending", True, "gzip")
+    assert api.get_export(job.id, user).options == {"bom": True, "compression": "gzip"}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"compression": "zip"}, "option compression 'zip' must be one of: none, gzip"),
+        ({"compression": "GZIP"}, "option compression 'GZIP' must be one of: none, gzip"),
+        ({"compression": None}, "option compression None must be one of: none, gzip"),
+        ({"bom": "true"}, "option bom 'true' must be true or false"),
+        ({"bom": 1}, "option bom 1 must be true or false"),
+    ],
+)
+def test_an_unknown_option_value_is_refused_naming_it_and_nothing_is_written(
+    api, app_data, options, message
+):
+    with pytest.raises(InvalidRequest) as refused:
+        api.request_export(app_data.campaign(), app_data.user(), **options)
+    assert str(refused.value) == message
+    assert app_data.count(export_jobs) == 0
+
+
 def test_list_shows_only_the_campaigns_jobs_newest_first(api, app_data):
     campaign, other, user = app_data.campaign(), app_data.campaign("Other"), app_data.user()
     older, newer = app_data.export_job(campaign, user), app_data.export_job(campaign, user)
@@ -94,6 +130,22 @@ def test_refresh_re_signs_the_stored_key_with_a_new_expiry(api, app_data, comple
     query = parse_qs(urlparse(job.download_url).query)
     assert "Autumn-NPS-" in query["response-content-disposition"][0]
     assert job.url_expires_at is not None
+
+
+def test_refresh_of_a_gzip_export_still_downloads_as_csv_gz(api, app_data, s3_client):
+    campaign = app_data.campaign("Autumn NPS")
+    job_id = app_data.completed_export(
+        campaign, app_data.user(), s3_client=s3_client, compression="gzip", total_records=0
+    )
+
+    job = api.refresh_download_url(job_id, app_data.user())
+
+    assert job.s3_key.endswith(f"{job_id}.csv.gz")
+    query = parse_qs(urlparse(job.download_url).query)
+    disposition = query["response-content-disposition"][0]
+    assert disposition.split('filename="')[1].split('"')[0].endswith(".csv.gz")
+    assert disposition.endswith(".csv.gz")  # filename*, the name browsers take
+    assert query["response-content-type"] == ["application/gzip"]
 
 
 def test_refresh_of_an_unfinished_job_is_refused(api, app_data):

@@ -1,6 +1,10 @@
+import uuid
+
 import pytest
 
-from voicesurvey_exports.settings import Settings, SettingsError
+from voicesurvey_exports.app_db.schema import export_jobs
+from voicesurvey_exports.export_file.s3_object import ExportObjects
+from voicesurvey_exports.settings import MAX_PREFIX_LENGTH, Settings, SettingsError
 
 BASE = {"DATABASE_URL": "sqlite:///app.db"}
 
@@ -44,10 +48,17 @@ def test_invalid_bucket_names_are_rejected(value):
         settings(S3_BUCKET_NAME=value)
 
 
-@pytest.mark.parametrize("value", ["", "p" * 424, "/exports/"])
+@pytest.mark.parametrize("value", ["", "p" * 421, "/exports/"])
 def test_empty_oversized_or_absolute_prefix_is_rejected(value):
     with pytest.raises(SettingsError, match="S3_EXPORT_PREFIX="):
         settings(S3_EXPORT_PREFIX=value)
+
+
+def test_the_longest_prefix_still_fits_a_gzip_exports_key_in_the_job_row():
+    prefix = settings(S3_EXPORT_PREFIX="p" * MAX_PREFIX_LENGTH).s3_export_prefix
+    key = ExportObjects(None, "b", prefix, 60).key(uuid.uuid4(), uuid.uuid4(), "gzip")
+    assert key.endswith(".csv.gz")
+    assert len(key) == export_jobs.c.s3_key.type.length == 500
 
 
 @pytest.mark.parametrize(

@@ -10,17 +10,24 @@ Two renderers produce files that parse to the same rows:
   CSV writer. Memory stays flat whatever the campaign size. The pipeline uses it.
 - ``render_rows`` renders a whole DataFrame with ``DataFrame.to_csv``: the
   straightforward reference the streaming path is tested against.
+
+A request's options change only the file's envelope: ``bom`` puts the UTF-8 byte-order
+mark before the header (Excel then reads the file as UTF-8), ``gzip`` compresses the
+same bytes as they are written.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import ctypes
+import gzip as gzip_format
 import hashlib
 import io
 import unicodedata
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -61,6 +68,11 @@ TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at")
 FREE_TEXT_COLUMNS = ("external_contact_id", "q1_answer", "q2_answer", "q3_answer")
 INJECTION_GUARD = "'"
 HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
+# The UTF-8 byte-order mark (EF BB BF) that the `bom` option writes before the header.
+BOM = codecs.BOM_UTF8
+# gzip: level 6 (zlib's default balance of speed and size); mtime 0 and no file name in
+# the gzip header, so that the same CSV always compresses to the same bytes.
+GZIP_LEVEL = 6
 
 # OWASP CSV injection: a spreadsheet runs a cell whose first character is one of these
 # as a formula. U+2212 MINUS SIGN too, which some spreadsheets take for "-".
@@ -161,9 +173,9 @@ SPOOL_BLOCK_BYTES = 512 * 1024
 @dataclass(frozen=True)
 class RenderStats:
     row_count: int
-    byte_count: int
+    byte_count: int  # of the file on disk (compressed, with gzip): what S3 stores
     outcome_counts: dict[str, int]
-    sha256: str  # hex, of the file's bytes: what a download gets
+    sha256: str  # hex, of the file's bytes on disk: what a download gets
 
 
 class _HashingFile:
@@ -171,11 +183,13 @@ class _HashingFile:
     read of the file."""
 
     def __init__(self, file: BinaryIO):
-        self.file, self.hash = file, hashlib.sha256()
+        self.file, self.hash, self.size = file, hashlib.sha256(), 0
 
     def write(self, data) -> int:
         self.hash.update(data)
-        return self.file.write(data)
+        written = self.file.write(data)
+        self.size += written
+        return written
 
     @property
     def closed(self) -> bool:
@@ -234,15 +248,20 @@ def next_block_bytes(block_bytes: int) -> int:
     return min(block_bytes * SPOOL_BLOCK_GROWTH, MAX_SPOOL_BLOCK_BYTES)
 
 
-def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
-    """Stream the raw spool into the export CSV, batch by batch."""
+def render_spool(
+    spool_path: Path, csv_path: Path, *, bom: bool = False, gzip: bool = False
+) -> RenderStats:
+    """Stream the raw spool into the export CSV, batch by batch; with `bom` the file
+    starts with the UTF-8 byte-order mark, with `gzip` it is the gzip of that CSV
+    (compressed as it is written: the uncompressed file never exists)."""
     if spool_path.stat().st_size == 0:  # no terminal contacts: a header-only file
-        csv_path.write_bytes(HEADER)
-        return RenderStats(0, len(HEADER), {}, hashlib.sha256(HEADER).hexdigest())
+        with _export_file(csv_path, bom=bom, gzip=gzip) as (_, out):
+            pass
+        return RenderStats(0, out.size, {}, out.hash.hexdigest())
     block_bytes = SPOOL_BLOCK_BYTES
     while True:
         try:
-            return _render_spool(spool_path, csv_path, block_bytes)
+            return _render_spool(spool_path, csv_path, block_bytes, bom=bom, gzip=gzip)
         except pa.ArrowInvalid as error:
             # Arrow cannot split a row across blocks: start again with blocks big
             # enough for the longest row. Only campaigns with huge answers pay for it.
@@ -253,7 +272,30 @@ def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
         block_bytes = next_block_bytes(block_bytes)
 
 
-def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderStats:
+@contextlib.contextmanager
+def _export_file(csv_path: Path, *, bom: bool, gzip: bool) -> Iterator[tuple]:
+    """(where the CSV's bytes go, the hashing file on disk), the header already written.
+
+    The hash and the size are of the bytes that land on disk (compressed, with gzip):
+    exactly what is uploaded and downloaded. On exit the gzip trailer is written too.
+    """
+    with open(csv_path, "wb") as file:
+        out = _HashingFile(file)
+        with (
+            gzip_format.GzipFile(
+                filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=out, mtime=0
+            )
+            if gzip
+            else contextlib.nullcontext(out)
+        ) as sink:
+            # Written here so that column names stay unquoted.
+            sink.write(BOM + HEADER if bom else HEADER)
+            yield sink, out
+
+
+def _render_spool(
+    spool_path: Path, csv_path: Path, block_bytes: int, *, bom: bool, gzip: bool
+) -> RenderStats:
     reader = pa_csv.open_csv(
         spool_path,
         read_options=pa_csv.ReadOptions(column_names=list(CSV_COLUMNS), block_size=block_bytes),
@@ -262,9 +304,7 @@ def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderS
     )
     outcomes: Counter[str] = Counter()
     rows = 0
-    with open(csv_path, "wb") as file:
-        out = _HashingFile(file)
-        out.write(HEADER)  # written here so that column names stay unquoted
+    with _export_file(csv_path, bom=bom, gzip=gzip) as (sink, out):
         writer = None
         for batch in reader:
             frame = format_spool_batch(batch.to_pandas(types_mapper=pd.ArrowDtype))
@@ -275,7 +315,7 @@ def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderS
             )
             if writer is None:
                 writer = pa_csv.CSVWriter(
-                    out,
+                    sink,
                     formatted.schema,
                     write_options=pa_csv.WriteOptions(
                         include_header=False, eol="\r\n", batch_size=16_384
@@ -284,7 +324,7 @@ def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderS
             writer.write_batch(formatted)
         if writer is not None:
             writer.close()
-        byte_count = out.tell()
+    byte_count = out.size
     release_freed_memory()
     return RenderStats(
         rows, byte_count, {str(k): int(v) for k, v in outcomes.items()}, out.hash.hexdigest()

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
+GZIP_CONTENT_TYPE = "application/gzip"
+# A job's compression option -> its object's (and download's) file name ending. The key
+# says what the object holds, so anything holding only the key (a refresh of the link,
+# retention) serves it right.
+SUFFIXES = {"none": ".csv", "gzip": ".csv.gz"}
 # Private objects, encrypted at rest with S3-managed keys unless a KMS key is configured.
 SERVER_SIDE_ENCRYPTION = "AES256"
 # S3's answers to HEAD on a key (or bucket) that does not exist.
@@ -65,8 +70,12 @@ class ExportObjects:
             kms_key_id=settings.kms_key_id,
         )
 
-    def key(self, campaign_id: uuid.UUID, export_job_id: uuid.UUID) -> str:
-        return f"{self.prefix}{campaign_id}/{export_job_id}.csv"
+    def key(
+        self, campaign_id: uuid.UUID, export_job_id: uuid.UUID, compression: str = "none"
+    ) -> str:
+        if compression not in SUFFIXES:
+            raise ValueError(f"compression {compression!r} is not one of {tuple(SUFFIXES)}")
+        return f"{self.prefix}{campaign_id}/{export_job_id}{SUFFIXES[compression]}"
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -79,16 +88,17 @@ class ExportObjects:
             str(path),
             self.bucket,
             key,
-            ExtraArgs={"ContentType": CSV_CONTENT_TYPE, **self._encryption(), **metadata},
+            ExtraArgs={"ContentType": content_type(key), **self._encryption(), **metadata},
             Config=TRANSFER_CONFIG,
         )
 
     def sign(self, key: str, campaign_name: str, export_date: date) -> tuple[str, datetime]:
         """A GET link valid for url_ttl_seconds that downloads as an attachment named
-        after the campaign and the export's date."""
+        after the campaign and the export's date (.csv, or .csv.gz for a gzip key)."""
         # RFC 6266: browsers take filename* (RFC 5987, UTF-8) and fall back to filename.
-        fallback = download_filename(campaign_name, export_date)
-        filename = unicode_download_filename(campaign_name, export_date)
+        suffix = suffix_of(key)
+        fallback = download_filename(campaign_name, export_date, suffix)
+        filename = unicode_download_filename(campaign_name, export_date, suffix)
         expires_at = datetime.now(UTC) + timedelta(seconds=self.url_ttl_seconds)
         url = self.client.generate_presigned_url(
             "get_object",
@@ -99,7 +109,7 @@ class ExportObjects:
                     f'attachment; filename="{fallback}"; '
                     f"filename*=UTF-8''{quote(filename, safe='')}"
                 ),
-                "ResponseContentType": CSV_CONTENT_TYPE,
+                "ResponseContentType": content_type(key),
             },
             ExpiresIn=self.url_ttl_seconds,
         )
@@ -175,18 +185,28 @@ def describe_s3_error(error: BaseException) -> str:
     return str(error)
 
 
-def download_filename(campaign_name: str, export_date: date) -> str:
+def suffix_of(key: str) -> str:
+    """The file name ending of an export object: .csv.gz for a gzip export, else .csv."""
+    return SUFFIXES["gzip"] if key.endswith(SUFFIXES["gzip"]) else SUFFIXES["none"]
+
+
+def content_type(key: str) -> str:
+    """What the object holds, as its key's ending says."""
+    return GZIP_CONTENT_TYPE if suffix_of(key) == SUFFIXES["gzip"] else CSV_CONTENT_TYPE
+
+
+def download_filename(campaign_name: str, export_date: date, suffix: str = ".csv") -> str:
     """The ASCII fallback of the download's name: campaign name as a slug, and date."""
-    return f"{_slug(campaign_name)}-{export_date.isoformat()}.csv"
+    return f"{_slug(campaign_name)}-{export_date.isoformat()}{suffix}"
 
 
 # Not allowed in file names on Windows (and "/" nowhere); the rest is fine everywhere.
 _UNSAFE_IN_FILENAMES = re.compile(r'[<>:"/\\|?*]')
-# UTF-8 bytes of the name part: file systems allow 255 bytes in all, date and ".csv" too.
+# UTF-8 bytes of the name part: file systems allow 255 bytes in all, date and ".csv.gz" too.
 _MAX_NAME_BYTES = 200
 
 
-def unicode_download_filename(campaign_name: str, export_date: date) -> str:
+def unicode_download_filename(campaign_name: str, export_date: date, suffix: str = ".csv") -> str:
     """The download's name as people wrote the campaign's: "Große Qualität 2026-11-28.csv".
 
     Characters no file system takes, or that show nothing or reorder text (controls,
@@ -202,7 +222,7 @@ def unicode_download_filename(campaign_name: str, export_date: date) -> str:
     name = re.sub(r"\s+", " ", name).strip(" .-")
     encoded = name.encode("utf-8")[:_MAX_NAME_BYTES]
     name = encoded.decode("utf-8", errors="ignore").strip(" .-")
-    return f"{name or _slug(campaign_name)} {export_date.isoformat()}.csv"
+    return f"{name or _slug(campaign_name)} {export_date.isoformat()}{suffix}"
 
 
 def _slug(text: str) -> str:

@@ -36,10 +36,10 @@ from ..app_db import export_jobs
 from ..app_db.campaigns import get_campaign
 from ..app_db.contacts import copy_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
-from ..export_file.csv_format import HEADER, render_spool
+from ..export_file.csv_format import render_spool
 from ..export_file.s3_object import ExportObjects, describe_s3_error
 from .campaign_batch import CampaignBatch
-from .export_checks import ASSET_KEY, CHECK_SPECS, evaluate, failure_reason
+from .export_checks import ASSET_KEY, CHECK_SPECS, evaluate, failure_reason, stored_start_bytes
 from .failures import ExportCancelled, permanent_failure
 from .metadata import COLUMN_SCHEMA, partition_metadata
 from .partitions import campaigns_partitions
@@ -74,6 +74,9 @@ class ExportTarget:
     claimed_by_run_id: str
     # The campaign's partition key, as Dagster spells it.
     partition_key: str
+    # The request's file options, from its job row (a UI or backfill run's: the defaults).
+    bom: bool = False
+    compression: str = "none"
 
 
 @dataclass(frozen=True)
@@ -235,7 +238,14 @@ def _start(
                 dagster_run_id=context.run_id,
             )
     return ExportTarget(
-        export_job_id, campaign_id, campaign.name, job.created_at, context.run_id, partition_key
+        export_job_id,
+        campaign_id,
+        campaign.name,
+        job.created_at,
+        context.run_id,
+        partition_key,
+        bom=job.bom,
+        compression=job.compression,
     )
 
 
@@ -246,10 +256,10 @@ def _extract(context, app_db: AppDatabase, spool: SpoolStorage, target) -> Extra
     return ExtractedContacts(target.export_job_id, str(spool_path), context.run_id, database_rows)
 
 
-def _render(context, extracted: ExtractedContacts) -> RenderedCsv:
+def _render(context, extracted: ExtractedContacts, target: ExportTarget) -> RenderedCsv:
     spool_path = Path(extracted.spool_path)
     csv_path = spool_path.with_name("export.csv")
-    stats = render_spool(spool_path, csv_path)
+    stats = render_spool(spool_path, csv_path, bom=target.bom, gzip=target.compression == "gzip")
     spool_path.unlink()
     return RenderedCsv(
         export_job_id=extracted.export_job_id,
@@ -276,7 +286,9 @@ def _input_of_this_run(context, app_db, spool, target, upstream):
         return upstream
     context.log.info(f"the files of run {upstream.run_id} are gone; extracting again")
     extracted = _extract(context, app_db, spool, target)
-    return extracted if isinstance(upstream, ExtractedContacts) else _render(context, extracted)
+    if isinstance(upstream, ExtractedContacts):
+        return extracted
+    return _render(context, extracted, target)
 
 
 def _with_upstream(
@@ -335,14 +347,16 @@ def render_csv(
     """Format the rows as the export CSV (quoting, timestamps, injection guard), in batches."""
     return CampaignBatch(context, app_db, destination).each(
         _with_upstream(targets, extracted),
-        lambda pair, _attempt: _render(context, _input_of_this_run(context, app_db, spool, *pair)),
+        lambda pair, _attempt: _render(
+            context, _input_of_this_run(context, app_db, spool, *pair), pair[0]
+        ),
     )
 
 
 def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: ExportTarget) -> str:
     """Key first: an object that exists is always findable from its job row, so a run
     that fails after the upload can have its object deleted."""
-    key = objects.key(target.campaign_id, target.export_job_id)
+    key = objects.key(target.campaign_id, target.export_job_id, target.compression)
     with app_db.engine.begin() as conn:
         if not export_jobs.record_object_key(conn, target.export_job_id, context.run_id, key):
             raise permanent_failure(
@@ -377,7 +391,10 @@ def _check_stored_file(
 ) -> None:
     """Run the file's checks (export_checks) and add their evaluations to `checks`; a
     failing one fails this campaign with its reason, never retried."""
-    stored_bytes, stored_start = objects.stored(uploaded.s3_key, len(HEADER))
+    gzip = target.compression == "gzip"
+    stored_bytes, stored_start = objects.stored(
+        uploaded.s3_key, stored_start_bytes(bom=target.bom, gzip=gzip)
+    )
     evaluations = evaluate(
         partition_key=target.partition_key,
         database_rows=rendered.database_rows,
@@ -386,6 +403,8 @@ def _check_stored_file(
         stored_bytes=stored_bytes,
         stored_start=stored_start,
         blocking=blocking,
+        bom=target.bom,
+        gzip=gzip,
     )
     checks.extend(evaluations)
     reason = failure_reason(evaluations)
@@ -452,6 +471,8 @@ def _metadata(target: ExportTarget, uploaded: UploadedCsv, objects, expires_at) 
         outcome_counts=uploaded.outcome_counts,
         export_job_id=str(target.export_job_id),
         url_expires_at=export_jobs.iso_utc(expires_at),
+        bom=target.bom,
+        compression=target.compression,
     )
 
 
@@ -472,7 +493,7 @@ def _complete(
     if uploaded is None:
         # Re-executing a backfill run: a campaign that failed in the run re-executed.
         context.log.info(f"campaign {target.campaign_id} failed before; exporting again")
-        rendered = _render(context, _extract(context, app_db, spool, target))
+        rendered = _render(context, _extract(context, app_db, spool, target), target)
         uploaded = _upload(
             context, objects, rendered, _record_key(context, app_db, objects, target)
         )
@@ -480,7 +501,7 @@ def _complete(
     elif uploaded.run_id != context.run_id and not objects.exists(uploaded.s3_key):
         # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
         context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
-        rendered = _render(context, _extract(context, app_db, spool, target))
+        rendered = _render(context, _extract(context, app_db, spool, target), target)
         key = _record_key(context, app_db, objects, target)
         uploaded = _upload(context, objects, rendered, key)
         _check_stored_file(objects, target, rendered, uploaded, checks, not in_batch)

@@ -11,10 +11,11 @@ Each evaluation is recorded on its campaign's partition (the asset's Checks tab)
 from __future__ import annotations
 
 import warnings
+import zlib
 
 import dagster as dg
 
-from ..export_file.csv_format import HEADER
+from ..export_file.csv_format import BOM, HEADER
 from .partitions import campaigns_partitions
 
 ASSET_KEY = dg.AssetKey("campaign_export")
@@ -23,7 +24,8 @@ HEADER_CHECK = "header_is_column_contract"
 SIZE = "stored_size_matches_written"
 DESCRIPTIONS = {
     ROWS: "The file has one row per terminal contact the database returned at extraction.",
-    HEADER_CHECK: "The stored file starts with the ten-column header of the column contract.",
+    HEADER_CHECK: "The stored file starts with the ten-column header of the column contract "
+    "(after the byte-order mark when the request asked for one; gunzipped, for gzip).",
     SIZE: "The stored object's size equals the bytes written to the file.",
 }
 
@@ -43,6 +45,32 @@ with warnings.catch_warnings():
     ]
 
 
+# How much of a gzip object is read for the header check: its compressed start. The
+# header comes out of the first few hundred bytes; deflate needs no whole block for it.
+GZIP_START_BYTES = 4096
+
+
+def expected_start(bom: bool) -> bytes:
+    """What the CSV must start with: the header, behind the BOM when one was asked for."""
+    return BOM + HEADER if bom else HEADER
+
+
+def stored_start_bytes(*, bom: bool, gzip: bool) -> int:
+    """How many of the stored object's first bytes evaluate needs."""
+    return GZIP_START_BYTES if gzip else len(expected_start(bom))
+
+
+def csv_start(stored_start: bytes, *, length: int, gzip: bool) -> bytes:
+    """The CSV's first `length` bytes: the stored ones, or what the start of a gzip
+    object decompresses to (wbits=31: a gzip member; partial input is fine)."""
+    if not gzip:
+        return stored_start[:length]
+    try:
+        return zlib.decompressobj(wbits=31).decompress(stored_start, length)
+    except zlib.error:
+        return b""  # not gzip at all: it does not start with the header either
+
+
 def evaluate(
     *,
     partition_key: str,
@@ -52,9 +80,15 @@ def evaluate(
     stored_bytes: int,
     stored_start: bytes,
     blocking: bool,
+    bom: bool = False,
+    gzip: bool = False,
 ) -> list[dg.AssetCheckEvaluation]:
     """The three checks' evaluations for one campaign's stored file. `stored_start` is
-    the object's first len(HEADER) bytes."""
+    the object's first stored_start_bytes(bom=, gzip=) bytes; `written_bytes` and
+    `stored_bytes` count stored (compressed, for gzip) bytes."""
+    expected = expected_start(bom)
+    header_passed = csv_start(stored_start, length=len(expected), gzip=gzip) == expected
+    where = "the stored file, gunzipped," if gzip else "the stored file"
     results = [
         (
             ROWS,
@@ -64,10 +98,12 @@ def evaluate(
         ),
         (
             HEADER_CHECK,
-            stored_start == HEADER,
+            header_passed,
             # Not what it starts with instead: that may be a row of contact data.
-            "the stored file does not start with the column contract's header",
-            {"expected_header": HEADER.decode().strip()},
+            f"{where} does not start with "
+            + ("the byte-order mark and " if bom else "")
+            + "the column contract's header",
+            {"expected_header": HEADER.decode().strip(), "byte_order_mark": bom},
         ),
         (
             SIZE,

@@ -38,6 +38,8 @@ def partition_metadata(
     outcome_counts: dict[str, int],
     export_job_id: str,
     url_expires_at: str,
+    bom: bool = False,
+    compression: str = "none",
 ) -> dict[str, object]:
     return {
         "campaign": dg.MetadataValue.text(campaign_name),
@@ -45,7 +47,10 @@ def partition_metadata(
         "dagster/partition_row_count": dg.MetadataValue.int(row_count),
         "dagster/column_schema": COLUMN_SCHEMA,
         "size": dg.MetadataValue.text(readable_size(byte_count)),
-        "size_bytes": dg.MetadataValue.int(byte_count),
+        "size_bytes": dg.MetadataValue.int(byte_count),  # as stored: compressed, for gzip
+        # The request's file options: what a download of this file gets.
+        "compression": dg.MetadataValue.text(compression),
+        "bom": dg.MetadataValue.bool(bom),
         **{f"outcome/{state}": dg.MetadataValue.int(n) for state, n in outcome_counts.items()},
         "export_job_id": dg.MetadataValue.text(export_job_id),
         "url_expires_at": dg.MetadataValue.text(url_expires_at),

@@ -45,6 +45,15 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help_text)
         command.add_argument(subject, **({"required": True} if subject.startswith("-") else {}))
         command.add_argument("--user-id", required=True)
+        if name == "request":
+            command.add_argument(
+                "--bom",
+                action="store_true",
+                help="start the file with the UTF-8 byte-order mark (for Excel)",
+            )
+            command.add_argument(
+                "--gzip", action="store_true", help="store the file gzipped (.csv.gz)"
+            )
 
     serve = commands.add_parser("serve", help="serve the export HTTP API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -72,7 +81,12 @@ def _run(args: argparse.Namespace) -> object:
         return _serve(args.host, args.port)
     api = ExportRequests.from_settings(Settings.from_env())
     if args.command == "request":
-        return api.request_export(args.campaign_id, args.user_id).to_json()
+        return api.request_export(
+            args.campaign_id,
+            args.user_id,
+            bom=args.bom,
+            compression="gzip" if args.gzip else "none",
+        ).to_json()
     if args.command == "status":
         return api.get_export(args.job_id, args.user_id).to_json()
     if args.command == "list":

@@ -30,7 +30,7 @@ from ..app_db.campaigns import Campaign, get_campaign, get_user_role
 from ..app_db.engine import get_engine
 from ..app_db.errors import safe_database_errors
 from ..app_db.export_jobs import ExportJob
-from ..app_db.schema import EXPORT_ROLES, campaigns
+from ..app_db.schema import COMPRESSIONS, EXPORT_ROLES, campaigns
 from ..export_file.s3_object import BucketUnreachable, ExportObjects
 from ..settings import ACCESS_POLICIES, Settings
 
@@ -85,6 +85,16 @@ def parse_uuid(value: str | uuid.UUID, what: str) -> uuid.UUID:
         raise InvalidRequest(f"{what} {value!r} is not a valid UUID") from None
 
 
+def check_options(bom: object, compression: object) -> None:
+    """A request's file options, refused with one line naming the value and the rule."""
+    if not isinstance(bom, bool):  # 1, "yes" or None would be stored as something else
+        raise InvalidRequest(f"option bom {bom!r} must be true or false")
+    if compression not in COMPRESSIONS:
+        raise InvalidRequest(
+            f"option compression {compression!r} must be one of: {', '.join(COMPRESSIONS)}"
+        )
+
+
 @dataclass
 class ExportRequests:
     engine: Engine
@@ -108,14 +118,28 @@ class ExportRequests:
             access_policy=settings.export_access_policy,
         )
 
-    def request_export(self, campaign_id: str | uuid.UUID, user_id: str | uuid.UUID) -> ExportJob:
-        """Record a pending export request; the sensor picks it up within seconds."""
+    def request_export(
+        self,
+        campaign_id: str | uuid.UUID,
+        user_id: str | uuid.UUID,
+        *,
+        bom: bool = False,
+        compression: str = "none",
+    ) -> ExportJob:
+        """Record a pending export request; the sensor picks it up within seconds.
+
+        The file options are stored on the job: `bom` starts the file with the UTF-8
+        byte-order mark, `compression` "gzip" stores the gzip of the CSV.
+        """
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
+        check_options(bom, compression)
         with self._database("recording the export request", write=True) as conn:
             role = self._authorize(conn, user_id)
             self._campaign(conn, campaign_id, user_id, role)
-            return export_jobs.insert_job(conn, campaign_id, requested_by_user_id=user_id)
+            return export_jobs.insert_job(
+                conn, campaign_id, requested_by_user_id=user_id, bom=bom, compression=compression
+            )
 
     def list_exports(
         self, campaign_id: str | uuid.UUID, user_id: str | uuid.UUID

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, status
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
@@ -101,10 +101,10 @@ def build_export_router(
 
     User = Annotated[uuid.UUID, Depends(current_user)]
 
-    def call(operation, *args):
+    def call(operation, *args, **options):
         try:
             with _unavailable_as_503():
-                return operation(*args)
+                return operation(*args, **options)
         except PermissionDenied as error:
             raise HTTPException(status.HTTP_403_FORBIDDEN, str(error)) from None
         except NotFound as error:
@@ -112,8 +112,17 @@ def build_export_router(
         except InvalidRequest as error:
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
-    def initiate_export(campaign_id: uuid.UUID, user_id: User) -> ExportJobCreateResponse:
-        job = call(api.request_export, campaign_id, user_id)
+    def initiate_export(
+        campaign_id: uuid.UUID, user_id: uuid.UUID, options: ExportOptions | None
+    ) -> ExportJobCreateResponse:
+        options = options or ExportOptions()
+        job = call(
+            api.request_export,
+            campaign_id,
+            user_id,
+            bom=options.bom,
+            compression=options.compression,
+        )
         return ExportJobCreateResponse(
             job_id=job.id,
             campaign_id=job.campaign_id,
@@ -123,10 +132,25 @@ def build_export_router(
             message=f"export requested; poll GET /api/exports/{job.id} for the download URL",
         )
 
-    for method in ("GET", "POST"):  # GET as the app's client calls it; POST as it should be
+    # GET as the app's client calls it (options as query parameters, an unknown one is
+    # refused: ExportOptions forbids extra fields); POST as it should be (options as an
+    # optional JSON body; none, or an empty body, means the defaults).
+    def initiate_export_get(
+        campaign_id: uuid.UUID, user_id: User, options: Annotated[ExportOptions, Query()]
+    ) -> ExportJobCreateResponse:
+        return initiate_export(campaign_id, user_id, options)
+
+    def initiate_export_post(
+        campaign_id: uuid.UUID,
+        user_id: User,
+        options: Annotated[ExportOptions | None, Body()] = None,
+    ) -> ExportJobCreateResponse:
+        return initiate_export(campaign_id, user_id, options)
+
+    for method, endpoint in (("GET", initiate_export_get), ("POST", initiate_export_post)):
         router.add_api_route(
             "/campaigns/{campaign_id}/export",
-            initiate_export,
+            endpoint,
             methods=[method],
             status_code=status.HTTP_202_ACCEPTED,
             response_model=ExportJobCreateResponse,
