@@ -21,6 +21,7 @@ import hashlib
 import io
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -234,15 +235,18 @@ def next_block_bytes(block_bytes: int) -> int:
     return min(block_bytes * SPOOL_BLOCK_GROWTH, MAX_SPOOL_BLOCK_BYTES)
 
 
-def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
-    """Stream the raw spool into the export CSV, batch by batch."""
+def render_spool(
+    spool_path: Path, csv_path: Path, on_batch: Callable[[int], None] | None = None
+) -> RenderStats:
+    """Stream the raw spool into the export CSV, batch by batch; ``on_batch(rows_so_far)``
+    after each batch (whatever it raises stops the rendering)."""
     if spool_path.stat().st_size == 0:  # no terminal contacts: a header-only file
         csv_path.write_bytes(HEADER)
         return RenderStats(0, len(HEADER), {}, hashlib.sha256(HEADER).hexdigest())
     block_bytes = SPOOL_BLOCK_BYTES
     while True:
         try:
-            return _render_spool(spool_path, csv_path, block_bytes)
+            return _render_spool(spool_path, csv_path, block_bytes, on_batch)
         except pa.ArrowInvalid as error:
             # Arrow cannot split a row across blocks: start again with blocks big
             # enough for the longest row. Only campaigns with huge answers pay for it.
@@ -253,7 +257,9 @@ def render_spool(spool_path: Path, csv_path: Path) -> RenderStats:
         block_bytes = next_block_bytes(block_bytes)
 
 
-def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderStats:
+def _render_spool(
+    spool_path: Path, csv_path: Path, block_bytes: int, on_batch: Callable[[int], None] | None
+) -> RenderStats:
     reader = pa_csv.open_csv(
         spool_path,
         read_options=pa_csv.ReadOptions(column_names=list(CSV_COLUMNS), block_size=block_bytes),
@@ -282,6 +288,8 @@ def _render_spool(spool_path: Path, csv_path: Path, block_bytes: int) -> RenderS
                     ),
                 )
             writer.write_batch(formatted)
+            if on_batch is not None:
+                on_batch(rows)
         if writer is not None:
             writer.close()
         byte_count = out.tell()
