@@ -284,3 +284,69 @@ def test_a_count_that_fails_leaves_the_phase_at_its_start_and_the_export_going(
 
     assert f"progress of export job {job_id}: its total not counted" in caplog.text
     assert pg.job_row(job_id)["progress_percent"] == EXTRACT.start
+
+
+LARGE_CAMPAIGN = 1_500_000
+
+
+@pytest.mark.soak
+def test_a_large_export_shows_progress_between_its_phases_ends_rising_to_100(
+    instance, create_postgres_database, s3_client
+):
+    """1,500,000 contacts (a database of their own), watched by a thread that polls the
+    job row as the app would."""
+    import threading
+
+    from voicesurvey_exports.app_db.migrations import upgrade
+
+    database_url = create_postgres_database("progress_soak")
+    app = AppData(get_engine(database_url))
+    upgrade(app.engine)
+    campaign = app.campaign("Large")
+    with app.engine.begin() as conn:
+        conn.execute(
+            text("""
+            INSERT INTO contacts (campaign_id, external_contact_id, phone_number, state,
+                                  attempts_count, last_attempt_at)
+            SELECT :c, 'CRM-' || g, '+39',
+                   (ARRAY['completed','refused','not_reached','excluded']::contact_state[])
+                   [1 + g % 4], 1 + g % 3, timestamptz '2026-11-01 08:00:00+00' + g * interval '1 s'
+            FROM generate_series(1, :n) g"""),
+            {"c": campaign, "n": LARGE_CAMPAIGN},
+        )
+        # Answers with line breaks: the extract's count of line ends runs ahead of its rows.
+        conn.execute(
+            text("""
+            INSERT INTO survey_responses (contact_id, campaign_id, q1_answer, completed_at)
+            SELECT id, campaign_id, 'Prima riga' || chr(10) || 'seconda riga', now()
+            FROM contacts WHERE campaign_id = :c AND state = 'completed'"""),
+            {"c": campaign},
+        )
+        conn.execute(text("ANALYZE"))
+    job_id = app.export_job(campaign, app.user())
+    seen: list[int | None] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.05):
+            seen.append(app.job_row(job_id)["progress_percent"])
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        result = materialize_export(instance, database_url, campaign, job_id)
+    finally:
+        done.set()
+        watcher.join()
+
+    assert result.success
+    job = app.job_row(job_id)
+    assert job["total_records"] == LARGE_CAMPAIGN and job["progress_percent"] == 100
+    values = [value for value in seen if value is not None]
+    assert values == sorted(values)
+    within_phases = {value for value in values if 0 < value < 100} - {
+        EXTRACT.end,
+        RENDER.end,
+        UPLOAD.end,
+    }
+    assert within_phases, sorted(set(values))
