@@ -105,6 +105,17 @@ def test_a_pending_job_shows_no_progress_and_a_claimed_one_shows_zero(app_data, 
     assert claimed.to_json()["progress_percent"] == 0
 
 
+def test_a_run_that_takes_a_job_over_keeps_the_progress_its_parent_reached(pg):
+    job_id = running_job(pg, pg.campaign(), run_id="run-whose-worker-died")
+    with pg.engine.begin() as conn:
+        assert export_jobs.report_progress(conn, job_id, "run-whose-worker-died", 60)
+        assert export_jobs.claim_job(conn, job_id, "its-retry", ["running"]) is not None
+    assert pg.job_row(job_id)["progress_percent"] == 60
+
+    ExportProgress(pg.engine, job_id, "its-retry").finished(EXTRACT)  # 45: not lower
+    assert pg.job_row(job_id)["progress_percent"] == 60
+
+
 def test_progress_rises_through_each_phases_end_to_100_and_never_goes_back(
     instance, postgres_url, pg, s3_client
 ):
