@@ -17,6 +17,7 @@ from sqlalchemy import event, text
 from voicesurvey_exports.app_db import export_jobs
 from voicesurvey_exports.app_db.contacts import COPY_CHUNK_BYTES, copy_terminal_contacts
 from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.export_file.csv_format import render_spool
 from voicesurvey_exports.export_file.s3_object import ExportObjects
 from voicesurvey_exports.pipeline.failures import ExportCancelled
 from voicesurvey_exports.pipeline.progress import EXTRACT, RENDER, UPLOAD, ExportProgress
@@ -182,6 +183,21 @@ def test_twenty_thousand_callbacks_make_at_most_one_report_a_second(pg):
     assert len(reports) <= 1 + elapsed / progress.interval_seconds
     progress.finished(EXTRACT)
     assert pg.job_row(job_id)["progress_percent"] == EXTRACT.end
+
+
+def test_copy_and_render_call_back_per_chunk_and_batch_with_counts_rising_to_the_rows(pg, tmp_path):
+    campaign = pg.campaign()
+    add_long_contacts(pg, campaign, 60_000)
+    extracted, rendered = [], []
+    spool, csv_file = tmp_path / "spool.csv", tmp_path / "export.csv"
+
+    with open(spool, "wb") as spool_file:
+        rows = copy_terminal_contacts(pg.engine, campaign, spool_file, extracted.append)
+    stats = render_spool(spool, csv_file, on_batch=rendered.append)
+
+    for counts in (extracted, rendered):
+        assert 10 <= len(counts) <= 100  # 20 MB: per 1 MiB chunk, per 512 KiB batch
+        assert counts == sorted(set(counts)) and counts[-1] == rows == stats.row_count
 
 
 def test_a_cancel_asked_for_mid_copy_stops_the_extract_with_export_cancelled(pg, tmp_path):
