@@ -164,7 +164,8 @@ def test_a_200_row_export_reports_progress_at_most_once_per_phase(
     with counted_progress_reports(pg.engine) as reports:
         assert materialize_export(instance, postgres_url, campaign, job_id).success
 
-    # Per chunk, batch or part calls, throttled to one a second, plus the phases' ends.
+    # One chunk, one batch, one part: each phase's only callback comes as it ends, and
+    # the report of its end does not repeat it; no report for a callback within a second.
     assert 1 <= len(reports) <= 3
     assert pg.job_row(job_id)["progress_percent"] == 100
 
