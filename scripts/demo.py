@@ -35,6 +35,7 @@ from dev import local_services, process_group
 from dev.demo_data import LARGE_CAMPAIGN_ID, MANAGER_ID, seed_demo_data
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.migrations import upgrade
+from voicesurvey_exports.app_db.schema import TERMINAL_JOB_STATUSES
 from voicesurvey_exports.service.requests import ExportRequests
 from voicesurvey_exports.settings import Settings
 
@@ -188,7 +189,7 @@ def main() -> int:
             flush=True,
         )
         job = process_group.wait_for(
-            lambda: _finished(api, job.id), 300, "the first export", interval=1
+            _finished_showing_progress(api, job.id), 300, "the first export", interval=0.5
         )
         env_file = shlex.quote(os.path.relpath(home / "demo.env"))
         cli = os.path.relpath(BIN / "voicesurvey-exports")
@@ -251,9 +252,25 @@ def _responds(url: str) -> bool:
         return False
 
 
-def _finished(api: ExportRequests, job_id):
-    job = api.get_export(job_id, MANAGER_ID)
-    return job if job.status in ("completed", "failed") else None
+def _finished_showing_progress(api: ExportRequests, job_id):
+    """A condition for wait_for: the job once it has ended; until then it prints the job's
+    status and progress ("running 42%") whenever they change."""
+    shown = None
+
+    def finished():
+        nonlocal shown
+        job = api.get_export(job_id, MANAGER_ID)
+        if job.status in TERMINAL_JOB_STATUSES:
+            return job
+        state = job.status
+        if job.progress_percent is not None:
+            state += f" {job.progress_percent}%"
+        if state != shown:
+            print(f"  {state}", flush=True)
+            shown = state
+        return None
+
+    return finished
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ pytestmark = pytest.mark.e2e
 REPO = Path(__file__).resolve().parents[1]
 CURL = re.compile(r'curl -o export\.csv "([^"]+)"')
 HTTP_CURL = re.compile(r'curl -X POST -H "Authorization: Bearer ([^"]+)"')
+WAITING = re.compile(r"^  running \d+%$")
+SHA256 = re.compile(r"^  sha256: +[0-9a-f]{64} \(\d+ bytes")
 
 
 class Demo:
@@ -155,6 +157,10 @@ def test_demo_serves_a_download_restarts_after_a_crash_and_leaves_nothing(tmp_pa
     url = first.wait_for_line(CURL).group(1)
     bearer = first.wait_for_line(HTTP_CURL).group(1)
     first_groups = first.read_groups()
+    # While it waited, the job's status and progress as they changed; then the checksum.
+    percents = [int(line.split()[1][:-1]) for line in first.output if WAITING.match(line)]
+    assert percents == sorted(percents), first.output
+    assert any(SHA256.search(line) for line in first.output), first.output
 
     response = requests.get(url, timeout=30)
     assert response.status_code == 200

@@ -102,10 +102,19 @@ def test_pending_request_becomes_a_downloadable_csv(app):
             {"id": job_id, "campaign": campaign, "user": manager},
         )
 
-    processes.wait_for(lambda: job_status(app, job_id), 180, "the export job to finish")
+    progress = []
+
+    def finished():
+        progress.append(app.job_row(job_id)["progress_percent"])
+        return job_status(app, job_id)
+
+    processes.wait_for(finished, 180, "the export job to finish", interval=0.1)
 
     job = app.job_row(job_id)
     assert job["status"] == "completed", job["error_message"]
+    assert progress[0] is None and job["progress_percent"] == 100  # pending, then done
+    seen = [percent for percent in progress if percent is not None]
+    assert seen == sorted(seen)
     response = requests.get(job["download_url"], timeout=30)
     assert response.status_code == 200
     assert "attachment" in response.headers["Content-Disposition"]

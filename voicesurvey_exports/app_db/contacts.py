@@ -9,14 +9,16 @@ an unquoted empty field as NULL, so text like "N/A" or "NULL" stays text.
 
 from __future__ import annotations
 
+import io
 import uuid
+from collections.abc import Callable
 from typing import BinaryIO
 
 import pandas as pd
 import psycopg2
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from sqlalchemy import Engine, Select, select, text
+from sqlalchemy import Connection, Engine, Select, func, select, text
 from sqlalchemy.dialects import postgresql
 
 from .engine import is_postgres
@@ -24,6 +26,9 @@ from .schema import TERMINAL_CONTACT_STATES, contacts, survey_responses
 
 # Rows per pandas chunk on the SQLite path.
 SQLITE_CHUNK_ROWS = 50_000
+# COPY writes one row per call: a C-level buffer of this size gathers them, so that
+# progress is counted per chunk, never per row.
+COPY_CHUNK_BYTES = 1024 * 1024
 
 
 def terminal_contacts_query(campaign_id: uuid.UUID) -> Select:
@@ -52,17 +57,40 @@ def terminal_contacts_query(campaign_id: uuid.UUID) -> Select:
     )
 
 
-def copy_terminal_contacts(engine: Engine, campaign_id: uuid.UUID, spool: BinaryIO) -> int:
+def count_terminal_contacts(conn: Connection, campaign_id: uuid.UUID) -> int:
+    """How many rows the export of the campaign will have (ix_contacts_campaign_id_state)."""
+    return conn.execute(
+        select(func.count()).where(
+            contacts.c.campaign_id == campaign_id,
+            contacts.c.state.in_(TERMINAL_CONTACT_STATES),
+        )
+    ).scalar_one()
+
+
+def copy_terminal_contacts(
+    engine: Engine,
+    campaign_id: uuid.UUID,
+    spool: BinaryIO,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
     """Write the query's rows to a raw CSV spool (see csv_format.SPOOL_COLUMN_TYPES);
     return how many rows the database sent (the export's row-count check compares them).
 
     PostgreSQL streams them with COPY, the fastest way out of the server; memory
     stays flat. SQLite (the demo) goes through pandas in chunks.
+
+    ``on_progress(rows_so_far)`` is called per chunk. On PostgreSQL the count is of line
+    ends, so answers with newlines make it run ahead of the rows; the return value is
+    exact. Whatever it raises stops the export.
     """
     query = terminal_contacts_query(campaign_id)
     if is_postgres(engine):
         # The campaign id is a uuid.UUID, so binding it literally is injection-safe.
         sql = query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+        counter = None
+        if on_progress is not None:
+            counter = _ChunkCounter(spool, on_progress)
+            spool = io.BufferedWriter(counter, COPY_CHUNK_BYTES)
         with engine.begin() as conn:
             # ISO timestamps in UTC: the spool's documented format.
             conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
@@ -70,18 +98,55 @@ def copy_terminal_contacts(engine: Engine, campaign_id: uuid.UUID, spool: Binary
             cursor = conn.connection.dbapi_connection.cursor()
             try:
                 cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", spool)
+                spool.flush()
             except psycopg2.OperationalError:
                 # The server dropped the connection: discard it rather than roll it back,
                 # so that the caller sees this error, not "connection already closed".
                 conn.invalidate()
                 raise
+            except BaseException:
+                if counter is not None and counter.stopped:
+                    # on_progress stopped it mid-stream: a rollback would first read the
+                    # rest of the COPY; closing the connection ends it at once.
+                    conn.invalidate()
+                raise
+            finally:
+                if counter is not None:  # the buffer's close writes and reports no more
+                    counter.stopped = True
             return cursor.rowcount  # the server's own count of the rows COPY sent
     rows = 0
     with engine.connect() as conn:
         for chunk in pd.read_sql(query, conn, chunksize=SQLITE_CHUNK_ROWS):
             write_spool_rows(chunk, spool)
             rows += len(chunk)
+            if on_progress is not None:
+                on_progress(rows)
     return rows
+
+
+class _ChunkCounter(io.RawIOBase):
+    """The spool behind COPY's buffer: writes each chunk through, counts its line ends
+    (bytes.count, C speed) and tells on_progress."""
+
+    def __init__(self, spool: BinaryIO, on_progress: Callable[[int], None]):
+        self.spool, self.on_progress = spool, on_progress
+        self.rows, self.stopped = 0, False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, chunk) -> int:
+        if self.stopped:  # the buffer's flush at close, after the COPY ended: drop it
+            return len(chunk)
+        data = bytes(chunk)
+        self.spool.write(data)
+        self.rows += data.count(b"\n")
+        try:
+            self.on_progress(self.rows)
+        except BaseException:
+            self.stopped = True
+            raise
+        return len(data)
 
 
 def write_spool_rows(rows: pd.DataFrame, spool: BinaryIO) -> None:

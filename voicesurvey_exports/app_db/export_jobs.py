@@ -212,7 +212,9 @@ _RESULT_CLEARED = {
     "completed_at": None,
     "size_bytes": None,
     "sha256": None,
-    "progress_percent": 0,
+    # 0 for a new job; a retry or re-execution keeps what its parent reached (progress
+    # never goes back) and reports again once it gets further.
+    "progress_percent": func.coalesce(export_jobs.c.progress_percent, 0),
 }
 
 

@@ -27,7 +27,7 @@ import hashlib
 import io
 import unicodedata
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -249,11 +249,17 @@ def next_block_bytes(block_bytes: int) -> int:
 
 
 def render_spool(
-    spool_path: Path, csv_path: Path, *, bom: bool = False, gzip: bool = False
+    spool_path: Path,
+    csv_path: Path,
+    on_batch: Callable[[int], None] | None = None,
+    *,
+    bom: bool = False,
+    gzip: bool = False,
 ) -> RenderStats:
     """Stream the raw spool into the export CSV, batch by batch; with `bom` the file
     starts with the UTF-8 byte-order mark, with `gzip` it is the gzip of that CSV
-    (compressed as it is written: the uncompressed file never exists)."""
+    (compressed as it is written: the uncompressed file never exists).
+    ``on_batch(rows_so_far)`` after each batch (whatever it raises stops the rendering)."""
     if spool_path.stat().st_size == 0:  # no terminal contacts: a header-only file
         with _export_file(csv_path, bom=bom, gzip=gzip) as (_, out):
             pass
@@ -261,7 +267,7 @@ def render_spool(
     block_bytes = SPOOL_BLOCK_BYTES
     while True:
         try:
-            return _render_spool(spool_path, csv_path, block_bytes, bom=bom, gzip=gzip)
+            return _render_spool(spool_path, csv_path, block_bytes, on_batch, bom=bom, gzip=gzip)
         except pa.ArrowInvalid as error:
             # Arrow cannot split a row across blocks: start again with blocks big
             # enough for the longest row. Only campaigns with huge answers pay for it.
@@ -294,7 +300,13 @@ def _export_file(csv_path: Path, *, bom: bool, gzip: bool) -> Iterator[tuple]:
 
 
 def _render_spool(
-    spool_path: Path, csv_path: Path, block_bytes: int, *, bom: bool, gzip: bool
+    spool_path: Path,
+    csv_path: Path,
+    block_bytes: int,
+    on_batch: Callable[[int], None] | None,
+    *,
+    bom: bool,
+    gzip: bool,
 ) -> RenderStats:
     reader = pa_csv.open_csv(
         spool_path,
@@ -322,6 +334,8 @@ def _render_spool(
                     ),
                 )
             writer.write_batch(formatted)
+            if on_batch is not None:
+                on_batch(rows)
         if writer is not None:
             writer.close()
     byte_count = out.size

@@ -8,8 +8,10 @@ or Dagster: the service loads this module too.
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -80,9 +82,19 @@ class ExportObjects:
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def upload(self, path: Path, key: str, sha256: str | None = None) -> None:
+    def upload(
+        self,
+        path: Path,
+        key: str,
+        sha256: str | None = None,
+        on_bytes: Callable[[int, int], None] | None = None,
+    ) -> None:
         """Upload the file; its SHA-256 (hex) goes on the object as metadata `sha256`
-        (x-amz-meta-sha256), so the object can be checked in S3 too."""
+        (x-amz-meta-sha256), so the object can be checked in S3 too.
+
+        ``on_bytes(bytes_sent, total_bytes)`` is called from the transfer's threads as
+        parts go out. Whatever it raises fails the upload: boto3's transfer manager
+        aborts a multipart upload that fails, so no object appears at the key."""
         metadata = {"Metadata": {"sha256": sha256}} if sha256 else {}
         self.client.upload_file(
             str(path),
@@ -90,6 +102,7 @@ class ExportObjects:
             key,
             ExtraArgs={"ContentType": content_type(key), **self._encryption(), **metadata},
             Config=TRANSFER_CONFIG,
+            Callback=None if on_bytes is None else _BytesSent(path.stat().st_size, on_bytes),
         )
 
     def sign(self, key: str, campaign_name: str, export_date: date) -> tuple[str, datetime]:
@@ -163,6 +176,21 @@ class ExportObjects:
         if self.kms_key_id:
             return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         return {"ServerSideEncryption": SERVER_SIDE_ENCRYPTION}
+
+
+class _BytesSent:
+    """boto3's upload Callback (bytes per call, from several threads) as a running total."""
+
+    def __init__(self, total: int, on_bytes: Callable[[int, int], None]):
+        self.total, self.on_bytes = total, on_bytes
+        self.sent, self.lock = 0, threading.Lock()
+
+    def __call__(self, bytes_transferred: int) -> None:
+        with self.lock:
+            # A retried request rewinds with a negative amount.
+            self.sent += bytes_transferred
+            sent = self.sent
+        self.on_bytes(sent, self.total)
 
 
 class BucketUnreachable(Exception):

@@ -34,7 +34,7 @@ import dagster as dg
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import get_campaign
-from ..app_db.contacts import copy_terminal_contacts
+from ..app_db.contacts import copy_terminal_contacts, count_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
 from ..export_file.csv_format import render_spool
 from ..export_file.s3_object import ExportObjects, describe_s3_error
@@ -43,6 +43,7 @@ from .export_checks import ASSET_KEY, CHECK_SPECS, evaluate, failure_reason, sto
 from .failures import ExportCancelled, permanent_failure
 from .metadata import COLUMN_SCHEMA, partition_metadata
 from .partitions import campaigns_partitions
+from .progress import EXTRACT, RENDER, UPLOAD, ExportProgress
 from .resources import AppDatabase, ExportDestination
 from .spool import SpoolStorage
 
@@ -249,17 +250,42 @@ def _start(
     )
 
 
+def _progress(context, export_job_id: uuid.UUID, total_rows=0) -> ExportProgress:
+    # Every op of the export has the app_db resource.
+    engine = context.resources.app_db.engine
+    return ExportProgress(engine, export_job_id, context.run_id, total_rows, context.log)
+
+
 def _extract(context, app_db: AppDatabase, spool: SpoolStorage, target) -> ExtractedContacts:
     spool_path = spool.new_run_dir(context.run_id) / "contacts.spool.csv"
+
+    def count_rows() -> int:
+        # At the first report, beside the running COPY: an export done within a second
+        # never counts, and the count cannot hold up a COPY that waits on a lock.
+        with app_db.engine.connect() as conn:
+            return count_terminal_contacts(conn, target.campaign_id)
+
+    progress = _progress(context, target.export_job_id, count_rows)
     with open(spool_path, "wb") as spool_file:
-        database_rows = copy_terminal_contacts(app_db.engine, target.campaign_id, spool_file)
+        database_rows = copy_terminal_contacts(
+            app_db.engine, target.campaign_id, spool_file, on_progress=progress.extracted
+        )
+    progress.finished(EXTRACT)
     return ExtractedContacts(target.export_job_id, str(spool_path), context.run_id, database_rows)
 
 
 def _render(context, extracted: ExtractedContacts, target: ExportTarget) -> RenderedCsv:
     spool_path = Path(extracted.spool_path)
     csv_path = spool_path.with_name("export.csv")
-    stats = render_spool(spool_path, csv_path, bom=target.bom, gzip=target.compression == "gzip")
+    progress = _progress(context, extracted.export_job_id, extracted.database_rows)
+    stats = render_spool(
+        spool_path,
+        csv_path,
+        on_batch=progress.rendered,
+        bom=target.bom,
+        gzip=target.compression == "gzip",
+    )
+    progress.finished(RENDER)
     spool_path.unlink()
     return RenderedCsv(
         export_job_id=extracted.export_job_id,
@@ -366,7 +392,9 @@ def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: Ex
 
 
 def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) -> UploadedCsv:
-    objects.upload(Path(rendered.path), key, sha256=rendered.sha256)
+    progress = _progress(context, rendered.export_job_id)
+    objects.upload(Path(rendered.path), key, sha256=rendered.sha256, on_bytes=progress.uploaded)
+    progress.finished(UPLOAD)
     # Contact data off the disk at once (a backfill run holds many campaigns); a later
     # step that needs the rows again exports them again.
     Path(rendered.path).unlink(missing_ok=True)
@@ -443,6 +471,8 @@ def upload_csv(
         key = _record_key(context, app_db, objects, target)
         try:
             uploaded = _upload(context, objects, csv_file, key)
+        except ExportCancelled:
+            raise  # not an upload failure: its user cancelled it (campaign_batch ends it)
         except Exception as error:
             if attempt < UPLOAD_RETRY_POLICY.max_retries:
                 raise  # the retry policy tries again
