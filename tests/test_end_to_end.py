@@ -8,6 +8,7 @@ import csv
 import gzip
 import hashlib
 import io
+import time
 import uuid
 
 import pytest
@@ -20,6 +21,7 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 
 from .conftest import AppData
+from .test_faults import add_contacts
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -278,3 +280,54 @@ def test_http_request_with_bom_and_gzip_downloads_a_csv_gz_that_excel_reads(stac
     assert csv_bytes.startswith(b"\xef\xbb\xbf" + ",".join(CSV_COLUMNS).encode())
     rows = list(csv.reader(io.StringIO(csv_bytes.decode("utf-8-sig"), newline="")))
     assert rows[1:] == database_rows(app, campaign) and job["total_records"] == 2
+
+
+def test_large_export_shows_progress_and_cancelled_over_http_leaves_nothing(stack, app):
+    """1,500,000 contacts: the job's progress rises while it runs; a cancel over HTTP
+    terminates the run, and within 30 s the job is cancelled with no link and nothing in S3
+    (no object, no multipart upload), announced once."""
+    manager = app.user("campaign_manager")
+    campaign = app.campaign("Large campaign")
+    add_contacts(app, campaign, 1_500_000)
+    headers = {"Authorization": f"Bearer {token(oidc_subject(app, manager))}"}
+    created = requests.post(f"{stack.api}/api/campaigns/{campaign}/export", headers=headers)
+    assert created.status_code == 202, created.text
+    job_url = f"{stack.api}/api/exports/{created.json()['job_id']}"
+    seen: list[int] = []
+
+    def midway():
+        job = requests.get(job_url, headers=headers, timeout=10).json()
+        if job["progress_percent"] is not None:
+            seen.append(job["progress_percent"])
+        assert job["status"] in ("pending", "running"), job
+        return job if job["status"] == "running" and (job["progress_percent"] or 0) > 0 else None
+
+    processes.wait_for(midway, 300, "the export to show progress", interval=0.5)
+    asked = requests.post(f"{job_url}/cancel", headers=headers, timeout=10)
+    assert asked.status_code == 202, asked.text
+    assert asked.json()["status"] == "running" and asked.json()["cancel_requested_at"]
+    cancelled_at = time.monotonic()
+
+    def ended():
+        job = requests.get(job_url, headers=headers, timeout=10).json()
+        if job["progress_percent"] is not None:
+            seen.append(job["progress_percent"])
+        return job if job["status"] not in ("pending", "running") else None
+
+    job = processes.wait_for(ended, 30, "the job to end cancelled", interval=0.5)
+    assert time.monotonic() - cancelled_at <= 30
+    assert (job["status"], job["error_message"]) == ("cancelled", "cancelled at the user's request")
+    assert job["download_url"] is None and job["sha256"] is None
+    assert any(0 < percent < 100 for percent in seen), seen
+    assert seen == sorted(seen), "progress went backwards"
+    s3 = stack.s3_client()
+    assert (
+        s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exports/{campaign}/").get("Contents", []) == []
+    )
+    assert s3.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
+    with app.engine.connect() as conn:
+        events = conn.execute(
+            text("SELECT event FROM export_notifications WHERE export_job_id = :id"),
+            {"id": job["job_id"]},
+        ).scalars()
+        assert list(events) == ["export.cancelled"]
