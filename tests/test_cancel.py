@@ -196,3 +196,15 @@ def test_cancel_from_the_command_line(create_postgres_database, aws_credentials)
         f"error: export job {job_id} is cancelled: only a pending or running export can be "
         "cancelled\n"
     )
+
+
+def test_a_run_failing_after_its_job_was_asked_to_cancel_ends_it_cancelled(app_data):
+    """The cancel is why the run stopped (terminated, or stopped at a progress report):
+    decided in the same UPDATE, so a cancel asked for a moment before is never lost."""
+    job_id = app_data.export_job(app_data.campaign(), status="running", dagster_run_id="run-1")
+    with app_data.engine.begin() as conn:
+        export_jobs.request_cancel(conn, job_id)
+        assert export_jobs.mark_failed(conn, job_id, "the run was terminated", run_id="run-1")
+    row = app_data.job_row(job_id)
+    assert (row["status"], row["error_message"]) == ("cancelled", "cancelled at the user's request")
+    assert notifications_of(app_data, job_id) == ["export.cancelled"]

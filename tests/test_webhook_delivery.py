@@ -487,3 +487,57 @@ def test_definitions_with_the_webhook_load_without_deprecated_calls(monkeypatch)
     sensor = defs.get_repository_def().get_sensor_def("export_webhook_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.minimum_interval_seconds == 2
+
+
+def test_a_jobs_later_event_waits_for_its_earlier_one(app_data, receiver):
+    """Failed, then re-executed and completed while the failure was still being retried:
+    the receiver must not hear "completed" before "failed" (it would keep the wrong one)."""
+    campaign = app_data.campaign()
+    job = app_data.export_job(campaign)
+    key = f"exports/{campaign}/{job}.csv"
+    receiver.fail_first = 1
+    with app_data.engine.begin() as conn:
+        assert export_jobs.claim_job(conn, job, "run-1", ["pending"])
+        assert export_jobs.mark_failed(conn, job, "S3 was down", run_id="run-1")
+    assert [o.result for o in deliver(app_data.engine, receiver)] == ["retry"]
+    with app_data.engine.begin() as conn:
+        assert export_jobs.claim_job(conn, job, "run-2", ["failed"])
+        assert export_jobs.record_object_key(conn, job, "run-2", key)
+        assert export_jobs.mark_completed(
+            conn,
+            job,
+            run_id="run-2",
+            s3_key=key,
+            download_url=LINK,
+            url_expires_at=datetime.now(UTC) + timedelta(hours=1),
+            total_records=3,
+        )
+
+    assert deliver(app_data.engine, receiver) == []  # the failure's retry is not due yet
+    time_passes(app_data.engine)
+    assert [o.notification.event for o in deliver(app_data.engine, receiver)] == [
+        "export.failed",
+        "export.completed",
+    ]
+    assert [r.json["event"] for r in receiver.acknowledged] == ["export.failed", "export.completed"]
+
+
+def test_a_notification_another_sender_holds_is_not_sent_until_its_lease_ends(app_data, receiver):
+    failed_job(app_data)
+    (row,) = rows(app_data.engine)
+    with app_data.engine.begin() as conn:  # a sender that died mid-attempt
+        assert notifications.lease(conn, row, until=datetime.now(UTC) + webhooks.LEASE)
+        assert not notifications.lease(conn, row, until=datetime.now(UTC))  # taken: CAS
+    assert deliver(app_data.engine, receiver) == []
+    assert receiver.requests == []
+
+    time_passes(app_data.engine)  # the lease ran out
+    assert [o.result for o in deliver(app_data.engine, receiver)] == ["delivered"]
+    assert len(receiver.acknowledged) == 1
+
+
+def test_a_url_urllib_cannot_send_is_a_retried_attempt_not_a_failed_tick(app_data):
+    failed_job(app_data)
+    (outcome,) = deliver_due(app_data.engine, "https://hooks.example/hooké?token=t0k", SECRET)
+    assert outcome.result == "retry"
+    assert "t0k" not in outcome.detail and SECRET not in outcome.detail

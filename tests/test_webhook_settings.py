@@ -45,14 +45,16 @@ def test_http_and_https_urls_with_a_secret_are_accepted(url):
         ("https://hooks.example.com/x\n", "https://hooks.example.com/x\n"),
         ("mailto:ops@example.com?token=abc", "mailto:ops@example.com?..."),
         ("ftp://user:pw@hooks.example.com/x?token=abc", "ftp://***@hooks.example.com/x?..."),
+        ("https://user:pw@hooks.example.com/x", "https://***@hooks.example.com/x"),
+        ("https://hooks.example.com/hooké", "https://hooks.example.com/hooké"),
     ],
 )
 def test_bad_webhook_url_is_one_line_naming_value_and_rule(url, shown):
     with pytest.raises(SettingsError) as error:
         settings(EXPORT_WEBHOOK_URL=url, EXPORT_WEBHOOK_SECRET=SECRET)
     assert str(error.value) == (
-        f"EXPORT_WEBHOOK_URL={shown!r} must be an http:// or https:// URL with a host, "
-        "on one line without spaces"
+        f"EXPORT_WEBHOOK_URL={shown!r} must be an http:// or https:// URL with a host and "
+        "no user info, in ASCII on one line without spaces"
     )
     assert "abc" not in str(error.value) and "pw" not in str(error.value)
 

@@ -209,7 +209,10 @@ def webhook_settings(url: str | None, secret: str | None) -> dict:
 
 
 def validate_webhook_url(url: str) -> str:
-    rule = "must be an http:// or https:// URL with a host, on one line without spaces"
+    rule = (
+        "must be an http:// or https:// URL with a host and no user info, in ASCII on one "
+        "line without spaces"
+    )
     try:
         parts = urllib.parse.urlsplit(url)
         parts.port  # noqa: B018 -- raises ValueError for a port out of range or not a number
@@ -218,6 +221,10 @@ def validate_webhook_url(url: str) -> str:
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname
+        # urllib sends neither user info nor non-ASCII: it would fail every delivery (and
+        # its error would show the password). A token belongs in the query, or use TLS.
+        or "@" in parts.netloc
+        or not url.isascii()
         or any(ch.isspace() or not ch.isprintable() for ch in url)
     ):
         raise SettingsError(f"EXPORT_WEBHOOK_URL={redact_url(url)!r} {rule}")

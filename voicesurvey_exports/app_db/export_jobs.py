@@ -16,7 +16,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, case, func, or_, select
+from sqlalchemy import Connection, case, cast, func, or_, select
 
 from . import notifications
 from .errors import safe_database_errors
@@ -333,6 +333,10 @@ def mark_cancelled(
     return _end(conn, job_id, "cancelled", message, run_id)
 
 
+# What a job its user asked to cancel says when it ends (whatever stopped its run).
+CANCELLED_BY_USER = "cancelled at the user's request"
+
+
 def _end(
     conn: Connection, job_id: uuid.UUID, status: str, message: str, run_id: str | None
 ) -> bool:
@@ -341,13 +345,18 @@ def _end(
         conditions.append(
             or_(export_jobs.c.dagster_run_id.is_(None), export_jobs.c.dagster_run_id == run_id)
         )
+    # A job whose user asked to cancel it ends cancelled, whatever stopped its run: decided
+    # in the UPDATE itself, so a cancel asked for a moment before cannot be lost.
+    asked_to_cancel = export_jobs.c.cancel_requested_at.is_not(None)
     return (
         _transition(
             conn,
             job_id,
             conditions,
-            status=status,
-            error_message=message,
+            status=cast(
+                case((asked_to_cancel, "cancelled"), else_=status), export_jobs.c.status.type
+            ),
+            error_message=case((asked_to_cancel, CANCELLED_BY_USER), else_=message),
             download_url=None,
             url_expires_at=None,
             completed_at=utcnow(),

@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, select
@@ -54,9 +54,19 @@ def body_of(job: ExportJob) -> str:
 def announce(conn: Connection, job: ExportJob) -> None:
     """Queue the notification of the job's terminal status (once per job and status)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    # Written here, to the microsecond (SQLite's now() has whole seconds): a job's events
+    # are sent in this order.
+    now = datetime.now(UTC)
     conn.execute(
         dialect.insert(export_notifications)
-        .values(id=uuid.uuid4(), export_job_id=job.id, event=EVENTS[job.status], body=body_of(job))
+        .values(
+            id=uuid.uuid4(),
+            export_job_id=job.id,
+            event=EVENTS[job.status],
+            body=body_of(job),
+            created_at=now,
+            next_attempt_at=now,
+        )
         .on_conflict_do_nothing(index_elements=["export_job_id", "event"])
     )
 
@@ -105,9 +115,23 @@ def due(conn: Connection, now: datetime, limit: int, *, lock: bool = False) -> l
     until the transaction ends and rows another sender holds are skipped, so two senders
     never send the same notification at once.
     """
+    older = export_notifications.alias("older")
     query = (
         select(export_notifications)
-        .where(*_open(), export_notifications.c.next_attempt_at <= now)
+        .where(
+            *_open(),
+            export_notifications.c.next_attempt_at <= now,
+            # A job's events go out in order: its completion (after a re-execution) waits
+            # while its earlier failure is still being retried.
+            ~select(older.c.id)
+            .where(
+                older.c.export_job_id == export_notifications.c.export_job_id,
+                older.c.created_at < export_notifications.c.created_at,
+                older.c.delivered_at.is_(None),
+                older.c.abandoned_at.is_(None),
+            )
+            .exists(),
+        )
         .order_by(export_notifications.c.created_at, export_notifications.c.id)
         .limit(limit)
     )
@@ -133,12 +157,31 @@ def of_job(conn: Connection, export_job_id: uuid.UUID) -> list[Notification]:
     return [Notification.from_row(row) for row in rows]
 
 
-def _update_open(conn: Connection, notification_id: uuid.UUID, **values) -> bool:
+def lease(conn: Connection, notification: Notification, until: datetime) -> bool:
+    """Take the notification for one attempt: not due to anyone else until ``until``, so
+    that it is sent without a transaction held open; a sender that dies mid-attempt leaves
+    it due again then. False if another sender took or finished it first (compare-and-set
+    on the attempt and the due time it was read with)."""
     result = conn.execute(
         export_notifications.update()
-        .where(export_notifications.c.id == notification_id, *_open())
-        .values(**values)
+        .where(
+            export_notifications.c.id == notification.id,
+            *_open(),
+            export_notifications.c.attempts == notification.attempts,
+            export_notifications.c.next_attempt_at == notification.next_attempt_at,
+        )
+        .values(next_attempt_at=until)
     )
+    return result.rowcount == 1
+
+
+def _update_open(
+    conn: Connection, notification_id: uuid.UUID, attempts_before: int | None = None, **values
+) -> bool:
+    conditions = [export_notifications.c.id == notification_id, *_open()]
+    if attempts_before is not None:  # still the attempt this sender leased
+        conditions.append(export_notifications.c.attempts == attempts_before)
+    result = conn.execute(export_notifications.update().where(*conditions).values(**values))
     return result.rowcount == 1
 
 
@@ -146,7 +189,9 @@ def mark_delivered(
     conn: Connection, notification_id: uuid.UUID, *, attempts: int, delivered_at: datetime
 ) -> bool:
     """Record the receiver's 2xx; False if the row was already delivered or abandoned."""
-    return _update_open(conn, notification_id, attempts=attempts, delivered_at=delivered_at)
+    return _update_open(
+        conn, notification_id, attempts - 1, attempts=attempts, delivered_at=delivered_at
+    )
 
 
 def schedule_retry(
@@ -161,6 +206,7 @@ def schedule_retry(
     return _update_open(
         conn,
         notification_id,
+        attempts - 1,
         attempts=attempts,
         next_attempt_at=next_attempt_at,
         last_error=_one_line(last_error),

@@ -58,21 +58,14 @@ def reason_from_exception(op_name: str, error: BaseException) -> str:
     return one_line(f"{op_name} failed: {type(error).__name__}: {error}")
 
 
-# What a job cancelled at its user's request says (the API's cancel, then the pipeline).
-CANCELLED_BY_USER = "cancelled at the user's request"
-
-
 def end_job_and_delete_file(
     app_db, destination, job_id, reason: str, run_id: str | None, log, status: str = "failed"
 ) -> bool:
     """End the job `failed` (or `cancelled`) if `run_id` may (export_jobs.mark_failed), then
     delete its file if it ended and names one (here or before); return whether this call
     ended it. A job whose user asked to cancel it ends `cancelled` whatever stopped its
-    run: the cancel is why it stopped."""
+    run (export_jobs decides that): the cancel is why it stopped."""
     with app_db.engine.begin() as conn:
-        job = export_jobs.get_job(conn, job_id)
-        if job is not None and job.cancel_requested_at is not None:
-            status, reason = "cancelled", CANCELLED_BY_USER
         end = export_jobs.mark_cancelled if status == "cancelled" else export_jobs.mark_failed
         ended = end(conn, job_id, reason, run_id=run_id)
         job = export_jobs.get_job(conn, job_id)

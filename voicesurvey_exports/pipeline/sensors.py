@@ -10,10 +10,10 @@ import dagster as dg
 
 from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
+from ..app_db.export_jobs import CANCELLED_BY_USER
 from ..settings import Settings
 from .assets import EXPORT_JOB_TAG, REQUESTS_SENSOR, SENSOR_NAME_TAG, campaign_export_job
 from .failures import (
-    CANCELLED_BY_USER,
     end_job_and_delete_file,
     one_line,
     reason_from_step_failures,

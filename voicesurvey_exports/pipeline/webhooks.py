@@ -20,6 +20,7 @@ import hmac
 import http.client
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,13 +131,19 @@ def post(url: str, secret: str, notification: Notification, timeout: float = TIM
         return Answer(
             None, _scrub(f"connection failed: {type(error).__name__}: {error}", url, secret)
         )
+    except Exception as error:  # anything else: retried later, never a failed tick
+        return Answer(None, _scrub(f"could not send: {type(error).__name__}: {error}", url, secret))
 
 
 def _scrub(text: str, url: str, secret: str) -> str:
     # Exception texts do not normally hold either, but a log line must never show them.
     if secret:
         text = text.replace(secret, "***")
-    return text.replace(url, redact_url(url))
+    text = text.replace(url, redact_url(url))
+    netloc = urllib.parse.urlsplit(url).netloc
+    if "@" in netloc:  # settings refuse user info; should one slip through, not its password
+        text = text.replace(netloc.rsplit("@", 1)[0], "***")
+    return text
 
 
 @dataclass(frozen=True)
@@ -148,54 +155,61 @@ class Outcome:
 
 
 def deliver_one(
-    conn,
+    engine: Engine,
     notification: Notification,
     url: str,
     secret: str,
     now: datetime,
     timeout: float = TIMEOUT_SECONDS,
 ) -> Outcome:
-    """Send one due notification and record what came of it on its row."""
+    """Send one leased notification, then record what came of it on its row (a short
+    transaction of its own: none is held open while the receiver answers)."""
     attempts = notification.attempts + 1
     deadline = notification.created_at + RETRY_WINDOW
     if now >= deadline and notification.attempts == 0:
         # Written before the webhook was switched on, or while nothing delivered for a
         # day: an announcement that late would only mislead.
         detail = "not sent: older than the 24 h delivery window"
-        recorded = notifications.abandon(
-            conn, notification.id, attempts=0, abandoned_at=now, last_error=detail
-        )
+        with engine.begin() as conn:
+            recorded = notifications.abandon(
+                conn, notification.id, attempts=0, abandoned_at=now, last_error=detail
+            )
         return Outcome(notification, "abandoned" if recorded else "taken", detail)
     answer = post(url, secret, notification, timeout)
     done_at = datetime.now(UTC)
-    if answer.delivered:
-        recorded = notifications.mark_delivered(
-            conn, notification.id, attempts=attempts, delivered_at=done_at
+    with engine.begin() as conn:
+        if answer.delivered:
+            recorded = notifications.mark_delivered(
+                conn, notification.id, attempts=attempts, delivered_at=done_at
+            )
+            return Outcome(notification, "delivered" if recorded else "taken", answer.describe())
+        if not answer.retryable or done_at >= deadline:
+            detail = (
+                f"refused by the receiver: {answer.describe()}"
+                if not answer.retryable
+                else f"gave up after {attempts} attempts in 24 h: {answer.describe()}"
+            )
+            recorded = notifications.abandon(
+                conn, notification.id, attempts=attempts, abandoned_at=done_at, last_error=detail
+            )
+            return Outcome(notification, "abandoned" if recorded else "taken", detail)
+        next_attempt_at = min(done_at + backoff(attempts), deadline)
+        recorded = notifications.schedule_retry(
+            conn,
+            notification.id,
+            attempts=attempts,
+            next_attempt_at=next_attempt_at,
+            last_error=answer.describe(),
         )
-        return Outcome(notification, "delivered" if recorded else "taken", answer.describe())
-    if not answer.retryable:
-        detail = f"refused by the receiver: {answer.describe()}"
-        recorded = notifications.abandon(
-            conn, notification.id, attempts=attempts, abandoned_at=done_at, last_error=detail
-        )
-        return Outcome(notification, "abandoned" if recorded else "taken", detail)
-    if done_at >= deadline:
-        detail = f"gave up after {attempts} attempts in 24 h: {answer.describe()}"
-        recorded = notifications.abandon(
-            conn, notification.id, attempts=attempts, abandoned_at=done_at, last_error=detail
-        )
-        return Outcome(notification, "abandoned" if recorded else "taken", detail)
-    next_attempt_at = min(done_at + backoff(attempts), deadline)
-    recorded = notifications.schedule_retry(
-        conn,
-        notification.id,
-        attempts=attempts,
-        next_attempt_at=next_attempt_at,
-        last_error=answer.describe(),
-    )
     return Outcome(
         notification, "retry" if recorded else "taken", answer.describe(), next_attempt_at
     )
+
+
+# How long a sender holds a notification while it sends it: far longer than an attempt
+# takes (a 5 s timeout per socket operation), so that only a sender that died mid-attempt
+# lets another one try again, then.
+LEASE = timedelta(minutes=5)
 
 
 def deliver_due(
@@ -209,8 +223,9 @@ def deliver_due(
     log: Callable[[str], None] | None = None,
 ) -> list[Outcome]:
     """Deliver due notifications, oldest first, until none is due, ``limit`` were tried or
-    ``budget_seconds`` have passed. Each one in a transaction of its own that holds its row
-    locked (PostgreSQL) while it is sent, so concurrent senders never send the same one."""
+    ``budget_seconds`` have passed. Each one is leased first (a short transaction that
+    skips rows another sender holds, on PostgreSQL), so concurrent senders never send the
+    same one, and no transaction stays open while the receiver answers."""
     started = time.monotonic()
     outcomes: list[Outcome] = []
     shown_url = redact_url(url)
@@ -220,7 +235,10 @@ def deliver_due(
             due = notifications.due(conn, now, 1, lock=True)
             if not due:
                 break
-            outcome = deliver_one(conn, due[0], url, secret, now, timeout)
+            leased = notifications.lease(conn, due[0], until=now + LEASE)
+        if not leased:
+            continue  # another sender took it first
+        outcome = deliver_one(engine, due[0], url, secret, now, timeout)
         outcomes.append(outcome)
         if log is not None:
             log(describe(outcome, shown_url))

@@ -59,15 +59,21 @@ def upgrade() -> None:
         sa.Column("last_error", sa.Text),
         sa.UniqueConstraint("export_job_id", "event", name="uq_export_notifications_job_event"),
     )
+    # Open rows only: the sender's query, every 2 s, never walks the delivered history.
+    open_rows = sa.text("delivered_at IS NULL AND abandoned_at IS NULL")
     op.create_index(
-        "ix_export_notifications_next_attempt_at", "export_notifications", ["next_attempt_at"]
+        "ix_export_notifications_open",
+        "export_notifications",
+        ["created_at", "id"],
+        postgresql_where=open_rows,
+        sqlite_where=open_rows,
     )
     if op.get_context().dialect.name == "postgresql":
         op.execute("ALTER TABLE export_notifications ALTER COLUMN id SET DEFAULT gen_random_uuid()")
 
 
 def downgrade() -> None:
-    op.drop_index("ix_export_notifications_next_attempt_at", table_name="export_notifications")
+    op.drop_index("ix_export_notifications_open", table_name="export_notifications")
     op.drop_table("export_notifications")
     with op.batch_alter_table("export_jobs") as batch_op:
         batch_op.drop_column("cancel_requested_at")
