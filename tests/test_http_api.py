@@ -205,6 +205,20 @@ def test_an_unknown_option_or_value_is_422_and_nothing_is_written(
     assert app_data.count(export_jobs) == 0
 
 
+def test_options_in_a_posts_query_are_422_not_silently_ignored(client, app_data):
+    campaign = app_data.campaign()
+    _, headers = user_with_token(app_data, "campaign_manager")
+    response = client.post(
+        f"/api/campaigns/{campaign}/export?compression=gzip&bom=true", headers=headers
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == (
+        "query parameters bom, compression are not taken by POST: send the options as the "
+        'JSON body, e.g. {"bom": true, "compression": "gzip"}'
+    )
+    assert app_data.count(export_jobs) == 0
+
+
 def test_a_job_shows_its_files_size_and_sha256(client, app_data):
     campaign = app_data.campaign()
     digest = "0f" * 32

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, status
+from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
@@ -143,8 +143,17 @@ def build_export_router(
     def initiate_export_post(
         campaign_id: uuid.UUID,
         user_id: User,
+        request: Request,
         options: Annotated[ExportOptions | None, Body()] = None,
     ) -> ExportJobCreateResponse:
+        if request.query_params:
+            # `POST ...?compression=gzip` would otherwise export a plain CSV without a word.
+            names = ", ".join(sorted(set(request.query_params.keys())))
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"query parameters {names} are not taken by POST: send the options as the "
+                'JSON body, e.g. {"bom": true, "compression": "gzip"}',
+            )
         return initiate_export(campaign_id, user_id, options)
 
     for method, endpoint in (("GET", initiate_export_get), ("POST", initiate_export_post)):
