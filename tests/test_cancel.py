@@ -9,6 +9,7 @@ import uuid
 
 import dagster as dg
 import pytest
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
 
 from voicesurvey_exports.app_db import export_jobs
 from voicesurvey_exports.app_db.engine import get_engine
@@ -208,3 +209,42 @@ def test_a_run_failing_after_its_job_was_asked_to_cancel_ends_it_cancelled(app_d
     row = app_data.job_row(job_id)
     assert (row["status"], row["error_message"]) == ("cancelled", "cancelled at the user's request")
     assert notifications_of(app_data, job_id) == ["export.cancelled"]
+
+
+def test_the_queued_run_of_a_job_cancelled_while_pending_is_taken_off_the_queue(
+    api, app_data, database_url
+):
+    campaign, manager = app_data.campaign(), app_data.user()
+    job = api.request_export(campaign, manager)
+    queued_run_coordinator = {
+        "run_coordinator": {
+            "module": "dagster._core.run_coordinator",
+            "class": "QueuedRunCoordinator",
+        }
+    }
+    with dg.instance_for_test(overrides=queued_run_coordinator) as instance:
+        noop = dg.GraphDefinition(name="noop").to_job()
+
+        # A queued run names its code location (the queue launches it from there).
+        origin = RemoteRepositoryOrigin(
+            RegisteredCodeLocationOrigin("voicesurvey_exports"), "__repository__"
+        ).get_job_origin("noop")
+
+        def queued_run(job_id):
+            return instance.create_run_for_job(
+                noop,
+                status=dg.DagsterRunStatus.QUEUED,
+                tags={EXPORT_JOB_TAG: str(job_id)},
+                remote_job_origin=origin,
+            )
+
+        run = queued_run(job.id)  # what the request sensor launched for it, still queued
+        other = queued_run(uuid.uuid4())
+        api.cancel_export(job.id, manager)
+        context = dg.build_sensor_context(
+            instance=instance, resources=run_status_sensor_resources(database_url)
+        )
+        with context:
+            export_cancel_sensor(context)
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+        assert instance.get_run_by_id(other.run_id).status == dg.DagsterRunStatus.QUEUED

@@ -400,6 +400,19 @@ def cancel_requested(conn: Connection, limit: int = 100) -> list[ExportJob]:
     return [ExportJob.from_row(row) for row in rows]
 
 
+def cancelled_before_claim(conn: Connection, since: datetime) -> list[ExportJob]:
+    """Jobs cancelled while pending (no run ever claimed them) since the given time: a run
+    the request sensor launched for one may still wait in Dagster's queue."""
+    rows = conn.execute(
+        select(export_jobs).where(
+            export_jobs.c.status == "cancelled",
+            export_jobs.c.dagster_run_id.is_(None),
+            export_jobs.c.completed_at >= since,
+        )
+    )
+    return [ExportJob.from_row(row) for row in rows]
+
+
 def report_progress(conn: Connection, job_id: uuid.UUID, run_id: str, percent: int) -> bool:
     """Raise the job's progress to ``percent`` (never lower it) while ``run_id`` owns it;
     return whether the run should go on: False once the job was asked to cancel, or is no

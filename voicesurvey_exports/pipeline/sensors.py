@@ -285,6 +285,10 @@ def export_run_canceled_sensor(
     end_export_job(context, app_db, destination, reason, "cancelled")
 
 
+# How long after a pending job was cancelled its launched run is looked for in the queue.
+QUEUED_CANCEL_WINDOW = timedelta(minutes=10)
+
+
 @dg.sensor(
     minimum_interval_seconds=RUN_STATUS_SENSOR_INTERVAL_SECONDS,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -292,7 +296,7 @@ def export_run_canceled_sensor(
     "/api/exports/{job_id}/cancel) on running export jobs: terminates a request's run (the "
     "cancelled-run sensor then ends the job `cancelled` and deletes its file); a backfill run "
     "stops the campaign itself at its next progress report; a job whose run is already over "
-    "is ended here.",
+    "is ended here; the queued run of a job cancelled while pending is taken off the queue.",
 )
 def export_cancel_sensor(
     context: dg.SensorEvaluationContext,
@@ -301,8 +305,24 @@ def export_cancel_sensor(
 ) -> dg.SkipReason:
     with app_db.engine.connect() as conn:
         jobs = export_jobs.cancel_requested(conn)
+        unclaimed = export_jobs.cancelled_before_claim(
+            conn, since=datetime.now(UTC) - QUEUED_CANCEL_WINDOW
+        )
+    # Cancelled while pending, its run already launched: take the run out of the queue,
+    # so that it neither starts a worker nor fails (it would, at its claim of the job).
+    dequeued = []
+    for job in unclaimed:
+        queued = context.instance.get_runs(
+            filters=dg.RunsFilter(
+                tags={EXPORT_JOB_TAG: str(job.id)},
+                statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED],
+            )
+        )
+        for run in queued:
+            context.instance.run_coordinator.cancel_run(run.run_id)
+            dequeued.append(run.run_id)
     if not jobs:
-        return dg.SkipReason("no cancel requested")
+        return dg.SkipReason(f"no cancel requested; queued runs cancelled: {dequeued or 'none'}")
     terminated, ended = [], []
     for job in jobs:
         run = context.instance.get_run_by_id(job.dagster_run_id) if job.dagster_run_id else None
@@ -328,5 +348,5 @@ def export_cancel_sensor(
             terminated.append(run.run_id)
     return dg.SkipReason(
         f"{len(jobs)} cancels requested: terminated runs {terminated or 'none'}, "
-        f"ended jobs {ended or 'none'}"
+        f"ended jobs {ended or 'none'}; queued runs cancelled: {dequeued or 'none'}"
     )
