@@ -246,7 +246,33 @@ def floor_seconds(database_url: str, campaign: str, env: dict) -> float:
     return json.loads(output.stdout.strip().splitlines()[-1])["wall_seconds"]
 
 
-def measure_large(engine, stack, rows: int, repeat: int) -> dict:
+def step_seconds(engine, instance_engine, job_id) -> dict[str, float]:
+    """Each op's time in the job's run (STEP_START to its success or failure), from the
+    instance's event log: where a large export's time goes."""
+    with engine.connect() as conn:
+        run_id = conn.execute(
+            text("SELECT dagster_run_id FROM export_jobs WHERE id = :id"), {"id": job_id}
+        ).scalar_one()
+    with instance_engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT step_key, dagster_event_type, extract(epoch FROM timestamp) "
+                "FROM event_logs WHERE run_id = :r AND dagster_event_type IN "
+                "('STEP_START', 'STEP_SUCCESS', 'STEP_FAILURE') ORDER BY id"
+            ),
+            {"r": run_id},
+        ).all()
+    started, seconds = {}, {}
+    for step, kind, at in rows:
+        name = step.rsplit(".", 1)[-1]
+        if kind == "STEP_START":
+            started[name] = float(at)
+        elif name in started:
+            seconds[name] = round(float(at) - started[name], 2)
+    return seconds
+
+
+def measure_large(engine, instance_engine, stack, rows: int, repeat: int) -> dict:
     """A large campaign exported through Dagster (job running -> completed, so the ops'
     overhead counts) against the COPY floor, turn by turn in the same run."""
     from benchmarks.export_benchmark import generate_campaign
@@ -255,7 +281,7 @@ def measure_large(engine, stack, rows: int, repeat: int) -> dict:
     generate_campaign(engine, campaign, rows)
     database_url = stack.env["DATABASE_URL"]
     floor_seconds(database_url, campaign, stack.env)  # warms PostgreSQL's cache
-    floors, exports, peaks = [], [], {}
+    floors, exports, peaks, steps = [], [], {}, []
     for _ in range(repeat):
         floors.append(floor_seconds(database_url, campaign, stack.env))
         job_id = uuid.uuid4()
@@ -282,13 +308,16 @@ def measure_large(engine, stack, rows: int, repeat: int) -> dict:
         if status != "completed":
             raise SystemExit(f"error: the {rows:,}-contact export job ended {status}")
         exports.append(now - running_at)
+        steps.append(step_seconds(engine, instance_engine, job_id))
         print(f"  floor {floors[-1]:.2f} s, export through Dagster {exports[-1]:.2f} s", flush=True)
+        print("    ops: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps[-1].items()), flush=True)
     floor, export = statistics.median(floors), statistics.median(exports)
     return {
         "contacts": rows,
         "floor_seconds": [round(x, 2) for x in floors],
         "export_seconds": [round(x, 2) for x in exports],
         "ratio": round(export / floor, 2),
+        "op_seconds": steps,
         "run_worker_peak_rss_mb": round(max(peaks.values(), default=0) / 1024),
     }
 
@@ -331,7 +360,7 @@ def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
             print(f"  {report['latency_seconds']['median_by_phase'][name]:5.2f} s  {meaning}")
     if args.large:
         print(f"a {args.large:,}-contact export through Dagster against the COPY floor:")
-        report["large"] = measure_large(engine, stack, args.large, args.repeat)
+        report["large"] = measure_large(engine, instance_engine, stack, args.large, args.repeat)
         print(
             f"median ratio {report['large']['ratio']:.2f}, run worker peak RSS "
             f"{report['large']['run_worker_peak_rss_mb']} MB"
