@@ -274,17 +274,9 @@ def test_delivered_notifications_are_not_sent_again(app_data, receiver):
     assert rows(app_data.engine)[0].attempts == 1
 
 
-def test_job_failed_then_reexecuted_and_completed_gets_one_of_each_event(app_data, receiver):
-    campaign = app_data.campaign()
-    job = app_data.export_job(campaign)
-    key = f"exports/{campaign}/{job}.csv"
+def reexecute_and_complete(app_data, job, key) -> None:
+    """A re-execution takes the failed job back and completes it (its second end)."""
     with app_data.engine.begin() as conn:
-        assert export_jobs.claim_job(conn, job, "run-1", ["pending"])
-        assert export_jobs.mark_failed(conn, job, "S3 was down", run_id="run-1")
-        # A second failure event for the same end (a late sensor) announces nothing more.
-        assert not export_jobs.mark_failed(conn, job, "S3 was down", run_id="run-1")
-    assert len(deliver(app_data.engine, receiver)) == 1
-    with app_data.engine.begin() as conn:  # the re-execution takes the failed job back
         assert export_jobs.claim_job(conn, job, "run-2", ["failed"])
         assert export_jobs.record_object_key(conn, job, "run-2", key)
         assert export_jobs.mark_completed(
@@ -296,6 +288,19 @@ def test_job_failed_then_reexecuted_and_completed_gets_one_of_each_event(app_dat
             url_expires_at=datetime.now(UTC) + timedelta(hours=1),
             total_records=3,
         )
+
+
+def test_job_failed_then_reexecuted_and_completed_gets_one_of_each_event(app_data, receiver):
+    campaign = app_data.campaign()
+    job = app_data.export_job(campaign)
+    key = f"exports/{campaign}/{job}.csv"
+    with app_data.engine.begin() as conn:
+        assert export_jobs.claim_job(conn, job, "run-1", ["pending"])
+        assert export_jobs.mark_failed(conn, job, "S3 was down", run_id="run-1")
+        # A second failure event for the same end (a late sensor) announces nothing more.
+        assert not export_jobs.mark_failed(conn, job, "S3 was down", run_id="run-1")
+    assert len(deliver(app_data.engine, receiver)) == 1
+    reexecute_and_complete(app_data, job, key)
 
     assert len(deliver(app_data.engine, receiver)) == 1
     time_passes(app_data.engine)
@@ -500,18 +505,7 @@ def test_a_jobs_later_event_waits_for_its_earlier_one(app_data, receiver):
         assert export_jobs.claim_job(conn, job, "run-1", ["pending"])
         assert export_jobs.mark_failed(conn, job, "S3 was down", run_id="run-1")
     assert [o.result for o in deliver(app_data.engine, receiver)] == ["retry"]
-    with app_data.engine.begin() as conn:
-        assert export_jobs.claim_job(conn, job, "run-2", ["failed"])
-        assert export_jobs.record_object_key(conn, job, "run-2", key)
-        assert export_jobs.mark_completed(
-            conn,
-            job,
-            run_id="run-2",
-            s3_key=key,
-            download_url=LINK,
-            url_expires_at=datetime.now(UTC) + timedelta(hours=1),
-            total_records=3,
-        )
+    reexecute_and_complete(app_data, job, key)
 
     assert deliver(app_data.engine, receiver) == []  # the failure's retry is not due yet
     time_passes(app_data.engine)
