@@ -227,8 +227,9 @@ def peak_rss_of_run_workers(pid: int, peaks: dict[int, int]) -> None:
             peaks[process.pid] = max(peaks.get(process.pid, 0), kib)
 
 
-def floor_seconds(database_url: str, campaign: str, env: dict) -> float:
-    """PostgreSQL's COPY of the same query plus the upload (export_paths.py floor)."""
+def run_floor(database_url: str, campaign: str, env: dict) -> dict:
+    """PostgreSQL's COPY of the same query plus the upload (export_paths.py floor): its
+    wall_seconds, copy_seconds and upload_seconds."""
     output = subprocess.run(
         [
             sys.executable,
@@ -243,7 +244,7 @@ def floor_seconds(database_url: str, campaign: str, env: dict) -> float:
         text=True,
         check=True,
     )
-    return json.loads(output.stdout.strip().splitlines()[-1])["wall_seconds"]
+    return json.loads(output.stdout.strip().splitlines()[-1])
 
 
 def step_seconds(engine, instance_engine, job_id) -> dict[str, float]:
@@ -275,15 +276,20 @@ def step_seconds(engine, instance_engine, job_id) -> dict[str, float]:
 def measure_large(engine, instance_engine, stack, rows: int, repeat: int) -> dict:
     """A large campaign exported through Dagster (job running -> completed, so the ops'
     overhead counts) against the COPY floor, turn by turn in the same run."""
-    from benchmarks.export_benchmark import generate_campaign
+    from benchmarks.export_benchmark import empty_bucket, generate_campaign
 
     campaign = str(uuid.uuid4())
     generate_campaign(engine, campaign, rows)
     database_url = stack.env["DATABASE_URL"]
-    floor_seconds(database_url, campaign, stack.env)  # warms PostgreSQL's cache
+    run_floor(database_url, campaign, stack.env)  # warms PostgreSQL's cache
     floors, exports, peaks, steps = [], [], {}, []
     for _ in range(repeat):
-        floors.append(floor_seconds(database_url, campaign, stack.env))
+        # Each path uploads to an empty bucket, as in export_benchmark.py: moto slows down
+        # as it holds more objects (each turn leaves about 150 MB).
+        empty_bucket(BUCKET, stack.s3_endpoint)
+        floor_run = run_floor(database_url, campaign, stack.env)
+        floors.append(floor_run["wall_seconds"])
+        empty_bucket(BUCKET, stack.s3_endpoint)
         job_id = uuid.uuid4()
         with engine.begin() as conn:
             conn.execute(
@@ -292,7 +298,7 @@ def measure_large(engine, instance_engine, stack, rows: int, repeat: int) -> dic
                 ),
                 {"id": job_id, "c": campaign},
             )
-        running_at = None
+        running_at, rss_read_at = None, 0.0
         while True:
             with engine.connect() as conn:
                 status = conn.execute(
@@ -301,15 +307,24 @@ def measure_large(engine, instance_engine, stack, rows: int, repeat: int) -> dic
             now = time.perf_counter()
             if status == "running" and running_at is None:
                 running_at = now
+            # VmHWM is a high-water mark: a few readings a second catch the peak (the last
+            # one when the job is completed, while its run is still finishing), and walking
+            # the process tree at every 50 ms poll would take CPU from the export it times.
+            if now - rss_read_at > 0.25 or status in ("completed", "failed"):
+                peak_rss_of_run_workers(stack.daemon.pid, peaks)
+                rss_read_at = time.perf_counter()
             if status in ("completed", "failed"):
                 break
-            peak_rss_of_run_workers(stack.daemon.pid, peaks)
             time.sleep(0.05)
         if status != "completed":
             raise SystemExit(f"error: the {rows:,}-contact export job ended {status}")
         exports.append(now - running_at)
         steps.append(step_seconds(engine, instance_engine, job_id))
-        print(f"  floor {floors[-1]:.2f} s, export through Dagster {exports[-1]:.2f} s", flush=True)
+        print(
+            f"  floor {floors[-1]:.2f} s (COPY {floor_run['copy_seconds']:.2f} s, upload "
+            f"{floor_run['upload_seconds']:.2f} s), export through Dagster {exports[-1]:.2f} s",
+            flush=True,
+        )
         print("    ops: " + ", ".join(f"{k} {v:.2f} s" for k, v in steps[-1].items()), flush=True)
     floor, export = statistics.median(floors), statistics.median(exports)
     return {
