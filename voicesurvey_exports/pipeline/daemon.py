@@ -7,7 +7,8 @@ Dagster 1.13 has two loop periods that are module constants, not settings:
 - the backfill daemon looks for new backfills every 30 s
   (`DEFAULT_DAEMON_INTERVAL_SECONDS`, also the asset daemon's default interval, which
   this project does not use), so a backfill launched from the UI waited up to 30 s.
-This entry point shortens both and then runs Dagster's own `dagster-daemon` command line
+This entry point shortens both, has the daemon's instance keep its database connections
+open (instance_connections.py) and then runs Dagster's own `dagster-daemon` command line
 unchanged (`voicesurvey-exports-daemon run -w ...`). A loop only decides which sensors
 and backfills are due; each sensor keeps its own minimum interval.
 """
@@ -40,8 +41,30 @@ def tighten_daemon_loops() -> None:
     _set("dagster._daemon.controller", "DEFAULT_DAEMON_INTERVAL_SECONDS", BACKFILL_LOOP_SECONDS)
 
 
+def keep_daemon_connections() -> None:
+    """The daemon's one instance keeps its database connections open
+    (instance_connections.py): wrap the function the command line hands it to."""
+    from dagster._daemon import cli
+
+    from .instance_connections import keep_instance_connections
+
+    if not hasattr(cli, "_daemon_run_command"):
+        raise RuntimeError(
+            "dagster._daemon.cli._daemon_run_command is gone in this Dagster version; "
+            "update voicesurvey_exports/pipeline/daemon.py"
+        )
+    run_daemon = cli._daemon_run_command
+
+    def run_with_kept_connections(instance, *args, **kwargs):
+        keep_instance_connections(instance)
+        return run_daemon(instance, *args, **kwargs)
+
+    cli._daemon_run_command = run_with_kept_connections
+
+
 def main() -> None:
     tighten_daemon_loops()
+    keep_daemon_connections()
     from voicesurvey_exports.pipeline import run_launcher
 
     run_launcher.start_forkserver_early = True

@@ -96,10 +96,13 @@ def _run_worker(run_id: str, serialized_instance_ref: str) -> None:
     from dagster._serdes import deserialize_value
     from dagster._utils.interrupts import capture_interrupts, setup_interrupt_handlers
 
+    from .instance_connections import keep_instance_connections
+
     setup_interrupt_handlers()  # SIGTERM as SIGINT, as in Dagster's CLI
     with capture_interrupts():
         instance_ref = deserialize_value(serialized_instance_ref, InstanceRef)
         with DagsterInstance.from_ref(instance_ref) as instance:
+            keep_instance_connections(instance)  # not one connection per event written
             _execute_run_command_body(
                 run_id, instance, lambda _event: None, set_exit_code_on_failure=False
             )
