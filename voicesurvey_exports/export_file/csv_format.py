@@ -36,6 +36,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
+from .background import WriteBehind, read_ahead
+
 CSV_COLUMNS = (
     "campaign_id",
     "contact_id",
@@ -67,6 +69,10 @@ TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at")
 # Cells that people or callers typed: the only ones that can carry a formula.
 FREE_TEXT_COLUMNS = ("external_contact_id", "q1_answer", "q2_answer", "q3_answer")
 INJECTION_GUARD = "'"
+# RE2's rewrite of a match (\\0 is the whole match; pandas hands it to Arrow's
+# replace_substring_regex unchanged): the guard, then the cell as it was.
+GUARD_REWRITE = INJECTION_GUARD + "\\0"
+ARROW_STRING = pd.ArrowDtype(pa.string())
 HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
 # The UTF-8 byte-order mark (EF BB BF) that the `bom` option writes before the header.
 BOM = codecs.BOM_UTF8
@@ -168,6 +174,9 @@ SPOOL_CONVERT_OPTIONS = pa_csv.ConvertOptions(
 # at 1 MiB); per-batch pandas overhead grows as blocks shrink. 512 KiB balances the two
 # (benchmarks/export_benchmark.py).
 SPOOL_BLOCK_BYTES = 512 * 1024
+# Batches read ahead, and written behind, of the one being formatted: enough to keep the
+# stages busy, few enough that memory stays flat (each is about one block).
+BATCHES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -205,18 +214,22 @@ class _HashingFile:
 def guard_formula(series: pd.Series) -> pd.Series:
     """Prefix free-text cells that a spreadsheet would run as a formula with ``'``.
 
-    The one rule for both renderers. On Arrow-backed strings ``str.match`` runs in RE2
-    over the whole batch, no Python loop; NULL stays NULL.
+    The one rule for both renderers. One regex replacement over the whole batch, in
+    RE2 (Arrow-backed strings, so no Python loop): the pattern is anchored, so a cell
+    changes only when it starts a formula, and NULL stays NULL.
     """
-    starts_formula = series.str.match(FORMULA_PATTERN).fillna(False).astype(bool)
-    if not starts_formula.any():  # the usual case: skip the copy
-        return series
-    return series.where(~starts_formula, INJECTION_GUARD + series)
+    if not isinstance(series.dtype, pd.ArrowDtype):
+        # The rewrite below is RE2's syntax: make sure RE2, not Python's re, applies it.
+        series = series.astype(ARROW_STRING)
+    if not series.str.contains(FORMULA_PATTERN, regex=True).any():
+        return series  # the usual case: no copy of the column
+    return series.str.replace(FORMULA_PATTERN, GUARD_REWRITE, n=1, regex=True)
 
 
 def iso_utc_from_spool(series: pd.Series) -> pd.Series:
-    """'2026-11-16 09:49:55.123+00' -> '2026-11-16T09:49:55Z' (string slicing: fast)."""
-    return (series.str.slice(0, 19) + "Z").str.replace(" ", "T", n=1, regex=False)
+    """'2026-11-16 09:49:55.123+00' -> '2026-11-16T09:49:55Z' (two slice replacements in
+    Arrow: fast)."""
+    return series.str.slice_replace(19, None, "Z").str.slice_replace(10, 11, "T")
 
 
 def format_spool_batch(frame: pd.DataFrame) -> pd.DataFrame:
@@ -317,32 +330,53 @@ def _render_spool(
     outcomes: Counter[str] = Counter()
     rows = 0
     with _export_file(csv_path, bom=bom, gzip=gzip) as (sink, out):
-        writer = None
-        for batch in reader:
-            frame = format_spool_batch(batch.to_pandas(types_mapper=pd.ArrowDtype))
-            outcomes.update(frame["outcome"].value_counts().to_dict())
-            rows += len(frame)
-            formatted = pa.RecordBatch.from_arrays(
-                [pa.array(frame[column]) for column in CSV_COLUMNS], names=list(CSV_COLUMNS)
-            )
-            if writer is None:
-                writer = pa_csv.CSVWriter(
-                    sink,
-                    formatted.schema,
-                    write_options=pa_csv.WriteOptions(
-                        include_header=False, eol="\r\n", batch_size=16_384
-                    ),
+        csv_batches = _CsvBatchWriter(sink)
+        # Arrow reads the next batches and writes (hashes, compresses) the previous ones
+        # on threads of their own while pandas formats this one (background.py).
+        with (
+            contextlib.closing(read_ahead(reader, BATCHES_IN_FLIGHT)) as batches,
+            WriteBehind(csv_batches.write, BATCHES_IN_FLIGHT) as write_behind,
+        ):
+            for batch in batches:
+                frame = format_spool_batch(batch.to_pandas(types_mapper=pd.ArrowDtype))
+                outcomes.update(frame["outcome"].value_counts().to_dict())
+                rows += len(frame)
+                write_behind.put(
+                    pa.RecordBatch.from_arrays(
+                        [pa.array(frame[column]) for column in CSV_COLUMNS],
+                        names=list(CSV_COLUMNS),
+                    )
                 )
-            writer.write_batch(formatted)
-            if on_batch is not None:
-                on_batch(rows)
-        if writer is not None:
-            writer.close()
+                if on_batch is not None:
+                    on_batch(rows)
+        csv_batches.close()
     byte_count = out.size
     release_freed_memory()
     return RenderStats(
         rows, byte_count, {str(k): int(v) for k, v in outcomes.items()}, out.hash.hexdigest()
     )
+
+
+class _CsvBatchWriter:
+    """Arrow's CSV writer on the export file, made at the first batch (it needs the schema)."""
+
+    def __init__(self, sink):
+        self.sink, self.writer = sink, None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self.writer is None:
+            self.writer = pa_csv.CSVWriter(
+                self.sink,
+                batch.schema,
+                write_options=pa_csv.WriteOptions(
+                    include_header=False, eol="\r\n", batch_size=16_384
+                ),
+            )
+        self.writer.write_batch(batch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def release_freed_memory() -> None:
