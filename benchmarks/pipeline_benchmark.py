@@ -222,9 +222,11 @@ def peak_rss_of_run_workers(pid: int, peaks: dict[int, int]) -> None:
                 continue
             status = Path(f"/proc/{process.pid}/status").read_text()
             kib = next(
-                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")
+                (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")),
+                None,
             )
-            peaks[process.pid] = max(peaks.get(process.pid, 0), kib)
+            if kib is not None:  # None: the worker has just exited (a zombie has no memory)
+                peaks[process.pid] = max(peaks.get(process.pid, 0), kib)
 
 
 def run_floor(database_url: str, campaign: str, env: dict) -> dict:
