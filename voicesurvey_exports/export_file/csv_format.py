@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from .background import WriteBehind, read_ahead
@@ -68,6 +69,8 @@ UUID_COLUMNS = ("campaign_id", "contact_id")
 TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at")
 # Cells that people or callers typed: the only ones that can carry a formula.
 FREE_TEXT_COLUMNS = ("external_contact_id", "q1_answer", "q2_answer", "q3_answer")
+# The columns the renderers format; the others are written as the query returned them.
+FORMATTED_COLUMNS = TIMESTAMP_COLUMNS + FREE_TEXT_COLUMNS
 INJECTION_GUARD = "'"
 # RE2's rewrite of a match (\\0 is the whole match; pandas hands it to Arrow's
 # replace_substring_regex unchanged): the guard, then the cell as it was.
@@ -338,15 +341,9 @@ def _render_spool(
             WriteBehind(csv_batches.write, BATCHES_IN_FLIGHT) as write_behind,
         ):
             for batch in batches:
-                frame = format_spool_batch(batch.to_pandas(types_mapper=pd.ArrowDtype))
-                outcomes.update(frame["outcome"].value_counts().to_dict())
-                rows += len(frame)
-                write_behind.put(
-                    pa.RecordBatch.from_arrays(
-                        [pa.array(frame[column]) for column in CSV_COLUMNS],
-                        names=list(CSV_COLUMNS),
-                    )
-                )
+                write_behind.put(_format_batch(batch))
+                _count_outcomes(batch, outcomes)
+                rows += batch.num_rows
                 if on_batch is not None:
                     on_batch(rows)
         csv_batches.close()
@@ -355,6 +352,27 @@ def _render_spool(
     return RenderStats(
         rows, byte_count, {str(k): int(v) for k, v in outcomes.items()}, out.hash.hexdigest()
     )
+
+
+def _format_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """A spool batch as the CSV's cells: pandas formats the timestamp and free-text
+    columns; the ids, the outcome and the attempts go through as Arrow read them."""
+    frame = format_spool_batch(
+        batch.select(list(FORMATTED_COLUMNS)).to_pandas(types_mapper=pd.ArrowDtype)
+    )
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(frame[column]) if column in FORMATTED_COLUMNS else batch.column(column)
+            for column in CSV_COLUMNS
+        ],
+        names=list(CSV_COLUMNS),
+    )
+
+
+def _count_outcomes(batch: pa.RecordBatch, outcomes: Counter[str]) -> None:
+    counts = pc.value_counts(batch.column("outcome"))
+    values, tallies = counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+    outcomes.update(dict(zip(values, tallies, strict=True)))
 
 
 class _CsvBatchWriter:
