@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dagster import DagsterInstance
 
-# Kept connections are replaced after this long (a server-side idle timeout or a
-# failover then costs at most one failed storage call).
+# A kept connection older than this is replaced at its next use, before a server-side
+# or proxy idle timeout can drop it under the daemon.
 RECYCLE_SECONDS = 600
 # Connections opened beyond the kept one while several threads use a storage at once
 # (the daemon's sensor and queue threads); they close when returned.
