@@ -1,10 +1,11 @@
 """Reading ahead and writing behind on threads of their own.
 
-Rendering reads the spool with Arrow, formats each batch with pandas and writes it with
-Arrow's CSV writer (then hashes and maybe compresses it). Arrow's reader and writer,
-hashlib, zlib and the file system release the GIL, so with the reading and the writing
-on threads of their own the three stages overlap on the machine's cores, while the
-batches stay in order and only a few are in flight (memory stays flat).
+Rendering reads the spool with Arrow, formats it with pandas a few blocks at a time
+and writes it with Arrow's CSV writer (then hashes and maybe compresses it). Arrow's
+reader and writer, hashlib, zlib and the file system release the GIL, so with the
+reading and the writing on threads of their own the three stages overlap on the
+machine's cores, while the rows stay in order and only a few blocks are in flight
+(memory stays flat).
 
 An error on either thread is raised on the caller's thread; an error on the caller's
 thread (a cancel, a bad row) stops both threads before it propagates, and nothing more

@@ -6,8 +6,8 @@ the ``'`` that guards a cell a spreadsheet would run as a formula.
 
 Two renderers produce files that parse to the same rows:
 - ``render_spool`` streams: it reads the extract's raw CSV spool in small Arrow
-  batches, formats each batch with pandas (Arrow-backed) and writes it with Arrow's
-  CSV writer. Memory stays flat whatever the campaign size. The pipeline uses it.
+  blocks, formats them with pandas (Arrow-backed) a few at a time and writes them with
+  Arrow's CSV writer. Memory stays flat whatever the campaign size. The pipeline uses it.
 - ``render_rows`` renders a whole DataFrame with ``DataFrame.to_csv``: the
   straightforward reference the streaming path is tested against.
 
@@ -25,6 +25,7 @@ import ctypes
 import gzip as gzip_format
 import hashlib
 import io
+import itertools
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -72,9 +73,6 @@ FREE_TEXT_COLUMNS = ("external_contact_id", "q1_answer", "q2_answer", "q3_answer
 # The columns the renderers format; the others are written as the query returned them.
 FORMATTED_COLUMNS = TIMESTAMP_COLUMNS + FREE_TEXT_COLUMNS
 INJECTION_GUARD = "'"
-# RE2's rewrite of a match (\\0 is the whole match; pandas hands it to Arrow's
-# replace_substring_regex unchanged): the guard, then the cell as it was.
-GUARD_REWRITE = INJECTION_GUARD + "\\0"
 ARROW_STRING = pd.ArrowDtype(pa.string())
 HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
 # The UTF-8 byte-order mark (EF BB BF) that the `bom` option writes before the header.
@@ -173,13 +171,15 @@ SPOOL_CONVERT_OPTIONS = pa_csv.ConvertOptions(
     strings_can_be_null=True,
     quoted_strings_can_be_null=False,
 )
-# The reader's buffers grow with the block size (about +50 MB peak RSS at 256 KiB, +100 MB
-# at 1 MiB); per-batch pandas overhead grows as blocks shrink. 512 KiB balances the two
-# (benchmarks/export_benchmark.py).
-SPOOL_BLOCK_BYTES = 512 * 1024
-# Batches read ahead, and written behind, of the one being formatted: enough to keep the
-# stages busy, few enough that memory stays flat (each is about one block).
-BATCHES_IN_FLIGHT = 4
+# The reader's buffers grow with the block size (+100 MB peak RSS at 1 MiB): small blocks.
+SPOOL_BLOCK_BYTES = 256 * 1024
+# pandas formats about this much of the spool at a time: its cost per call (a Series, an
+# accessor and a check for each of a dozen operations) would otherwise be paid per
+# block, and was about a third of the render's CPU with one block per call.
+FORMAT_BYTES = 2 * 1024 * 1024
+# Groups of blocks read ahead, and written behind, of the one being formatted: enough to
+# keep the stages busy, few enough that memory stays flat.
+GROUPS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -217,16 +217,19 @@ class _HashingFile:
 def guard_formula(series: pd.Series) -> pd.Series:
     """Prefix free-text cells that a spreadsheet would run as a formula with ``'``.
 
-    The one rule for both renderers. One regex replacement over the whole batch, in
-    RE2 (Arrow-backed strings, so no Python loop): the pattern is anchored, so a cell
-    changes only when it starts a formula, and NULL stays NULL.
+    The one rule for both renderers, as Arrow-backed strings whatever the series held.
+    One anchored RE2 match per cell (no Python loop), then the guard goes before the
+    cells that matched: a regex replacement would match every cell a second time, with
+    RE2's slower engine for submatches. NULL stays NULL.
     """
     if not isinstance(series.dtype, pd.ArrowDtype):
-        # The rewrite below is RE2's syntax: make sure RE2, not Python's re, applies it.
         series = series.astype(ARROW_STRING)
-    if not series.str.contains(FORMULA_PATTERN, regex=True).any():
+    cells = pa.array(series)  # the series' own Arrow data, not a copy
+    starts = pc.match_substring_regex(cells, FORMULA_PATTERN)
+    if not pc.any(starts).as_py():
         return series  # the usual case: no copy of the column
-    return series.str.replace(FORMULA_PATTERN, GUARD_REWRITE, n=1, regex=True)
+    guarded = pc.if_else(starts, pc.binary_join_element_wise(INJECTION_GUARD, cells, ""), cells)
+    return pd.Series(pd.arrays.ArrowExtensionArray(guarded), index=series.index, name=series.name)
 
 
 def iso_utc_from_spool(series: pd.Series) -> pd.Series:
@@ -235,8 +238,8 @@ def iso_utc_from_spool(series: pd.Series) -> pd.Series:
     return series.str.slice_replace(19, None, "Z").str.slice_replace(10, 11, "T")
 
 
-def format_spool_batch(frame: pd.DataFrame) -> pd.DataFrame:
-    """The CSV cells of one spool batch (Arrow-backed string columns)."""
+def format_spool_cells(frame: pd.DataFrame) -> pd.DataFrame:
+    """The CSV cells of a group of spool rows (Arrow-backed string columns)."""
     for column in TIMESTAMP_COLUMNS:
         frame[column] = iso_utc_from_spool(frame[column])
     for column in FREE_TEXT_COLUMNS:
@@ -333,20 +336,21 @@ def _render_spool(
     outcomes: Counter[str] = Counter()
     rows = 0
     with _export_file(csv_path, bom=bom, gzip=gzip) as (sink, out):
-        csv_batches = _CsvBatchWriter(sink)
-        # Arrow reads the next batches and writes (hashes, compresses) the previous ones
+        csv_tables = _CsvTableWriter(sink)
+        groups = _groups_of_blocks(reader, max(1, FORMAT_BYTES // block_bytes))
+        # Arrow reads the next groups and writes (hashes, compresses) the previous ones
         # on threads of their own while pandas formats this one (background.py).
         with (
-            contextlib.closing(read_ahead(reader, BATCHES_IN_FLIGHT)) as batches,
-            WriteBehind(csv_batches.write, BATCHES_IN_FLIGHT) as write_behind,
+            contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables,
+            WriteBehind(csv_tables.write, GROUPS_IN_FLIGHT) as write_behind,
         ):
-            for batch in batches:
-                write_behind.put(_format_batch(batch))
-                _count_outcomes(batch, outcomes)
-                rows += batch.num_rows
+            for table in tables:
+                write_behind.put(_format_table(table))
+                _count_outcomes(table, outcomes)
+                rows += table.num_rows
                 if on_batch is not None:
                     on_batch(rows)
-        csv_batches.close()
+        csv_tables.close()
     byte_count = out.size
     release_freed_memory()
     return RenderStats(
@@ -354,43 +358,50 @@ def _render_spool(
     )
 
 
-def _format_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """A spool batch as the CSV's cells: pandas formats the timestamp and free-text
+def _groups_of_blocks(reader: pa_csv.CSVStreamingReader, size: int) -> Iterator[pa.Table]:
+    """The reader's batches (one per block), `size` at a time, as tables (no copy)."""
+    batches = iter(reader)
+    while group := list(itertools.islice(batches, size)):
+        yield pa.Table.from_batches(group)
+
+
+def _format_table(table: pa.Table) -> pa.Table:
+    """Spool rows as the CSV's cells: pandas formats the timestamp and free-text
     columns; the ids, the outcome and the attempts go through as Arrow read them."""
-    frame = format_spool_batch(
-        batch.select(list(FORMATTED_COLUMNS)).to_pandas(types_mapper=pd.ArrowDtype)
+    frame = format_spool_cells(
+        table.select(list(FORMATTED_COLUMNS)).to_pandas(types_mapper=pd.ArrowDtype)
     )
-    return pa.RecordBatch.from_arrays(
+    return pa.Table.from_arrays(
         [
-            pa.array(frame[column]) if column in FORMATTED_COLUMNS else batch.column(column)
+            pa.array(frame[column]) if column in FORMATTED_COLUMNS else table.column(column)
             for column in CSV_COLUMNS
         ],
         names=list(CSV_COLUMNS),
     )
 
 
-def _count_outcomes(batch: pa.RecordBatch, outcomes: Counter[str]) -> None:
-    counts = pc.value_counts(batch.column("outcome"))
+def _count_outcomes(table: pa.Table, outcomes: Counter[str]) -> None:
+    counts = pc.value_counts(table.column("outcome"))
     values, tallies = counts.field("values").to_pylist(), counts.field("counts").to_pylist()
     outcomes.update(dict(zip(values, tallies, strict=True)))
 
 
-class _CsvBatchWriter:
-    """Arrow's CSV writer on the export file, made at the first batch (it needs the schema)."""
+class _CsvTableWriter:
+    """Arrow's CSV writer on the export file, made at the first table (it needs the schema)."""
 
     def __init__(self, sink):
         self.sink, self.writer = sink, None
 
-    def write(self, batch: pa.RecordBatch) -> None:
+    def write(self, table: pa.Table) -> None:
         if self.writer is None:
             self.writer = pa_csv.CSVWriter(
                 self.sink,
-                batch.schema,
+                table.schema,
                 write_options=pa_csv.WriteOptions(
                     include_header=False, eol="\r\n", batch_size=16_384
                 ),
             )
-        self.writer.write_batch(batch)
+        self.writer.write_table(table)
 
     def close(self) -> None:
         if self.writer is not None:
