@@ -2,6 +2,7 @@ import csv
 import gzip
 import hashlib
 import io
+import unicodedata
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -178,6 +179,18 @@ def test_streamed_file_keeps_empty_text_apart_from_null(tmp_path):
         "",
         "NA",
     ]
+
+
+def test_stored_formula_characters_are_those_a_fresh_scan_of_unicode_finds():
+    """The guard's characters are stored for this Python's Unicode version (a run worker
+    does not scan Unicode at import): they must be what the scan finds today, so that a
+    change to the rules (or a new Python) cannot leave a stale table behind."""
+    version = unicodedata.unidata_version
+    assert version in csv_format._SCANNED_RANGES, f"no stored ranges for Unicode {version}"
+    stored_skipped, stored_triggers = csv_format._formula_characters()
+    skipped, triggers = csv_format._formula_code_points()
+    assert stored_triggers == triggers
+    assert stored_skipped == skipped
 
 
 def test_formula_triggers_in_every_disguise_are_neutralised(render_csv):
