@@ -15,12 +15,15 @@ import yaml
 from dagster._core.launcher import WorkerStatus
 from dagster._core.test_utils import create_run_for_test
 
+from voicesurvey_exports.pipeline import s3_client
+from voicesurvey_exports.pipeline.resources import ExportDestination, build_resources
 from voicesurvey_exports.pipeline.run_launcher import (
     WORKER_BOOT_TAG,
     WORKER_PID_TAG,
     WORKER_START_TAG,
     ForkingRunLauncher,
 )
+from voicesurvey_exports.settings import Settings
 
 ROOT_DAGSTER_YAML = Path(__file__).parents[1] / "dagster.yaml"
 
@@ -136,3 +139,63 @@ def test_an_exit_status_of_a_worker_still_running_is_not_believed(instance, work
     run = started_run(instance, worker_tags(worker.pid))
     instance.run_launcher._worker_exited(run.run_id, 255)
     assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+
+
+@pytest.fixture
+def forkserver_client(monkeypatch):
+    """s3_client as the forkserver leaves it, made under the environment set so far."""
+    monkeypatch.setattr(s3_client, "_made", {})
+
+    def make():
+        s3_client.make_for_environment()
+        return list(s3_client._made.values())
+
+    return make
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"AWS_REGION": "us-west-2", "AWS_ENDPOINT_URL": "http://127.0.0.1:9"},
+        {"AWS_REGION": "us-west-2"},
+        {},  # Settings' default region, AWS itself
+    ],
+    ids=["local-s3", "aws", "defaults"],
+)
+def test_run_workers_use_the_s3_client_their_forkserver_made(
+    environment, forkserver_client, monkeypatch
+):
+    """Making a client costs a run about 0.1 CPU-seconds: a worker's ExportDestination,
+    configured from the same environment by Settings, must use the forkserver's."""
+    for name in ("AWS_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {"DATABASE_URL": "postgresql://app@db/app", **environment}.items():
+        monkeypatch.setenv(name, value)
+    [made] = forkserver_client()
+    destination = build_resources(Settings.from_env())["destination"]
+    assert destination.objects().client is made
+    assert made.meta.region_name == Settings.from_env().aws_region
+
+
+def test_another_s3_configuration_gets_a_client_of_its_own(forkserver_client, monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    [made] = forkserver_client()
+    other = ExportDestination(
+        region_name="us-west-2",
+        endpoint_url="http://127.0.0.1:9",
+        bucket="b",
+        prefix="exports/",
+        url_ttl_seconds=60,
+        kms_key_id=None,
+        retention_days=1,
+    )
+    client = other.objects().client
+    assert client is not made
+    assert client.meta.endpoint_url == "http://127.0.0.1:9"
+
+
+def test_a_bad_s3_configuration_does_not_stop_the_forkserver(forkserver_client, monkeypatch):
+    """The workers then make their own client, and their runs report the error."""
+    monkeypatch.setenv("AWS_REGION", "not a region!")
+    assert forkserver_client() == []

@@ -4,9 +4,10 @@ Dagster's DefaultRunLauncher asks the code server to spawn a new Python process 
 which imports Dagster's run worker, dagster-aws, pandas and SQLAlchemy before the first
 op: about 2 s and 2.5 CPU-seconds of every small export. This launcher keeps one
 multiprocessing forkserver, started by the daemon, that has imported those libraries
-once (`preload_modules`); each run is a fork of it that imports only this project's
-modules (about 0.1 s, read from disk, so new code is picked up run by run as before) and
-executes the run exactly as `dagster api execute_run` does.
+once (`preload_modules`), and made the workers' S3 client (s3_client.py); each run is a
+fork of it that imports only this project's modules (about 0.1 s, read from disk, so new
+code is picked up run by run as before) and executes the run exactly as `dagster api
+execute_run` does.
 
 It replaces what the code server did for its run processes:
 - launch: fork, record the worker's pid on the run (tags), Dagster's "Started process

@@ -1,0 +1,49 @@
+"""The run workers' S3 client, made once by the run-worker forkserver (run_launcher.py).
+
+Making a boto3 client parses botocore's JSON service models: about 0.1 CPU-seconds, a
+tenth of a small export's CPU, paid by every run worker. The forkserver makes the client
+of its environment's S3 configuration through dagster-aws before it forks any worker;
+a worker whose S3Resource has the same configuration uses that client instead of making
+one. The client has sent no request, so the workers share no connection. Every other
+process, and any other configuration, makes its own client as before.
+
+The forkserver imports this module (not settings.py, which would then be frozen in
+every worker until the daemon restarts), so it reads the two variables itself;
+tests/test_run_launcher.py checks that it reads them as Settings does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from dagster_aws.s3 import S3Resource
+
+# Settings' default region (settings.DEFAULTS).
+DEFAULT_REGION = "eu-central-1"
+# (type, configuration) of the resource -> its client; filled in the forkserver only.
+_made: dict[tuple, object] = {}
+
+
+def _key(resource: S3Resource) -> tuple:
+    return type(resource), tuple(sorted(resource.model_dump().items()))
+
+
+def get_client(resource: S3Resource):
+    """resource.get_client(), or the forkserver's client if it was made from an equal
+    resource (a subclass, as tests use to inject faults, always gets its own)."""
+    made = _made.get(_key(resource))
+    return made if made is not None else resource.get_client()
+
+
+def make_for_environment() -> None:
+    """In the forkserver: make the client of this environment's configuration. A failure
+    is left to the workers, which make their own and report it on their runs."""
+    region = os.environ.get("AWS_REGION") or DEFAULT_REGION
+    resource = S3Resource(
+        region_name=region, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None
+    )
+    try:
+        _made[_key(resource)] = resource.get_client()
+    except Exception:  # the forkserver must start whatever the S3 configuration
+        logging.getLogger(__name__).exception("no S3 client made ahead of the run workers")
