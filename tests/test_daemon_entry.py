@@ -41,3 +41,28 @@ def test_daemon_entry_point_refuses_a_dagster_without_the_loop_constant(monkeypa
     monkeypatch.delattr(sensor_daemon, "MIN_INTERVAL_LOOP_TIME")
     with pytest.raises(RuntimeError, match="MIN_INTERVAL_LOOP_TIME is gone"):
         daemon.tighten_daemon_loops()
+
+
+def test_the_daemon_starts_the_run_workers_forkserver_before_any_run(monkeypatch):
+    """Dagster makes an instance's run launcher at its first run: the first export
+    would wait for the forkserver's imports (about 3 s, 2.5 CPU-seconds)."""
+    import dagster as dg
+    import yaml
+    from dagster._daemon import cli
+
+    from voicesurvey_exports.pipeline import daemon, run_launcher
+
+    started, ran = [], []
+    monkeypatch.setattr(
+        run_launcher.ForkingRunLauncher, "start_forkserver", lambda self: started.append(self)
+    )
+    monkeypatch.setattr(run_launcher, "start_forkserver_early", True)
+    monkeypatch.setattr(cli, "_daemon_run_command", lambda instance, *_: ran.append(started[:]))
+    daemon.prepare_daemon_instance()
+    root_launcher = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    with dg.instance_for_test(
+        overrides={"run_launcher": root_launcher["run_launcher"]}
+    ) as instance:
+        cli._daemon_run_command(instance, "INFO", "INFO", "colored", None)
+        # Started once, by the instance's own launcher, before Dagster's daemon ran.
+        assert ran == [[instance.run_launcher]]

@@ -70,7 +70,7 @@ def test_the_daemon_entry_point_hands_dagster_an_instance_that_keeps_connections
     server, url, home = instance_database
     seen = []
     monkeypatch.setattr(cli, "_daemon_run_command", lambda instance, *_args: seen.append(instance))
-    daemon.keep_daemon_connections()
+    daemon.prepare_daemon_instance()
     with DagsterInstance.from_config(str(home)) as instance:
         cli._daemon_run_command(instance, "INFO", "INFO", "colored", None)
         assert seen == [instance]
@@ -84,4 +84,4 @@ def test_the_daemon_entry_point_refuses_a_dagster_without_its_hook(monkeypatch):
 
     monkeypatch.delattr(cli, "_daemon_run_command")
     with pytest.raises(RuntimeError, match="_daemon_run_command is gone"):
-        daemon.keep_daemon_connections()
+        daemon.prepare_daemon_instance()
