@@ -84,6 +84,19 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def run_worker_cpu_seconds(pid: int) -> float:
+    """CPU seconds of the run workers so far: the subtree of the daemon's forkserver
+    (ForkingRunLauncher), whose only work is forking them and reaping them. The rest of
+    the daemon's tree (the daemon and its code servers) ticks whether or not there are
+    requests; the workers exist only for runs, so their CPU needs no idle subtracted."""
+    total = 0.0
+    for process in psutil.Process(pid).children():  # not the workers: forks, same cmdline
+        with contextlib.suppress(psutil.Error):
+            if "forkserver" in " ".join(process.cmdline()):
+                total += tree_cpu_seconds(process.pid)
+    return total
+
+
 def measure_latency(engine, requests: int) -> tuple[list[float], list[str]]:
     campaign = add_campaign(engine, 100)
     latencies, job_ids = [], []
@@ -355,10 +368,12 @@ def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
         time.sleep(CPU_WINDOW_SECONDS)
         idle_rate = (tree_cpu_seconds(stack.daemon.pid) - idle_before) / CPU_WINDOW_SECONDS
         cpu_before, wall_before = tree_cpu_seconds(stack.daemon.pid), time.perf_counter()
+        workers_before = run_worker_cpu_seconds(stack.daemon.pid)
         latencies, job_ids = measure_latency(engine, args.requests)
         # Idle to the end of the window after the last request.
         time.sleep(max(0.0, CPU_WINDOW_SECONDS - (time.perf_counter() - wall_before)))
         cpu = tree_cpu_seconds(stack.daemon.pid) - cpu_before
+        workers = run_worker_cpu_seconds(stack.daemon.pid) - workers_before
         wall = time.perf_counter() - wall_before
         report["latency_seconds"] = {
             "median": round(statistics.median(latencies), 2),
@@ -373,12 +388,22 @@ def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
             (cpu - idle_rate * wall) / args.requests, 2
         )
         report["idle_cpu_seconds_per_minute"] = round(idle_rate * 60, 1)
+        # Of which the run workers (exact) and the daemon's share (beyond idle: noisy).
+        report["run_worker_cpu_seconds_per_request"] = round(workers / args.requests, 2)
+        report["daemon_cpu_seconds_per_request_beyond_idle"] = round(
+            report["cpu_seconds_per_request_beyond_idle"] - workers / args.requests, 2
+        )
         print(f"median {report['latency_seconds']['median']:.2f} s")
         print(
             f"CPU per request (daemon + code server + run worker): "
             f"{report['cpu_seconds_per_request']:.2f} s over {wall:.0f} s; "
             f"{report['cpu_seconds_per_request_beyond_idle']:.2f} s beyond the idle "
             f"{report['idle_cpu_seconds_per_minute']:.1f} CPU-s a minute"
+        )
+        print(
+            f"  of which the run worker {report['run_worker_cpu_seconds_per_request']:.2f} s, "
+            f"the daemon and its code server "
+            f"{report['daemon_cpu_seconds_per_request_beyond_idle']:.2f} s"
         )
         for name, meaning in PHASES:
             print(f"  {report['latency_seconds']['median_by_phase'][name]:5.2f} s  {meaning}")
