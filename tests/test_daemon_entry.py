@@ -66,3 +66,20 @@ def test_the_daemon_starts_the_run_workers_forkserver_before_any_run(monkeypatch
         cli._daemon_run_command(instance, "INFO", "INFO", "colored", None)
         # Started once, by the instance's own launcher, before Dagster's daemon ran.
         assert ran == [[instance.run_launcher]]
+
+
+def test_the_daemon_leaves_other_run_launchers_to_dagster(monkeypatch):
+    """The deploy configs' launchers call ECS or Kubernetes when made: made in the
+    daemon's loops, as Dagster does, a failure is retried instead of stopping the daemon."""
+    import dagster as dg
+    from dagster._daemon import cli
+
+    from voicesurvey_exports.pipeline import daemon
+
+    made = []
+    monkeypatch.setattr(cli, "_daemon_run_command", lambda instance, *_: None)
+    daemon.prepare_daemon_instance()
+    with dg.instance_for_test() as instance:  # Dagster's default launcher
+        monkeypatch.setattr(type(instance), "run_launcher", property(lambda self: made.append(1)))
+        cli._daemon_run_command(instance, "INFO", "INFO", "colored", None)
+    assert made == []

@@ -188,8 +188,8 @@ def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_lim
 
             def finished_runs():
                 records = instance.get_run_records()
-                if len(records) == 100 and all(r.dagster_run.is_finished for r in records):
-                    return records
+                if len(records) >= 100 and all(r.dagster_run.is_finished for r in records):
+                    return records  # a retried run would make more: asserted below
                 return None
 
             records = processes.wait_for(finished_runs, 120, "100 finished runs", interval=1)

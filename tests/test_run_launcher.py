@@ -142,9 +142,17 @@ def test_an_exit_status_of_a_worker_still_running_is_not_believed(instance, work
 
 
 @pytest.fixture
-def forkserver_client(monkeypatch):
-    """s3_client as the forkserver leaves it, made under the environment set so far."""
+def forkserver_client(monkeypatch, tmp_path):
+    """s3_client as the forkserver leaves it, made under the environment set so far:
+    credentials in the environment variables, no credentials file, no instance role."""
     monkeypatch.setattr(s3_client, "_made", {})
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
     def make():
         s3_client.make_for_environment()
@@ -198,4 +206,20 @@ def test_another_s3_configuration_gets_a_client_of_its_own(forkserver_client, mo
 def test_a_bad_s3_configuration_does_not_stop_the_forkserver(forkserver_client, monkeypatch):
     """The workers then make their own client, and their runs report the error."""
     monkeypatch.setenv("AWS_REGION", "not a region!")
+    assert forkserver_client() == []
+
+
+@pytest.mark.parametrize("credentials_file", [True, False], ids=["in-a-file", "none-yet"])
+def test_credentials_not_from_the_environment_are_looked_up_by_each_worker(
+    credentials_file, forkserver_client, monkeypatch, tmp_path
+):
+    """A credentials file may be rotated, and credentials may appear after the daemon
+    started: a client made once in the forkserver would keep what it found then."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    if credentials_file:
+        (tmp_path / "no-credentials").write_text(
+            "[default]\naws_access_key_id = filekey\naws_secret_access_key = filesecret\n"
+        )
+    monkeypatch.setenv("AWS_REGION", "us-west-2")
     assert forkserver_client() == []

@@ -5,8 +5,10 @@ LocalComputeLogManager mirrors each captured stream back to the process's stream
 `tail -F` process, babysat by a new Python process in case the run dies: four processes
 per run, about 0.1 CPU-seconds of a small export's 1 (the two Python starts). A run
 worker forked by ForkingRunLauncher would only copy them to the daemon's terminal. The
-UI reads the same files, from the same folder (the instance's `storage` folder unless
-`base_dir` is set), so it shows the same logs.
+UI reads the same files, so it shows the same logs. They are in the `storage` folder of
+the instance's local artifact storage (Dagster's default folder, `$DAGSTER_HOME/storage`,
+when `local_artifact_storage` is not configured, as in the root dagster.yaml) unless
+`base_dir` is set.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ class FileComputeLogManager(LocalComputeLogManager):
         polling_timeout: float | None = None,
         inst_data: ConfigurableClassData | None = None,
     ):
-        # Without base_dir: Dagster's default folder, known once the instance registers.
-        super().__init__(base_dir or "", polling_timeout, inst_data)
+        # Without base_dir: the instance's storage folder, known once the instance
+        # registers (None until then: a path made from it fails rather than point here).
+        super().__init__(base_dir, polling_timeout, inst_data)  # type: ignore[arg-type]
         self._base_dir_of_instance = base_dir is None
 
     @classmethod

@@ -61,7 +61,11 @@ def prepare_daemon_instance() -> None:
 
     def run_prepared(instance, *args, **kwargs):
         keep_instance_connections(instance)
-        instance.run_launcher  # noqa: B018 (made now: see the docstring)
+        # Only this project's launcher: the deploy configs' (ECS, Kubernetes) call their
+        # platform when made, which Dagster retries in its loops, not at the daemon's start.
+        launcher = instance.get_ref().run_launcher_data
+        if launcher is not None and launcher.class_name == "ForkingRunLauncher":
+            instance.run_launcher  # noqa: B018 (made now: see the docstring)
         return run_daemon(instance, *args, **kwargs)
 
     cli._daemon_run_command = run_prepared

@@ -4,12 +4,17 @@ Making a boto3 client parses botocore's JSON service models: about 0.1 CPU-secon
 tenth of a small export's CPU, paid by every run worker. The forkserver makes the client
 of its environment's S3 configuration through dagster-aws before it forks any worker;
 a worker whose S3Resource has the same configuration uses that client instead of making
-one. The client has sent no request, so the workers share no connection. Every other
-process, and any other configuration, makes its own client as before.
+one. Only when its credentials come from the environment variables (AWS_ACCESS_KEY_ID...):
+the workers' environment is the forkserver's, so they would find the same, and finding
+them sends no request, so the workers share no connection. Credentials found elsewhere
+(a credentials file that may be rotated, an instance role fetched over HTTP, none yet)
+are looked up by each worker, as before. Every other process, and any other
+configuration, makes its own client too.
 
 The forkserver imports this module (not settings.py, which would then be frozen in
 every worker until the daemon restarts), so it reads the two variables itself;
-tests/test_run_launcher.py checks that it reads them as Settings does.
+tests/test_run_launcher.py checks that it reads them as Settings does. Being imported by
+the forkserver, this module itself is new in the workers only after a daemon restart.
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ def make_for_environment() -> None:
         region_name=region, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None
     )
     try:
-        _made[_key(resource)] = resource.get_client()
+        client = resource.get_client()
     except Exception:  # the forkserver must start whatever the S3 configuration
         logging.getLogger(__name__).exception("no S3 client made ahead of the run workers")
+        return
+    credentials = getattr(getattr(client, "_request_signer", None), "_credentials", None)
+    if getattr(credentials, "method", None) == "env":
+        _made[_key(resource)] = client
