@@ -56,7 +56,6 @@ def test_the_daemon_starts_the_run_workers_forkserver_before_any_run(monkeypatch
     monkeypatch.setattr(
         run_launcher.ForkingRunLauncher, "start_forkserver", lambda self: started.append(self)
     )
-    monkeypatch.setattr(run_launcher, "start_forkserver_early", True)
     monkeypatch.setattr(cli, "_daemon_run_command", lambda instance, *_: ran.append(started[:]))
     daemon.prepare_daemon_instance()
     root_launcher = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())

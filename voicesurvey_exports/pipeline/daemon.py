@@ -42,12 +42,24 @@ def tighten_daemon_loops() -> None:
     _set("dagster._daemon.controller", "DEFAULT_DAEMON_INTERVAL_SECONDS", BACKFILL_LOOP_SECONDS)
 
 
+def start_run_workers_forkserver(instance) -> None:
+    """Start ForkingRunLauncher's forkserver with the daemon. Dagster makes an instance's
+    run launcher at the first run, which would then wait about 3 s and pay 2.5
+    CPU-seconds for the forkserver's imports. Other launchers are left to Dagster: the
+    deploy configs' (ECS, Kubernetes) call their platform when made, which Dagster
+    retries in its loops rather than fail the daemon's start."""
+    from . import run_launcher
+
+    configured = instance.get_ref().run_launcher_data
+    forking = (run_launcher.__name__, run_launcher.ForkingRunLauncher.__name__)
+    if configured is not None and (configured.module_name, configured.class_name) == forking:
+        instance.run_launcher.start_forkserver()
+
+
 def prepare_daemon_instance() -> None:
     """The daemon's one instance keeps its database connections open
-    (instance_connections.py) and makes its run launcher at once, so that
-    ForkingRunLauncher's forkserver starts with the daemon (Dagster makes the launcher at
-    the first run, which then waited about 3 s and paid 2.5 CPU-seconds for the
-    forkserver's imports): wrap the function the command line hands the instance to."""
+    (instance_connections.py) and starts the run workers' forkserver: wrap the function
+    the command line hands the instance to."""
     from dagster._daemon import cli
 
     from .instance_connections import keep_instance_connections
@@ -61,11 +73,7 @@ def prepare_daemon_instance() -> None:
 
     def run_prepared(instance, *args, **kwargs):
         keep_instance_connections(instance)
-        # Only this project's launcher: the deploy configs' (ECS, Kubernetes) call their
-        # platform when made, which Dagster retries in its loops, not at the daemon's start.
-        launcher = instance.get_ref().run_launcher_data
-        if launcher is not None and launcher.class_name == "ForkingRunLauncher":
-            instance.run_launcher  # noqa: B018 (made now: see the docstring)
+        start_run_workers_forkserver(instance)
         return run_daemon(instance, *args, **kwargs)
 
     cli._daemon_run_command = run_prepared
@@ -74,9 +82,6 @@ def prepare_daemon_instance() -> None:
 def main() -> None:
     tighten_daemon_loops()
     prepare_daemon_instance()
-    from voicesurvey_exports.pipeline import run_launcher
-
-    run_launcher.start_forkserver_early = True
     from dagster._daemon.cli import main as dagster_daemon_main
 
     dagster_daemon_main()

@@ -78,10 +78,6 @@ DEFAULT_PRELOAD = (
 FREEZE_MODULE = "voicesurvey_exports.pipeline.forkserver_ready"
 # How often the daemon looks for workers that exited.
 WATCH_SECONDS = 1.0
-# Set by `voicesurvey-exports-daemon`: start the forkserver as soon as the daemon's
-# instance creates this launcher, not at the first run (the webserver, which only
-# terminates runs, never starts one).
-start_forkserver_early = False
 
 
 def _boot_id() -> str:
@@ -141,8 +137,6 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
         super().__init__()
-        if start_forkserver_early:
-            self.start_forkserver()
 
     @property
     def inst_data(self) -> ConfigurableClassData | None:
@@ -172,7 +166,8 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
 
     def start_forkserver(self) -> None:
         """Start the forkserver now (it imports the preload modules in the background),
-        so that the first run does not wait for it."""
+        so that the first run does not wait for it: `voicesurvey-exports-daemon` does at
+        its start (daemon.py). The webserver, which only terminates runs, never does."""
         from multiprocessing import forkserver
 
         self._context()
