@@ -27,6 +27,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from voicesurvey_exports.app_db import schema
 from voicesurvey_exports.app_db.engine import get_engine, is_postgres
+from voicesurvey_exports.app_db.errors import MigrationRefused
 from voicesurvey_exports.app_db.export_jobs import claim_job, get_job
 from voicesurvey_exports.app_db.migrations import (
     LATEST_VERSION,
@@ -38,7 +39,7 @@ from voicesurvey_exports.app_db.migrations import (
 
 from .conftest import AppData
 
-ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005"]
+ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005", "V0006"]
 APP_TABLES = {"users", "campaigns", "contacts", "survey_responses", "export_jobs"}
 BOTH_ENGINES = pytest.mark.parametrize("kind", ["postgres", "sqlite"])
 
@@ -104,7 +105,7 @@ def test_fresh_upgrade_builds_what_schema_py_describes(kind, new_database):
     assert current_version(migrated) is None
     assert upgrade(migrated) == ALL_REVISIONS
     assert upgrade(migrated) == []
-    assert current_version(migrated) == LATEST_VERSION == "V0005"
+    assert current_version(migrated) == LATEST_VERSION == "V0006"
 
     created = new_database(kind, "created")
     schema.metadata.create_all(created)
@@ -149,6 +150,7 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
                 "compression",
                 "progress_percent",
                 "cancel_requested_at",
+                "s3_bucket",
             )
         ),
         Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
@@ -180,7 +182,7 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
 @BOTH_ENGINES
 @pytest.mark.parametrize(
     ("recorded_versions", "expected_applied"),
-    [((1, 2), ["V0003", "V0004", "V0005"]), ((1, 2, 3), ["V0004", "V0005"])],
+    [((1, 2), ["V0003", "V0004", "V0005", "V0006"]), ((1, 2, 3), ["V0004", "V0005", "V0006"])],
 )
 def test_old_runner_database_is_adopted_and_keeps_every_row(
     kind, recorded_versions, expected_applied, new_database
@@ -201,7 +203,7 @@ def test_old_runner_database_is_adopted_and_keeps_every_row(
 
     assert upgrade(engine) == expected_applied
 
-    assert current_version(engine) == "V0005"
+    assert current_version(engine) == LATEST_VERSION
     assert upgrade(engine) == []
     with engine.begin() as conn:
         assert conn.execute(select(schema.users.c.id)).scalars().all() == [manager]
@@ -226,7 +228,7 @@ def test_tables_the_app_created_without_a_version_record_are_adopted(kind, new_d
     schema.metadata.create_all(engine)
     rows = one_of_each_row(engine)
     assert upgrade(engine) == []
-    assert current_version(engine) == "V0005"
+    assert current_version(engine) == LATEST_VERSION
     assert AppData(engine).job_row(rows["job"])["campaign_id"] == rows["campaign"]
 
 
@@ -235,16 +237,18 @@ def test_app_tables_at_v0002_without_a_record_get_v0003(new_database):
     upgrade(engine)
     with engine.begin() as conn:  # as if the app had created its tables up to V0002
         conn.execute(text("DROP TABLE voicesurvey_exports_alembic_version"))
+        conn.execute(text("ALTER TABLE export_jobs DROP CONSTRAINT ck_export_jobs_total_records"))
         conn.execute(text("ALTER TABLE export_jobs DROP COLUMN dagster_run_id"))
         conn.execute(text("ALTER TABLE export_jobs DROP COLUMN size_bytes, DROP COLUMN sha256"))
         conn.execute(text("DROP TABLE export_notifications"))
         conn.execute(
             text(
                 "ALTER TABLE export_jobs DROP COLUMN bom, DROP COLUMN compression, "
-                "DROP COLUMN progress_percent, DROP COLUMN cancel_requested_at"
+                "DROP COLUMN progress_percent, DROP COLUMN cancel_requested_at, "
+                "DROP COLUMN s3_bucket"
             )
         )
-    assert upgrade(engine) == ["V0003", "V0004", "V0005"]
+    assert upgrade(engine) == ["V0003", "V0004", "V0005", "V0006"]
     assert "dagster_run_id" in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
 
 
@@ -296,7 +300,7 @@ def test_concurrent_upgrades_on_postgres_take_turns(create_postgres_database):
     for thread in threads:
         thread.join(timeout=60)
     assert sorted(results, key=len) == [[], ALL_REVISIONS]
-    assert current_version(get_engine(url)) == "V0005"
+    assert current_version(get_engine(url)) == LATEST_VERSION
 
 
 @BOTH_ENGINES
@@ -309,7 +313,7 @@ def test_downgrade_to_base_then_upgrade_rebuilds_the_schema(kind, new_database):
     with engine.begin() as conn:  # a cancelled job reads as failed in the older release
         job = AppData(engine).export_job(AppData(engine).campaign())
         conn.execute(jobs.update().where(jobs.c.id == job).values(status="cancelled"))
-    assert downgrade(engine, "V0004") == ["V0005"]
+    assert downgrade(engine, "V0004") == ["V0006", "V0005"]
     assert "progress_percent" not in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
     assert "export_notifications" not in inspect(engine).get_table_names()
     with engine.begin() as conn:
@@ -333,3 +337,178 @@ def test_downgrade_to_base_then_upgrade_rebuilds_the_schema(kind, new_database):
 def test_pending_jobs_index_exists(migrated_postgres_url):
     indexes = inspect(get_engine(migrated_postgres_url)).get_indexes("export_jobs")
     assert any(index["column_names"][:2] == ["status", "created_at"] for index in indexes)
+
+
+def at_v0005(engine: Engine) -> Engine:
+    """A database at revision V0005 (before V0006's rules and bucket column)."""
+    upgrade(engine)
+    assert downgrade(engine, "V0005") == ["V0006"]
+    return engine
+
+
+def insert_job_by_sql(engine: Engine, campaign: uuid.UUID, **values) -> uuid.UUID:
+    """An export_jobs row written by SQL, as the app (or an operator) could write it."""
+    job_id = uuid.uuid4()
+    values = {"id": job_id.hex if engine.dialect.name == "sqlite" else str(job_id)} | values
+    values.setdefault("campaign_id", campaign.hex if engine.dialect.name == "sqlite" else campaign)
+    columns = ", ".join(values)
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"INSERT INTO export_jobs ({columns}) VALUES (:{', :'.join(values)})"), values
+        )
+    return job_id
+
+
+# Values outside each rule of V0006 that a row at V0005 may hold (status and bom: SQLite
+# only, PostgreSQL's types refuse them).
+BREAKING_V0006 = [
+    *(("compression", value) for value in ("GZIP", "", "zip", "none ", "gzip\n")),
+    *(("progress_percent", value) for value in (-1, 101, 32767, -32768)),
+    *(("total_records", value) for value in (-1, -(2**31))),
+    *(("size_bytes", value) for value in (-1, -(2**62))),
+]
+SQLITE_BREAKING_V0006 = [
+    *(("status", value) for value in ("done", "PENDING", "")),
+    *(("bom", value) for value in (2, -1, "yes")),
+]
+
+
+def breaking_v0006(kind: str) -> list:
+    return BREAKING_V0006 + (SQLITE_BREAKING_V0006 if kind == "sqlite" else [])
+
+
+@BOTH_ENGINES
+@pytest.mark.parametrize("status", ["pending", "running"])
+def test_v0006_refuses_while_an_unfinished_job_holds_a_value_its_rules_refuse(
+    kind, status, new_database
+):
+    # One value per rule (each needs a database of its own; the finished-job test below
+    # has them all). An unknown status is neither pending nor running: not here.
+    first_per_column = {column: value for column, value in reversed(breaking_v0006(kind))}
+    for column, value in first_per_column.items():
+        if column == "status":
+            continue
+        engine = at_v0005(new_database(kind, f"unfinished_{status}_{column}"))
+        campaign = AppData(engine).campaign()
+        job = insert_job_by_sql(engine, campaign, **({"status": status} | {column: value}))
+
+        with pytest.raises(MigrationRefused) as refused:
+            upgrade(engine)
+
+        message = str(refused.value)
+        assert "\n" not in message
+        assert f"export job {job} is {status} with {column} {value!r}" in message
+        assert current_version(engine) == "V0005"
+        with engine.connect() as conn:
+            stored = conn.execute(
+                text(f"SELECT status, {column} FROM export_jobs WHERE {column} IS NOT NULL")
+            ).one()
+        assert tuple(stored) == (status, value)
+
+
+# V0006's rules, as its docstring states them, and what replaces a value outside them.
+V0006_RULES = {
+    "compression": ("compression IN ('none', 'gzip')", "none"),
+    "progress_percent": ("progress_percent BETWEEN 0 AND 100", None),
+    "total_records": ("total_records >= 0", None),
+    "size_bytes": ("size_bytes >= 0", None),
+    "status": ("status IN ('pending', 'running', 'completed', 'failed', 'cancelled')", "failed"),
+    "bom": ("bom IN (0, 1)", 0),
+}
+
+
+@BOTH_ENGINES
+def test_v0006_replaces_finished_jobs_values_outside_its_rules_and_says_what_they_were(
+    kind, new_database
+):
+    engine = at_v0005(new_database(kind, "finished"))
+    data = AppData(engine)
+    campaign = data.campaign()
+    jobs = {
+        insert_job_by_sql(engine, campaign, **({"status": "failed"} | {column: value})): (
+            column,
+            value,
+        )
+        for column, value in breaking_v0006(kind)
+    }
+    failed_before = "upload_csv failed: ValueError: compression 'GZIP' is not one of"
+    reasoned = insert_job_by_sql(
+        engine, campaign, status="failed", compression="GZIP", error_message=failed_before
+    )
+    good = insert_job_by_sql(engine, campaign, status="completed", compression="gzip", bom=True)
+    with engine.begin() as conn:  # an announced end: SQLite rebuilds the table it points to
+        conn.execute(
+            schema.export_notifications.insert().values(
+                id=uuid.uuid4(), export_job_id=good, event="export.completed", body="{}"
+            )
+        )
+
+    assert upgrade(engine) == ["V0006"]
+
+    for job_id, (column, value) in jobs.items():
+        rule, replacement = V0006_RULES[column]
+        row = data.job_row(job_id)
+        assert row[column] == replacement, (column, value)
+        assert row["error_message"] == (
+            f"(revision V0006 replaced {column} {value!r}, outside the rule {rule}, "
+            f"by {replacement!r})"
+        )
+    assert data.job_row(reasoned)["error_message"] == (
+        f"{failed_before} (revision V0006 replaced compression 'GZIP', outside the rule "
+        "compression IN ('none', 'gzip'), by 'none')"
+    )
+    kept = data.job_row(good)
+    assert (kept["compression"], kept["bom"], kept["error_message"]) == ("gzip", True, None)
+    assert data.count(schema.export_notifications) == 1
+
+
+@BOTH_ENGINES
+def test_downgrade_below_v0005_is_refused_while_a_job_has_file_options(kind, new_database):
+    engine = new_database(kind, "options")
+    upgrade(engine)
+    data = AppData(engine)
+    campaign = data.campaign()
+    data.export_job(campaign, status="completed")
+    for options in ({"compression": "gzip"}, {"bom": True}, {"bom": True, "compression": "gzip"}):
+        job = data.export_job(campaign, status="completed", **options)
+
+        with pytest.raises(MigrationRefused) as refused:
+            downgrade(engine, "V0004")
+
+        assert str(refused.value).startswith(
+            "cannot downgrade below V0005: 1 export jobs have file options (bom, gzip)"
+        )
+        assert current_version(engine) == LATEST_VERSION
+        assert (data.job_row(job)["bom"], data.job_row(job)["compression"]) == (
+            options.get("bom", False),
+            options.get("compression", "none"),
+        )
+        with engine.begin() as conn:
+            conn.execute(schema.export_jobs.delete().where(schema.export_jobs.c.id == job))
+    assert downgrade(engine, "V0004") == ["V0006", "V0005"]
+    with engine.connect() as conn:  # the plain job, kept
+        assert conn.execute(text("SELECT status FROM export_jobs")).scalars().all() == ["completed"]
+
+
+@BOTH_ENGINES
+def test_downgrade_below_v0006_is_refused_while_a_file_lies_in_another_bucket(
+    kind, new_database, monkeypatch
+):
+    engine = new_database(kind, "buckets")
+    upgrade(engine)
+    data = AppData(engine)
+    data.completed_export(s3_bucket="old-exports")
+    data.completed_export()  # recorded before V0006: the configured bucket
+    monkeypatch.setenv("S3_BUCKET_NAME", "new-exports")
+
+    with pytest.raises(MigrationRefused, match="lie in bucket 'old-exports' \\(1 jobs\\)"):
+        downgrade(engine, "V0005")
+    assert current_version(engine) == LATEST_VERSION
+    monkeypatch.delenv("S3_BUCKET_NAME")
+    with pytest.raises(MigrationRefused, match="not in S3_BUCKET_NAME \\(None\\)"):
+        downgrade(engine, "V0005")
+
+    monkeypatch.setenv("S3_BUCKET_NAME", "old-exports")
+    assert downgrade(engine, "V0005") == ["V0006"]
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(s3_key) FROM export_jobs")).scalar_one() == 2

@@ -45,3 +45,7 @@ def safe_database_errors(action: str) -> Iterator[None]:
         yield
     except SQLAlchemyError as error:
         raise AppDatabaseError(f"{action} failed: {describe_database_error(error)}") from None
+
+
+class MigrationRefused(AppDatabaseError):
+    """A revision refuses to run: it would lose or misread rows (the message says which)."""

@@ -2,7 +2,8 @@
 
 The revisions live in ``app_db/alembic/versions`` (V0001 the app's tables, V0002
 export_jobs, V0003 export_jobs.dagster_run_id, V0004 export_jobs.size_bytes and sha256,
-V0005 export options, progress, cancel and the notifications outbox, ...). The Alembic
+V0005 export options, progress, cancel and the notifications outbox, V0006 the rules
+on export_jobs' values and export_jobs.s3_bucket, ...). The Alembic
 configuration is built here in code; every run happens in one transaction on the
 caller's engine, under a PostgreSQL advisory lock so that concurrent ``db upgrade`` runs take turns.
 
@@ -44,7 +45,7 @@ LEGACY_VERSION_TABLE = "app_schema_migrations"
 _LEGACY_REVISIONS = {1: "V0001", 2: "V0002", 3: "V0003"}
 # What the tables themselves amount to (tables the app made from schema.py may be newer
 # than anything the old runner recorded).
-_REVISION_OF_LEVEL = {**_LEGACY_REVISIONS, 4: "V0004", 5: "V0005"}
+_REVISION_OF_LEVEL = {**_LEGACY_REVISIONS, 4: "V0004", 5: "V0005", 6: "V0006"}
 _V0001_TABLES = ("users", "campaigns", "contacts", "survey_responses")
 
 
@@ -209,7 +210,7 @@ def _legacy_recorded_version(conn: Connection) -> int | None:
 
 
 def _level_of_tables(conn: Connection) -> int:
-    """Which version (0..5) the app tables present in the database amount to."""
+    """Which version (0..6) the app tables present in the database amount to."""
     inspector = inspect(conn)
     tables = set(inspector.get_table_names())
     present = [name for name in _V0001_TABLES if name in tables]
@@ -224,6 +225,8 @@ def _level_of_tables(conn: Connection) -> int:
     if "export_jobs" not in tables:
         return 1
     columns = {column["name"] for column in inspector.get_columns("export_jobs")}
+    if "s3_bucket" in columns and "export_notifications" in tables:
+        return 6
     if "progress_percent" in columns and "export_notifications" in tables:
         return 5
     if "sha256" in columns:

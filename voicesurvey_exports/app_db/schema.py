@@ -14,6 +14,7 @@ from sqlalchemy import (
     DDL,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Enum,
@@ -42,6 +43,8 @@ EXPORT_JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 TERMINAL_JOB_STATUSES = ("completed", "failed", "cancelled")
 # File options a request may ask for (revision V0005).
 COMPRESSIONS = ("none", "gzip")
+# S3 bucket names are 3 to 63 characters.
+BUCKET_NAME_LENGTH = 63
 
 # The contacts an export contains: those whose calling is over, one way or another.
 TERMINAL_CONTACT_STATES = ("completed", "refused", "not_reached", "excluded")
@@ -69,6 +72,34 @@ def _enum(name: str, values: tuple[str, ...], type_name: str, default: str) -> C
 
 def _created_at() -> Column:
     return _timestamptz(name="created_at", nullable=False, server_default=func.now())
+
+
+def _in(column: str, values: tuple) -> str:
+    return f"{column} IN ({', '.join(repr(value) for value in values)})"
+
+
+# What export_jobs' columns may hold (revision V0006): the app writes these rows by SQL,
+# and a value the pipeline and the service do not know is refused at the INSERT, not
+# found later by a failing export or a failing API call. Name -> SQL condition.
+EXPORT_JOB_RULES = {
+    "ck_export_jobs_compression": _in("compression", COMPRESSIONS),
+    "ck_export_jobs_progress_percent": "progress_percent BETWEEN 0 AND 100",
+    "ck_export_jobs_total_records": "total_records >= 0",
+    "ck_export_jobs_size_bytes": "size_bytes >= 0",
+    "ck_export_jobs_s3_bucket": "s3_bucket <> ''",
+}
+# SQLite only: PostgreSQL's native enum and boolean types refuse anything else already.
+EXPORT_JOB_SQLITE_RULES = {
+    "ck_export_jobs_status": _in("status", EXPORT_JOB_STATUSES),
+    "ck_export_jobs_bom": "bom IN (0, 1)",
+}
+
+
+def _export_job_rules() -> list[CheckConstraint]:
+    return [CheckConstraint(sql, name=name) for name, sql in EXPORT_JOB_RULES.items()] + [
+        CheckConstraint(sql, name=name).ddl_if(dialect="sqlite")
+        for name, sql in EXPORT_JOB_SQLITE_RULES.items()
+    ]
 
 
 users = Table(
@@ -154,6 +185,11 @@ export_jobs = Table(
     Column("progress_percent", SmallInteger),
     # A user asked to cancel the running export; the pipeline ends it `cancelled`.
     _timestamptz(name="cancel_requested_at"),
+    # The bucket of s3_key, recorded with it (revision V0006), so that a change of
+    # S3_BUCKET_NAME never loses a file. NULL on rows recorded before V0006: the
+    # configured bucket.
+    Column("s3_bucket", String(BUCKET_NAME_LENGTH)),
+    *_export_job_rules(),
     # The sensor asks for "pending jobs, oldest first" every few seconds.
     Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
 )

@@ -10,6 +10,9 @@ Revises: V0004
 - export_notifications: the outbox of completion webhooks, one row per job and terminal
   state, written in the transaction that ends the job, delivered (and retried) from there.
 
+The downgrade refuses while a job has file options other than the defaults (issue 22):
+V0004 has no column for them, and a gzip job would read as a plain CSV at a .csv.gz key.
+
 Frozen: later changes go in new revisions.
 """
 
@@ -17,6 +20,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+from voicesurvey_exports.app_db.errors import MigrationRefused
 
 revision = "V0005"
 down_revision = "V0004"
@@ -73,6 +78,17 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with_options = (
+        op.get_bind()
+        .execute(sa.text("SELECT count(*) FROM export_jobs WHERE bom OR compression <> 'none'"))
+        .scalar_one()
+    )
+    if with_options:
+        raise MigrationRefused(
+            f"cannot downgrade below V0005: {with_options} export jobs have file options "
+            "(bom, gzip) that V0004 cannot record (a gzip job would read as a plain CSV at "
+            "a .csv.gz key); delete those jobs first if losing them is acceptable"
+        )
     op.drop_index("ix_export_notifications_open", table_name="export_notifications")
     op.drop_table("export_notifications")
     with op.batch_alter_table("export_jobs") as batch_op:
