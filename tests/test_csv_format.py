@@ -10,6 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from voicesurvey_exports.app_db.contacts import write_spool_rows
 from voicesurvey_exports.export_file import csv_format
@@ -26,6 +28,7 @@ from .test_csv_properties import (
     FORMULA_TRIGGERS,
     NULL_MARKER_WORDS,
     assert_cell_shows,
+    assert_timestamp_shows,
     read_export,
 )
 
@@ -116,6 +119,26 @@ def test_timestamps_are_iso_8601_utc_with_z_and_null_is_empty(render_csv):
 def test_naive_timestamps_from_sqlite_are_read_as_utc(render_csv):
     parsed = parse(render_csv(rows({"completed_at": datetime(2026, 1, 2, 3, 4, 5)})))
     assert parsed[1][6] == "2026-01-02T03:04:05Z"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    value=st.datetimes(
+        min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=st.none()
+    ),
+    offset_minutes=st.none() | st.integers(-14 * 60, 14 * 60),
+)
+def test_any_python_datetime_is_written_exactly_in_utc(render_csv, value, offset_minutes):
+    """Years 1-9999 (pandas' own datetimes stop at 1677-2262), fractions kept, from
+    naive (SQLite: UTC) and aware values, by both renderers."""
+    if offset_minutes is not None:
+        value = value.replace(tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    parsed = parse(render_csv(rows({"last_attempt_at": value, "completed_at": value})))
+    utc = value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
+    for cell in parsed[1][5:7]:
+        assert_timestamp_shows(cell, utc.timetuple()[:6] + (utc.microsecond,))
 
 
 def test_formula_prefixes_in_free_text_are_neutralised_with_a_quote(render_csv):

@@ -1,6 +1,7 @@
-"""Property: any text stored in the database reads back from the export CSV exactly,
-apart from the documented injection prefix; NULL stays apart from ''; and no cell ever
-starts a formula, whatever disguise its first character wears.
+"""Properties: any text stored in the database reads back from the export CSV exactly,
+apart from the documented injection prefix; NULL stays apart from ''; no cell ever
+starts a formula, whatever disguise its first character wears; and every timestamp the
+database can store is exported exactly.
 
 The oracle here is written from the spec (Unicode data, the readers' documented null
 words), not from csv_format's own constants, so that both cannot be wrong the same way.
@@ -12,13 +13,14 @@ import io
 import sys
 import unicodedata
 import uuid
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pandas._libs.parsers import STR_NA_VALUES
-from sqlalchemy import delete
+from sqlalchemy import DateTime, cast, delete, literal
 
 from voicesurvey_exports.app_db.contacts import copy_terminal_contacts
 from voicesurvey_exports.app_db.engine import get_engine
@@ -163,3 +165,131 @@ def test_stored_text_reads_back_exactly_and_never_starts_a_formula(database_url,
         cells = [row[column] for column in ("external_contact_id", *CSV_COLUMNS[7:10])]
         for cell, text in zip(cells, stored[row["contact_id"]], strict=True):
             assert_cell_shows(cell, text)
+
+
+# PostgreSQL's timestamptz range, in astronomical years (1 BC is year 0): from
+# 4713-11-24 BC to 294276-12-31 AD.
+FIRST_YEAR, LAST_YEAR = -4712, 294276
+INFINITIES = ("infinity", "-infinity")
+
+
+def days_in_month(year: int, month: int) -> int:
+    """Proleptic Gregorian, written from the rule (Python's calendar stops at year 1)."""
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
+
+
+@st.composite
+def instants(draw, years: st.SearchStrategy[int]) -> tuple[int, ...]:
+    """(astronomical year, month, day, hour, minute, second, microsecond) in UTC."""
+    year = draw(years)
+    month = draw(st.integers(11 if year == FIRST_YEAR else 1, 12))
+    first_day = 24 if (year, month) == (FIRST_YEAR, 11) else 1
+    day = draw(st.integers(first_day, days_in_month(year, month)))
+    time_of_day = draw(st.tuples(st.integers(0, 23), st.integers(0, 59), st.integers(0, 59)))
+    microsecond = draw(st.sampled_from([0, 1, 120_000, 999_999]) | st.integers(0, 999_999))
+    return (year, month, day, *time_of_day, microsecond)
+
+
+EDGE_YEARS = [FIRST_YEAR, -43, -1, 0, 1, 1969, 9999, 10000, 12026, LAST_YEAR]
+postgres_years = st.sampled_from(EDGE_YEARS) | st.integers(1, 9999) | st.integers(-4712, 294276)
+# Python's datetime, hence SQLAlchemy on SQLite, holds years 1-9999 and no infinity.
+sqlite_years = st.sampled_from([1, 1969, 9999]) | st.integers(1, 9999)
+
+
+def postgres_input(value: tuple[int, ...] | str) -> str:
+    """The instant as PostgreSQL reads it: years BC counted from 1, with " BC"."""
+    if isinstance(value, str):
+        return value
+    year, month, day, hour, minute, second, microsecond = value
+    era = "" if year >= 1 else " BC"
+    return (
+        f"{year if year >= 1 else 1 - year:04d}-{month:02d}-{day:02d} "
+        f"{hour:02d}:{minute:02d}:{second:02d}.{microsecond:06d}+00{era}"
+    )
+
+
+def assert_timestamp_shows(cell: str | None, value: tuple[int, ...] | str | None) -> None:
+    """The README's contract: ISO 8601 UTC with Z; the fraction when there is one (up to
+    microseconds, trailing zeros may go); years outside 0000-9999 signed, astronomical."""
+    if value is None or isinstance(value, str):
+        assert cell == value
+        return
+    year, month, day, hour, minute, second, microsecond = value
+    year_text = f"{year:04d}" if 0 <= year <= 9999 else f"{'+' if year > 0 else '-'}{abs(year):04d}"
+    whole = f"{year_text}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
+    if microsecond == 0:
+        assert cell == whole + "Z"
+    else:
+        digits = cell.removeprefix(whole + ".").removesuffix("Z")
+        assert cell == f"{whole}.{digits}Z" and digits.isdigit() and len(digits) <= 6, cell
+        assert int(digits.ljust(6, "0")) == microsecond, cell
+    if 1 <= year <= 9999:  # a reader outside this project agrees
+        parsed = datetime.fromisoformat(cell)
+        assert parsed == datetime(*value, tzinfo=UTC)
+
+
+def stored_timestamps(years: st.SearchStrategy[int], infinities: bool):
+    value = instants(years)
+    if infinities:
+        value = value | st.sampled_from(INFINITIES)
+    # Per contact: last_attempt_at, and completed_at of its response (None: no response;
+    # a response always has one).
+    return st.lists(
+        st.tuples(st.none() | value, st.none() | st.tuples(value)), min_size=1, max_size=4
+    )
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_stored_timestamps_read_back_exactly(database_url, tmp_path, data):
+    """Every timestamp PostgreSQL can store (BC, beyond 9999, fractions, infinities), and
+    what SQLite can (Python's years 1-9999), is exported exactly."""
+    engine = get_engine(database_url)
+    postgres = engine.dialect.name == "postgresql"
+    rows = data.draw(
+        stored_timestamps(postgres_years if postgres else sqlite_years, infinities=postgres)
+    )
+
+    def stored(value):
+        if value is None or not postgres:
+            return None if value is None else datetime(*value)
+        return cast(literal(postgres_input(value)), DateTime(timezone=True))
+
+    app = AppData(engine)
+    campaign = app.campaign()
+    expected = {}
+    for last_attempt_at, response in rows:
+        contact = app.contact(campaign, "completed", last_attempt_at=stored(last_attempt_at))
+        if response is not None:
+            with engine.begin() as conn:
+                conn.execute(
+                    survey_responses.insert().values(
+                        id=uuid.uuid4(),
+                        contact_id=contact,
+                        campaign_id=campaign,
+                        completed_at=stored(response[0]),
+                    )
+                )
+        expected[str(contact)] = (last_attempt_at, None if response is None else response[0])
+    spool, out = tmp_path / f"{uuid.uuid4()}.spool", tmp_path / f"{uuid.uuid4()}.csv"
+    try:
+        with open(spool, "wb") as spool_file:
+            copy_terminal_contacts(engine, campaign, spool_file)
+        render_spool(spool, out)
+        exported = read_export(out.read_bytes())
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(survey_responses).where(survey_responses.c.campaign_id == campaign))
+            conn.execute(delete(contacts).where(contacts.c.campaign_id == campaign))
+
+    assert sorted(row["contact_id"] for row in exported) == sorted(expected)
+    for row in exported:
+        last_attempt_at, completed_at = expected[row["contact_id"]]
+        assert_timestamp_shows(row["last_attempt_at"], last_attempt_at)
+        assert_timestamp_shows(row["completed_at"], completed_at)

@@ -336,6 +336,81 @@ def test_failed_upload_fails_the_job_with_a_one_line_reason(instance, postgres_u
     assert job["download_url"] is None
 
 
+# Timestamps PostgreSQL stores that Python's datetime cannot hold, and what the CSV shows.
+POSTGRES_ONLY_TIMESTAMPS = {
+    "infinity": "infinity",
+    "-infinity": "-infinity",
+    "0044-03-15 12:00:00+00 BC": "-0043-03-15T12:00:00Z",
+    "0001-01-01 00:00:00+00 BC": "0000-01-01T00:00:00Z",
+    "12026-01-01 00:00:00+00": "+12026-01-01T00:00:00Z",
+    "2026-11-16 09:49:55.123456+00": "2026-11-16T09:49:55.123456Z",
+}
+
+
+def postgres_timestamp(text_value: str):
+    from sqlalchemy import DateTime, cast, literal
+
+    return cast(literal(text_value), DateTime(timezone=True))
+
+
+def test_every_timestamp_postgres_stores_is_exported_exactly(instance, postgres_url, s3_client):
+    from voicesurvey_exports.app_db.engine import get_engine
+
+    from .conftest import AppData
+
+    app_data = AppData(get_engine(postgres_url))
+    campaign = app_data.campaign()
+    contacts = {
+        str(app_data.contact(campaign, last_attempt_at=postgres_timestamp(stored))): shown
+        for stored, shown in POSTGRES_ONLY_TIMESTAMPS.items()
+    }
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    assert materialize_export(instance, postgres_url, campaign, job_id).success
+
+    job = app_data.job_row(job_id)
+    assert job["status"] == "completed"
+    rows = read_export(s3_client, job["s3_key"])
+    assert {row["contact_id"]: row["last_attempt_at"] for row in rows} == contacts
+
+
+def test_a_timestamp_that_would_not_read_back_fails_the_job_naming_contact_and_column(
+    instance, postgres_url, s3_client, monkeypatch
+):
+    """The render checks every timestamp cell: had it mangled one (as it once wrote
+    "infinityZT"), the job fails with one line and no file is stored."""
+    import pyarrow.compute as pc
+
+    from voicesurvey_exports.app_db.engine import get_engine
+    from voicesurvey_exports.export_file import timestamps
+
+    from .conftest import AppData
+
+    def mangle(spool):  # the rewrite of before: "+00" cut at the 20th character
+        cells = pc.utf8_replace_slice(spool, 19, 2**31 - 1, "Z")
+        return pc.utf8_replace_slice(cells, 10, 11, "T")
+
+    monkeypatch.setattr(timestamps, "iso_cells", mangle)
+    app_data = AppData(get_engine(postgres_url))
+    campaign = app_data.campaign()
+    app_data.contact(campaign, "refused")
+    contact = app_data.contact(campaign, "refused", last_attempt_at=postgres_timestamp("infinity"))
+    job_id = app_data.export_job(campaign, app_data.user())
+
+    result = materialize_export(instance, postgres_url, campaign, job_id)
+    assert not result.success
+    run_failure_sensor(instance, result, postgres_url)
+
+    job = app_data.job_row(job_id)
+    assert (job["status"], job["s3_key"], job["download_url"]) == ("failed", None, None)
+    assert job["error_message"] == (
+        f"render_csv failed: TimestampMismatch: contact {contact}: last_attempt_at "
+        "'infinity' would be written as 'infinityZT', which does not read back as that "
+        "instant in ISO 8601 UTC"
+    )
+    assert s3_client.list_objects_v2(Bucket=TEST_BUCKET).get("KeyCount", 0) == 0
+
+
 def test_job_for_another_campaign_partition_fails_with_reason(
     instance, database_url, app_data, s3_client
 ):

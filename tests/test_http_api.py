@@ -185,6 +185,25 @@ def test_get_takes_the_options_as_query_parameters(client, app_data):
         ("GET", {"compression": "zip"}, "compression"),
         ("GET", {"compression": "gzip", "level": "9"}, "level"),
         ("GET", {"bom": "maybe"}, "bom"),
+        # JSON options take JSON booleans; query values are exactly true or false.
+        ("POST", {"bom": 1}, "bom"),
+        ("POST", {"bom": 0}, "bom"),
+        ("POST", {"bom": "true"}, "bom"),
+        ("POST", {"bom": "false"}, "bom"),
+        ("POST", {"bom": None}, "bom"),
+        ("POST", {"bom": 1.0}, "bom"),
+        ("GET", {"bom": "yes"}, "bom"),
+        ("GET", {"bom": "on"}, "bom"),
+        ("GET", {"bom": "1"}, "bom"),
+        ("GET", {"bom": "0"}, "bom"),
+        ("GET", {"bom": "TRUE"}, "bom"),
+        ("GET", {"bom": "False"}, "bom"),
+        ("GET", {"bom": ""}, "bom"),
+        ("GET", {"compression": ""}, "compression"),
+        # A repeated parameter is refused, not settled by its last value.
+        ("GET", [("compression", "gzip"), ("compression", "none")], "compression"),
+        ("GET", [("bom", "true"), ("bom", "true")], "bom"),
+        ("GET", [("bom", "true"), ("compression", "gzip"), ("bom", "false")], "bom"),
     ],
 )
 def test_an_unknown_option_or_value_is_422_and_nothing_is_written(
@@ -202,6 +221,20 @@ def test_an_unknown_option_or_value_is_422_and_nothing_is_written(
     assert response.status_code == 422, response.text
     if field is not None:  # FastAPI's validation error names the offending field
         assert field in [error["loc"][-1] for error in response.json()["detail"]]
+    assert app_data.count(export_jobs) == 0
+
+
+def test_a_repeated_query_parameter_is_422_naming_it_and_its_values(client, app_data):
+    campaign = app_data.campaign()
+    _, headers = user_with_token(app_data, "campaign_manager")
+    response = client.get(
+        f"/api/campaigns/{campaign}/export?compression=gzip&compression=none", headers=headers
+    )
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["query", "compression"]
+    assert error["msg"] == "query parameter compression is given 2 times: give it once"
+    assert error["input"] == ["gzip", "none"]
     assert app_data.count(export_jobs) == 0
 
 

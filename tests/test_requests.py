@@ -85,6 +85,28 @@ def test_a_request_without_options_asks_for_a_plain_csv(api, app_data):
     assert job.to_json()["options"] == {"bom": False, "compression": "none"}
 
 
+def test_a_jobs_json_shows_its_times_to_the_microsecond_as_the_http_api_does(api, app_data):
+    from datetime import UTC, datetime
+
+    from voicesurvey_exports.service.http.schemas import ExportJobResponse
+
+    campaign, user = app_data.campaign(), app_data.user()
+    job_id = app_data.export_job(
+        campaign, user, created_at=datetime(2026, 11, 16, 9, 49, 55, 123456, UTC)
+    )
+    whole = app_data.export_job(
+        campaign, user, created_at=datetime(2026, 11, 16, 9, 49, 56, tzinfo=UTC)
+    )
+
+    job = api.get_export(job_id, user)
+    assert job.to_json()["created_at"] == "2026-11-16T09:49:55.123456Z"
+    assert api.get_export(whole, user).to_json()["created_at"] == "2026-11-16T09:49:56Z"
+    assert (
+        ExportJobResponse.of(job).model_dump(mode="json")["created_at"]
+        == (job.to_json()["created_at"])
+    )
+
+
 def test_a_requests_options_are_stored_on_its_job(api, app_data):
     campaign, user = app_data.campaign(), app_data.user()
 

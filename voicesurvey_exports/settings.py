@@ -14,6 +14,8 @@ import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .app_db.engine import DatabaseUrlError, sync_database_url
+
 # S3 refuses presigned URLs valid for longer than 7 days.
 MAX_URL_EXPIRATION_SECONDS = 7 * 24 * 3600
 # export_jobs.s3_key is VARCHAR(500); the longest key is prefix + "<uuid>/<uuid>.csv.gz"
@@ -94,6 +96,10 @@ class Settings:
                 "DATABASE_URL is not set: give the app database URL, "
                 "e.g. postgresql://user@host/db or sqlite:///path/app.db"
             )
+        try:  # the driver and TLS mode psycopg2 will use: refused at load, not at connect
+            sync_database_url(database_url)
+        except DatabaseUrlError as error:
+            raise SettingsError(str(error)) from None
         return cls(
             database_url=database_url,
             s3_bucket_name=validate_bucket_name(env["S3_BUCKET_NAME"]),

@@ -2,9 +2,11 @@
 
 Its rows go to a raw CSV spool: the CSV columns in CSV order, no header, NULL as an
 unquoted empty field and the empty string as a quoted one (``""``), timestamps in UTC as
-PostgreSQL's ISO output writes them ("2026-11-16 09:49:55+00", possibly with fractional
-seconds). exports.csv_format turns the spool into the export file; it reads nothing but
-an unquoted empty field as NULL, so text like "N/A" or "NULL" stays text.
+PostgreSQL's ISO output writes them ("2026-11-16 09:49:55+00", "...:55.12+00",
+"0044-03-15 12:00:00+00 BC", "12026-01-01 00:00:00+00", "infinity"): text, since
+Python's datetime holds none but years 1-9999. exports.csv_format turns the spool into
+the export file; it reads nothing but an unquoted empty field as NULL, so text like
+"N/A" or "NULL" stays text.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import BinaryIO
 import pandas as pd
 import psycopg2
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from sqlalchemy import Connection, Engine, Select, func, select, text
 from sqlalchemy.dialects import postgresql
@@ -24,6 +27,8 @@ from sqlalchemy.dialects import postgresql
 from .engine import is_postgres
 from .schema import TERMINAL_CONTACT_STATES, contacts, survey_responses
 
+# Every spool timestamp is in UTC.
+SPOOL_UTC_SUFFIX = "+00"
 # Rows per pandas chunk on the SQLite path.
 SQLITE_CHUNK_ROWS = 50_000
 # COPY writes one row per call: a C-level buffer of this size gathers them, so that
@@ -160,8 +165,8 @@ def write_spool_rows(rows: pd.DataFrame, spool: BinaryIO) -> None:
         if column in ("campaign_id", "contact_id"):
             values = values.map(str)
         elif column in ("last_attempt_at", "completed_at"):
-            # SQLite hands back naive datetimes; everything stored is UTC.
-            values = pd.to_datetime(values, utc=True).dt.strftime("%Y-%m-%d %H:%M:%S+00")
+            columns[column] = postgres_timestamp_text(values)
+            continue
         columns[column] = pa.array(values, type=pa.string(), from_pandas=True)
     # Arrow's writer quotes every text cell and leaves NULL an unquoted empty field, so ''
     # stays apart from NULL. (pandas' to_csv writes both as an empty field, and Python 3.11's
@@ -171,3 +176,16 @@ def write_spool_rows(rows: pd.DataFrame, spool: BinaryIO) -> None:
         spool,
         write_options=pa_csv.WriteOptions(include_header=False, eol="\r\n"),
     )
+
+
+def postgres_timestamp_text(values: pd.Series) -> pa.Array:
+    """Datetimes as PostgreSQL's ISO text in UTC ("2026-11-16 09:49:55.12+00"; SQLite's
+    naive ones are UTC), formatted by Arrow: pd.to_datetime would refuse years outside
+    1677-2262, and strftime("%S") would drop the fractional seconds."""
+    stamps = pa.array(values, from_pandas=True)
+    # To naive UTC (a cast keeps the instant), in microseconds, which SQLite stores.
+    stamps = pc.cast(stamps, pa.timestamp("us"))
+    text = pc.strftime(stamps, "%Y-%m-%d %H:%M:%S")  # seconds with six decimals
+    # As PostgreSQL writes them: no trailing zeros, no "." for whole seconds.
+    text = pc.replace_substring_regex(text, r"\.?0+$", "")
+    return pc.binary_join_element_wise(text, pa.scalar(SPOOL_UTC_SUFFIX), "")

@@ -20,12 +20,19 @@ _SYNC_DRIVERS = {
 }
 
 
+# asyncpg's `ssl` URL parameter takes libpq's sslmode names (asyncpg.connect_utils.SSLMode)
+# and means what libpq's `sslmode` means; psycopg2 passes parameters to libpq, which knows
+# only `sslmode`. Other values (asyncpg refuses them in a URL too) have no equivalent.
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 class DatabaseUrlError(ValueError):
     pass
 
 
 def sync_database_url(database_url: str) -> str:
-    """Map ``postgresql+asyncpg://`` and ``postgresql://`` to psycopg2; keep SQLite as is."""
+    """Map ``postgresql+asyncpg://`` and ``postgresql://`` to psycopg2, with asyncpg's
+    ``ssl`` parameter as libpq's ``sslmode``; keep SQLite as is."""
     try:
         url = make_url(database_url)
     except Exception:
@@ -39,7 +46,22 @@ def sync_database_url(database_url: str) -> str:
             f"DATABASE_URL uses {url.drivername!r}: supported are postgresql://, "
             "postgresql+asyncpg://, postgresql+psycopg2:// and sqlite:///"
         )
+    if url.drivername == "postgresql+asyncpg" and "ssl" in url.query:
+        url = _sslmode_for_libpq(url)
     return url.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def _sslmode_for_libpq(url):
+    """asyncpg's `?ssl=require` as libpq's `?sslmode=require` (libpq refuses `ssl`)."""
+    ssl = url.query["ssl"]
+    sslmode = url.query.get("sslmode", ssl)
+    if isinstance(ssl, tuple) or ssl not in SSL_MODES or sslmode != ssl:
+        given = f"ssl={ssl!r}" + (f" and sslmode={sslmode!r}" if sslmode != ssl else "")
+        raise DatabaseUrlError(
+            f"DATABASE_URL has {given}: psycopg2 (libpq) takes one TLS mode of "
+            f"{', '.join(SSL_MODES)}, given once as ssl= or sslmode="
+        )
+    return url.difference_update_query(["ssl"]).update_query_dict({"sslmode": ssl})
 
 
 def _redact(database_url: str) -> str:

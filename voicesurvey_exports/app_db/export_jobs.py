@@ -88,7 +88,9 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 
 def iso_utc(value: datetime) -> str:
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """ISO 8601 in UTC with a Z, with the microseconds when it has them (as the HTTP API
+    and the CSV show them): "2026-11-16T09:49:55.123456Z", "2026-11-16T09:49:55Z"."""
+    return as_utc(value).replace(tzinfo=None).isoformat() + "Z"
 
 
 def utcnow() -> datetime:

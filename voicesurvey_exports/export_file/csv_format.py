@@ -1,13 +1,15 @@
 """The export CSV: columns, cell formatting and the formula-injection guard.
 
 UTF-8, a header row, RFC 4180 quoting with CRLF row ends; timestamps as ISO 8601
-UTC with a ``Z``; NULL as an empty field. Stored text reads back exactly, apart from
-the ``'`` that guards a cell a spreadsheet would run as a formula.
+UTC with a ``Z``, exactly as stored (timestamps.py); NULL as an empty field. Stored text
+reads back exactly, apart from the ``'`` that guards a cell a spreadsheet would run as a
+formula.
 
 Two renderers produce files that parse to the same rows:
 - ``render_spool`` streams: it reads the extract's raw CSV spool in small Arrow
-  blocks, formats them with pandas (Arrow-backed) a few at a time and writes them with
-  Arrow's CSV writer. Memory stays flat whatever the campaign size. The pipeline uses it.
+  blocks, formats them with Arrow and pandas (Arrow-backed) a few at a time, checks that
+  every timestamp reads back as stored, and writes them with Arrow's CSV writer. Memory
+  stays flat whatever the campaign size. The pipeline uses it.
 - ``render_rows`` renders a whole DataFrame with ``DataFrame.to_csv``: the
   straightforward reference the streaming path is tested against.
 
@@ -30,6 +32,7 @@ import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC
 from pathlib import Path
 from typing import BinaryIO
 
@@ -38,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
+from . import timestamps
 from .background import WriteBehind, read_ahead
 
 CSV_COLUMNS = (
@@ -70,8 +74,6 @@ UUID_COLUMNS = ("campaign_id", "contact_id")
 TIMESTAMP_COLUMNS = ("last_attempt_at", "completed_at")
 # Cells that people or callers typed: the only ones that can carry a formula.
 FREE_TEXT_COLUMNS = ("external_contact_id", "q1_answer", "q2_answer", "q3_answer")
-# The columns the renderers format; the others are written as the query returned them.
-FORMATTED_COLUMNS = TIMESTAMP_COLUMNS + FREE_TEXT_COLUMNS
 INJECTION_GUARD = "'"
 ARROW_STRING = pd.ArrowDtype(pa.string())
 HEADER = (",".join(CSV_COLUMNS) + "\r\n").encode("utf-8")
@@ -306,16 +308,8 @@ def guard_formula(series: pd.Series) -> pd.Series:
     return pd.Series(pd.arrays.ArrowExtensionArray(guarded), index=series.index, name=series.name)
 
 
-def iso_utc_from_spool(series: pd.Series) -> pd.Series:
-    """'2026-11-16 09:49:55.123+00' -> '2026-11-16T09:49:55Z' (two slice replacements in
-    Arrow: fast)."""
-    return series.str.slice_replace(19, None, "Z").str.slice_replace(10, 11, "T")
-
-
 def format_spool_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """The CSV cells of a group of spool rows (Arrow-backed string columns)."""
-    for column in TIMESTAMP_COLUMNS:
-        frame[column] = iso_utc_from_spool(frame[column])
+    """The free-text CSV cells of a group of spool rows (Arrow-backed string columns)."""
     for column in FREE_TEXT_COLUMNS:
         frame[column] = guard_formula(frame[column])
     return frame
@@ -440,16 +434,19 @@ def _groups_of_blocks(reader: pa_csv.CSVStreamingReader, size: int) -> Iterator[
 
 
 def _format_table(table: pa.Table) -> pa.Table:
-    """Spool rows as the CSV's cells: pandas formats the timestamp and free-text
-    columns; the ids, the outcome and the attempts go through as Arrow read them."""
+    """Spool rows as the CSV's cells: pandas guards the free-text columns, Arrow rewrites
+    the timestamps (each checked to read back as stored: timestamps.check_cells); the ids,
+    the outcome and the attempts go through as Arrow read them."""
     frame = format_spool_cells(
-        table.select(list(FORMATTED_COLUMNS)).to_pandas(types_mapper=pd.ArrowDtype)
+        table.select(list(FREE_TEXT_COLUMNS)).to_pandas(types_mapper=pd.ArrowDtype)
     )
+    cells = {column: pa.array(frame[column]) for column in FREE_TEXT_COLUMNS}
+    for column in TIMESTAMP_COLUMNS:
+        spool = table.column(column).combine_chunks()
+        cells[column] = timestamps.iso_cells(spool)
+        timestamps.check_cells(spool, cells[column], table.column("contact_id"), column)
     return pa.Table.from_arrays(
-        [
-            pa.array(frame[column]) if column in FORMATTED_COLUMNS else table.column(column)
-            for column in CSV_COLUMNS
-        ],
+        [cells.get(column, table.column(column)) for column in CSV_COLUMNS],
         names=list(CSV_COLUMNS),
     )
 
@@ -490,15 +487,31 @@ def release_freed_memory() -> None:
 
 
 def render_rows(rows: pd.DataFrame) -> bytes:
-    """The straightforward rendering of a whole DataFrame of extracted rows."""
+    """The straightforward rendering of a whole DataFrame of extracted rows.
+
+    Its timestamps are Python datetimes: years 1-9999 only, and psycopg2 hands over
+    PostgreSQL's infinity as datetime.max. So it is exact for those only; render_spool
+    takes every timestamp PostgreSQL can store.
+    """
     frame = rows.loc[:, list(CSV_COLUMNS)].copy()
     for column in UUID_COLUMNS:
         frame[column] = frame[column].map(str)
     for column in TIMESTAMP_COLUMNS:
-        # utc=True reads naive values (SQLite) as UTC and converts aware ones (PostgreSQL).
-        frame[column] = pd.to_datetime(frame[column], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        frame[column] = frame[column].astype(object).map(_iso_utc_datetime)
     for column in FREE_TEXT_COLUMNS:
         frame[column] = guard_formula(frame[column].astype("string"))
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
     return buffer.getvalue().encode("utf-8")
+
+
+def _iso_utc_datetime(value) -> str | None:
+    """A datetime in the file's form; naive ones (SQLite) are UTC. pd.to_datetime would
+    refuse years outside 1677-2262 and strftime drop the fractional seconds."""
+    if value is None or pd.isna(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat() + "Z"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 
@@ -25,7 +26,13 @@ from ..requests import (
     StorageUnavailable,
 )
 from .auth import AuthSettings, InvalidToken, TokenVerifier
-from .schemas import ErrorResponse, ExportJobCreateResponse, ExportJobResponse, ExportOptions
+from .schemas import (
+    ErrorResponse,
+    ExportJobCreateResponse,
+    ExportJobResponse,
+    ExportOptions,
+    ExportQueryOptions,
+)
 
 logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
@@ -59,6 +66,26 @@ def _unavailable_as_503() -> Iterator[None]:
     except StorageUnavailable as error:
         logger.warning("export API: S3 unavailable: %s", error)
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
+
+
+def _refuse_repeated_query_parameters(request: Request) -> None:
+    """`?compression=gzip&compression=none` would otherwise silently take the last value:
+    422, in FastAPI's validation-error shape, naming the parameter and its values."""
+    given: dict[str, list[str]] = {}
+    for name, value in request.query_params.multi_items():
+        given.setdefault(name, []).append(value)
+    repeated = [
+        {
+            "type": "repeated_parameter",
+            "loc": ["query", name],
+            "msg": f"query parameter {name} is given {len(values)} times: give it once",
+            "input": values,
+        }
+        for name, values in given.items()
+        if len(values) > 1
+    ]
+    if repeated:
+        raise RequestValidationError(repeated)
 
 
 def build_export_router(
@@ -132,13 +159,17 @@ def build_export_router(
             message=f"export requested; poll GET /api/exports/{job.id} for the download URL",
         )
 
-    # GET as the app's client calls it (options as query parameters, an unknown one is
-    # refused: ExportOptions forbids extra fields); POST as it should be (options as an
+    # GET as the app's client calls it (options as query parameters, each once; an unknown
+    # one is refused: ExportQueryOptions forbids extra fields); POST as it should be (options as an
     # optional JSON body; none, or an empty body, means the defaults).
     def initiate_export_get(
-        campaign_id: uuid.UUID, user_id: User, options: Annotated[ExportOptions, Query()]
+        campaign_id: uuid.UUID,
+        user_id: User,
+        request: Request,
+        options: Annotated[ExportQueryOptions, Query()],
     ) -> ExportJobCreateResponse:
-        return initiate_export(campaign_id, user_id, options)
+        _refuse_repeated_query_parameters(request)
+        return initiate_export(campaign_id, user_id, options.options())
 
     def initiate_export_post(
         campaign_id: uuid.UUID,
@@ -156,6 +187,14 @@ def build_export_router(
             )
         return initiate_export(campaign_id, user_id, options)
 
+    descriptions = {
+        "GET": "Options as query parameters, each at most once: `bom` exactly `true` or "
+        "`false`, `compression` `none` or `gzip`. Any other parameter or value, or a "
+        "repeated parameter, is 422 and nothing is recorded.",
+        "POST": "Options as an optional JSON body: `bom` a JSON boolean, `compression` "
+        '`none` or `gzip`. Any other key or value (1, "true"), or any query parameter, is '
+        "422 and nothing is recorded.",
+    }
     for method, endpoint in (("GET", initiate_export_get), ("POST", initiate_export_post)):
         router.add_api_route(
             "/campaigns/{campaign_id}/export",
@@ -164,6 +203,7 @@ def build_export_router(
             status_code=status.HTTP_202_ACCEPTED,
             response_model=ExportJobCreateResponse,
             summary="Request a CSV export of the campaign",
+            description=descriptions[method],
             operation_id=f"initiate_export_{method.lower()}",
         )
 

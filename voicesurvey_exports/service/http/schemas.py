@@ -15,9 +15,10 @@ Compression = Literal["none", "gzip"]
 
 
 class ExportOptions(BaseModel):
-    """A request's file options; an unknown option or value is refused (422)."""
+    """A request's file options (POST's JSON body); an unknown option or value is refused
+    (422). Strict: `bom` is a JSON boolean, never 1 or "true"."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     bom: bool = Field(
         False,
@@ -29,6 +30,23 @@ class ExportOptions(BaseModel):
         description='"gzip": the object is the gzip of the same CSV (key and download name '
         "end .csv.gz, Content-Type application/gzip).",
     )
+
+
+class ExportQueryOptions(BaseModel):
+    """The same options as GET's query parameters: each at most once, and `bom` exactly
+    `true` or `false` (not 1, yes or on)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    bom: Literal["true", "false"] = Field(
+        "false", description=ExportOptions.model_fields["bom"].description
+    )
+    compression: Compression = Field(
+        "none", description=ExportOptions.model_fields["compression"].description
+    )
+
+    def options(self) -> ExportOptions:
+        return ExportOptions(bom=self.bom == "true", compression=self.compression)
 
 
 class ExportJobResponse(BaseModel):
