@@ -1,28 +1,34 @@
-"""Cancelling an export: through the request API, HTTP and the CLI, and what the pipeline's
-cancel sensor does with a running job's cancel. The real daemon's side (a run terminated
-mid-export, its job cancelled with nothing left in S3) is in test_end_to_end.py."""
+"""Cancelling an export: through the request API, HTTP and the CLI, what the pipeline's
+cancel sensor does with a running job's cancel, and how a run that a user's cancel stopped
+ends in Dagster (CANCELED, or, in a backfill run, not failed for it). The real daemon's
+side (a run stopped mid-export, its job cancelled with nothing left in S3, the run's final
+status) is in test_end_to_end.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 
 import dagster as dg
 import pytest
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteRepositoryOrigin
+from sqlalchemy import text
 
 from voicesurvey_exports.app_db import export_jobs
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import export_notifications
-from voicesurvey_exports.pipeline.assets import EXPORT_JOB_TAG
+from voicesurvey_exports.pipeline.assets import ASSET_KEY, EXPORT_JOB_TAG, batch_job_id
 from voicesurvey_exports.pipeline.sensors import (
     build_export_requests_sensor,
     export_cancel_sensor,
+    export_run_canceled_sensor,
 )
 from voicesurvey_exports.service.requests import NotCancellable, NotFound, PermissionDenied
 
 from .conftest import TEST_BUCKET, AppData, request_api, settings_for
-from .dagster_harness import run_status_sensor_resources
+from .dagster_harness import materialize_export, run_status_sensor_resources
+from .test_backfill_batches import backfill_run, objects_in_bucket
 from .test_cli import cli
 from .test_http_api import service, user_with_token
 
@@ -248,3 +254,93 @@ def test_the_queued_run_of_a_job_cancelled_while_pending_is_taken_off_the_queue(
             export_cancel_sensor(context)
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
         assert instance.get_run_by_id(other.run_id).status == dg.DagsterRunStatus.QUEUED
+
+
+@contextlib.contextmanager
+def user_cancels_once_running(engine, campaign_id):
+    """The campaign's export job gets its user's cancel the moment a run starts on it (it
+    is claimed, or a backfill run inserts it): the run notices at its next progress
+    report, mid-export, as it would a cancel over HTTP."""
+    with engine.begin() as conn:
+        conn.execute(
+            text("""
+            CREATE FUNCTION test_cancel_once_running() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN NEW.cancel_requested_at := coalesce(NEW.cancel_requested_at, now());
+            RETURN NEW; END $$""")
+        )
+        conn.execute(
+            text(f"""
+            CREATE TRIGGER test_cancel_once_running BEFORE INSERT OR UPDATE ON export_jobs
+            FOR EACH ROW WHEN (NEW.status = 'running' AND NEW.campaign_id = '{campaign_id}')
+            EXECUTE FUNCTION test_cancel_once_running()""")
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("DROP TRIGGER test_cancel_once_running ON export_jobs"))
+            conn.execute(text("DROP FUNCTION test_cancel_once_running()"))
+
+
+def test_a_run_whose_only_campaign_its_user_cancelled_ends_canceled_not_failed(
+    postgres_url, s3_client
+):
+    app_data = AppData(get_engine(postgres_url))
+    campaign, manager = app_data.campaign(), app_data.user()
+    for _ in range(3):
+        app_data.contact(campaign, "completed")
+    job_id = app_data.export_job(campaign, manager)
+
+    with dg.instance_for_test() as instance:
+        with user_cancels_once_running(app_data.engine, campaign):
+            result = materialize_export(instance, postgres_url, campaign, job_id)
+        run = instance.get_run_by_id(result.run_id)
+        # Operators alert on FAILURE: a user's cancel must not look like one.
+        assert run.status == dg.DagsterRunStatus.CANCELED
+        assert instance.get_materialized_partitions(ASSET_KEY) == set()
+        with dg.build_run_status_sensor_context(
+            sensor_name="export_run_canceled_sensor",
+            dagster_instance=instance,
+            dagster_run=run,
+            dagster_event=dg.DagsterEvent(
+                event_type_value="PIPELINE_CANCELED", job_name=run.job_name, message="cancelled"
+            ),
+            resources=run_status_sensor_resources(postgres_url),
+        ) as context:
+            export_run_canceled_sensor(context)
+
+    row = app_data.job_row(job_id)
+    assert (row["status"], row["error_message"], row["download_url"]) == (
+        "cancelled",
+        "cancelled at the user's request",
+        None,
+    )
+    assert objects_in_bucket(s3_client) == []
+    assert notifications_of(app_data, job_id) == ["export.cancelled"]
+
+
+def test_a_campaign_cancelled_in_a_backfill_run_leaves_the_others_and_the_run_successful(
+    postgres_url, s3_client
+):
+    app_data = AppData(get_engine(postgres_url))
+    campaigns = [app_data.campaign(f"Batch {i}") for i in range(3)]
+    for campaign in campaigns:
+        app_data.contact(campaign, "completed")
+    cancelled = campaigns[1]
+
+    with dg.instance_for_test() as instance:
+        with user_cancels_once_running(app_data.engine, cancelled):
+            result = backfill_run(instance, postgres_url, campaigns)
+
+        assert result.success, result.get_run_failure_event()
+        assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.SUCCESS
+        assert instance.get_materialized_partitions(ASSET_KEY) == {
+            str(c) for c in campaigns if c != cancelled
+        }
+    jobs = [app_data.job_row(batch_job_id(result.dagster_run, c)) for c in campaigns]
+    assert [(j["status"], j["error_message"]) for j in jobs] == [
+        ("completed", None),
+        ("cancelled", "cancelled at the user's request"),
+        ("completed", None),
+    ]
+    assert sorted(objects_in_bucket(s3_client)) == sorted([jobs[0]["s3_key"], jobs[2]["s3_key"]])

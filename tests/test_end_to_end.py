@@ -18,10 +18,11 @@ from sqlalchemy import text
 from dev import local_services
 from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.schema import campaigns as campaigns_table
 from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 
 from .conftest import AppData
-from .test_faults import add_contacts
+from .test_faults import RUN_STATUS, add_contacts
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
@@ -282,10 +283,18 @@ def test_http_request_with_bom_and_gzip_downloads_a_csv_gz_that_excel_reads(stac
     assert rows[1:] == database_rows(app, campaign) and job["total_records"] == 2
 
 
+def run_status(stack, run_id: str) -> str | None:
+    """The run's status once it has ended, else None."""
+    run = local_services.graphql(stack.graphql, RUN_STATUS, {"runId": run_id})["data"]
+    status = run["runOrError"].get("status")
+    return status if status in ("SUCCESS", "FAILURE", "CANCELED") else None
+
+
 def test_large_export_shows_progress_and_cancelled_over_http_leaves_nothing(stack, app):
     """1,500,000 contacts: the job's progress rises while it runs; a cancel over HTTP
-    terminates the run, and within 30 s the job is cancelled with no link and nothing in S3
-    (no object, no multipart upload), announced once."""
+    stops the run, and within 30 s the job is cancelled with no link and nothing in S3
+    (no object, no multipart upload), announced once; the run ends CANCELED, not FAILURE
+    (operators alert on failed runs)."""
     manager = app.user("campaign_manager")
     campaign = app.campaign("Large campaign")
     add_contacts(app, campaign, 1_500_000)
@@ -331,3 +340,92 @@ def test_large_export_shows_progress_and_cancelled_over_http_leaves_nothing(stac
             {"id": job["job_id"]},
         ).scalars()
         assert list(events) == ["export.cancelled"]
+
+    run_id = app.job_row(uuid.UUID(job["job_id"]))["dagster_run_id"]
+    assert processes.wait_for(lambda: run_status(stack, run_id), 60, "the run to end") == (
+        "CANCELED"
+    )
+
+
+BACKFILL_RUNS = """
+query($backfillId: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $backfillId}]}) {
+    ... on Runs { results { runId status } } } }"""
+
+
+def test_a_campaign_its_user_cancels_mid_backfill_run_does_not_fail_the_run(stack, app):
+    """A backfill run of three campaigns, the middle one of 1,500,000 contacts: its user
+    cancels that one over HTTP while it exports; the other two complete and are
+    materialised, the cancelled one leaves nothing, and the run ends SUCCESS."""
+    manager = app.user("campaign_manager")
+    headers = {"Authorization": f"Bearer {token(oidc_subject(app, manager))}"}
+    # Ids next to each other, written at once: the partitions sensor adds them together, in
+    # this order, so that the backfill puts all three in one run.
+    prefix = uuid.uuid4().hex[:24]
+    small_1, large, small_2 = (uuid.UUID(f"{prefix}{i:08x}") for i in (1, 2, 3))
+    with app.engine.begin() as conn:
+        conn.execute(
+            campaigns_table.insert(),
+            [
+                {"id": campaign, "name": f"Backfill cancel {i}", "status": "completed"}
+                for i, campaign in enumerate((small_1, large, small_2))
+            ],
+        )
+    for campaign in (small_1, small_2):
+        app.contact(campaign, "completed")
+    add_contacts(app, large, 1_500_000)
+    keys = [str(small_1), str(large), str(small_2)]
+    processes.wait_for(
+        lambda: set(keys) <= local_services.campaign_partition_keys(stack.graphql),
+        120,
+        "the campaign partitions sensor",
+        interval=2,
+    )
+    backfill_id = local_services.launch_backfill(stack.graphql, keys)
+
+    def exporting_large():
+        with app.engine.connect() as conn:
+            row = conn.execute(
+                text(
+                    "SELECT id, status, progress_percent FROM export_jobs "
+                    "WHERE campaign_id = :campaign"
+                ),
+                {"campaign": large},
+            ).one_or_none()
+        if row is not None:
+            assert row.status == "running", row
+        return row.id if row is not None and (row.progress_percent or 0) > 0 else None
+
+    large_job = processes.wait_for(exporting_large, 300, "the large campaign to export")
+    asked = requests.post(f"{stack.api}/api/exports/{large_job}/cancel", headers=headers)
+    assert asked.status_code == 202, asked.text
+
+    def runs_ended():
+        data = local_services.graphql(stack.graphql, BACKFILL_RUNS, {"backfillId": backfill_id})
+        runs = data["data"]["runsOrError"]["results"]
+        ended = runs and all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs)
+        return runs if ended else None
+
+    runs = processes.wait_for(runs_ended, 300, "the backfill run to end", interval=1)
+    assert [run["status"] for run in runs] == ["SUCCESS"], runs  # one run of three campaigns
+    with app.engine.connect() as conn:
+        jobs = {
+            row.campaign_id: row
+            for row in conn.execute(
+                text(
+                    "SELECT campaign_id, status, error_message, s3_key FROM export_jobs "
+                    "WHERE campaign_id = ANY(:ids)"
+                ),
+                {"ids": [small_1, large, small_2]},
+            )
+        }
+    assert [(jobs[c].status, jobs[c].error_message) for c in (small_1, large, small_2)] == [
+        ("completed", None),
+        ("cancelled", "cancelled at the user's request"),
+        ("completed", None),
+    ]
+    s3 = stack.s3_client()
+    assert s3.list_objects_v2(Bucket=BUCKET, Prefix=f"exports/{large}/").get("Contents", []) == []
+    node = local_services.graphql(stack.graphql, PARTITION_STATUSES)["data"]
+    materialized = set(node["assetNodeOrError"]["assetPartitionStatuses"]["materializedPartitions"])
+    assert {str(small_1), str(small_2)} <= materialized and str(large) not in materialized

@@ -94,3 +94,15 @@ def test_unknown_access_policy_is_one_line_naming_value_and_choices(value):
     with pytest.raises(SettingsError) as error:
         settings(EXPORT_ACCESS_POLICY=value)
     assert str(error.value) == f"EXPORT_ACCESS_POLICY={value!r} must be one of: role, owner"
+
+
+def test_http_body_limit_defaults_to_64_kib_and_refuses_values_out_of_range():
+    assert settings().http_max_body_bytes == 65536
+    assert settings(EXPORT_HTTP_MAX_BODY_BYTES="1024").http_max_body_bytes == 1024
+    for value in ("0", "1023", "16777217", "64k", "", "-1"):
+        with pytest.raises(SettingsError) as error:
+            settings(EXPORT_HTTP_MAX_BODY_BYTES=value)
+        assert str(error.value) == (
+            f"EXPORT_HTTP_MAX_BODY_BYTES={value!r} must be a whole number (digits 0-9) of at "
+            "least 1024 and at most 16777216 (the service holds a body whole in memory)"
+        )

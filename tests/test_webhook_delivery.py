@@ -5,6 +5,7 @@ and durable across separate sensor evaluations (its state is the outbox table)."
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -200,6 +201,76 @@ def test_a_receiver_that_does_not_answer_in_time_is_retried(app_data, receiver):
 
     assert outcome.result == "retry"
     assert rows(app_data.engine)[0].last_error == "no answer within 0.3 s"
+
+
+# An attempt's deadline in these tests, and what the clock may add to it on a busy machine.
+DEADLINE = 1.0
+SLACK = 1.0
+
+
+def slow_receivers():
+    """Every way a receiver can be slow: (what it does, Receiver settings, what the attempt
+    comes to). The drips are each shorter than the deadline, so no single read ever times
+    out; only a deadline for the whole attempt ends them."""
+    for interval in (0.2, 0.6):
+        yield (
+            f"drips its status line and headers, a byte every {interval} s",
+            {"drip": "headers", "drip_interval": interval},
+            "retry",
+        )
+        yield (
+            f"drips its 503's headers, a byte every {interval} s",
+            {"drip": "headers", "drip_interval": interval, "ok": 503},
+            "retry",
+        )
+        # The status and headers came in time: that is the answer; the body is not read.
+        yield (
+            f"answers at once, then drips its body, a byte every {interval} s",
+            {"drip": "body", "drip_interval": interval},
+            "delivered",
+        )
+    for seconds in (0.3, 2.5):
+        outcome = "delivered" if seconds < DEADLINE else "retry"
+        yield f"answers after {seconds} s", {"delay": seconds}, outcome
+        yield f"accepts the connection after {seconds} s", {"accept_delay": seconds}, outcome
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "settings", "outcome"),
+    [pytest.param(*case, id=case[0]) for case in slow_receivers()],
+)
+def test_an_attempt_ends_by_its_deadline_however_slowly_the_receiver_answers(
+    app_data, behaviour, settings, outcome
+):
+    receiver = Receiver(**settings).start()
+    try:
+        failed_job(app_data)
+        started = time.monotonic()
+        (attempt,) = deliver(app_data.engine, receiver, timeout=DEADLINE)
+        took = time.monotonic() - started
+    finally:
+        receiver.stop()
+
+    assert took < DEADLINE + SLACK, f"a receiver that {behaviour} held the attempt {took:.1f} s"
+    assert attempt.result == outcome
+    if outcome == "retry":
+        (row,) = rows(app_data.engine)
+        assert row.last_error == f"no answer within {DEADLINE:g} s"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_not_followed_but_abandons(app_data, status):
+    receiver = Receiver(ok=status, location="/elsewhere?token=other-token").start()
+    try:
+        failed_job(app_data)
+        (attempt,) = deliver(app_data.engine, receiver)
+    finally:
+        receiver.stop()
+    assert attempt.result == "abandoned"
+    assert attempt.detail == f"refused by the receiver: HTTP {status}"
+    assert [request.path for request in receiver.requests] == [
+        "/hooks/exports?token=query-token-123"
+    ]
 
 
 def test_retries_end_24_hours_after_the_job_ended(app_data, receiver):

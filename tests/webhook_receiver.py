@@ -47,15 +47,29 @@ class Request:
         return hmac.compare_digest(expected, self.headers.get("X-VoiceSurvey-Signature", ""))
 
 
+# Sent by a dripping receiver after its status line: long enough that dripping it takes
+# many times an attempt's deadline.
+PADDING_HEADER = b"X-Padding: " + b"p" * 40 + b"\r\n"
+
+
 @dataclass
 class Receiver:
     """Answers ``failure`` (default 503) to its first ``fail_first`` requests and ``ok``
-    after, each ``delay`` seconds late. Every request is recorded."""
+    after, each ``delay`` seconds late. Every request is recorded.
+
+    Slow receivers: ``accept_delay`` waits that long before accepting each connection;
+    ``drip`` "headers" sends the answer's status line and headers a byte every
+    ``drip_interval`` seconds, "body" sends them at once and then drips a body of 100
+    bytes. ``location`` adds a Location header (for redirects)."""
 
     fail_first: int = 0
     failure: int = 503
     ok: int = 200
     delay: float = 0.0
+    accept_delay: float = 0.0
+    drip: str | None = None
+    drip_interval: float = 0.5
+    location: str | None = None
     requests: list[Request] = field(default_factory=list)
     port: int = 0
     _server: ThreadingHTTPServer | None = None
@@ -78,14 +92,47 @@ class Receiver:
                     )
                 if receiver.delay:
                     time.sleep(receiver.delay)
+                if receiver.drip:
+                    self.drip(status)
+                    return
                 self.send_response(status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+
+            def drip(self, status: int) -> None:
+                body = b"x" * 100
+                head = (
+                    f"HTTP/1.1 {status} Whatever\r\nContent-Length: {len(body)}\r\n".encode()
+                    + PADDING_HEADER
+                    + b"\r\n"
+                )
+                if receiver.drip == "body":
+                    self.wfile.write(head)
+                slow = head if receiver.drip == "headers" else body
+                try:
+                    for i in range(len(slow)):
+                        self.wfile.write(slow[i : i + 1])
+                        time.sleep(receiver.drip_interval)
+                    if receiver.drip == "headers":
+                        self.wfile.write(body)
+                except OSError:
+                    pass  # the sender gave up and closed the connection
+                self.close_connection = True
 
             def log_message(self, *args):  # keep the test output quiet
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        class Server(ThreadingHTTPServer):
+            def get_request(self):
+                # A receiver too busy to accept: the kernel completes the handshake (the
+                # listen backlog), the request waits in the socket, nobody reads it yet.
+                if receiver.accept_delay:
+                    time.sleep(receiver.accept_delay)
+                return super().get_request()
+
+        self._server = Server(("127.0.0.1", self.port), Handler)
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self

@@ -42,6 +42,7 @@ DEFAULTS = {
     "EXPORT_RUNNING_ALERT_MINUTES": "60",
     "EXPORT_ACCESS_POLICY": "role",
     "EXPORT_SPOOL_DIR": tempfile.gettempdir(),
+    "EXPORT_HTTP_MAX_BODY_BYTES": str(64 * 1024),
 }
 
 # Every variable the pipeline and the service read (deploy configs pass each one on).
@@ -54,6 +55,8 @@ VARIABLES = (
     "EXPORT_WEBHOOK_URL",
     "EXPORT_WEBHOOK_SECRET",
 )
+# The HTTP service holds a request body whole in memory; the API's bodies are a few bytes.
+MIN_HTTP_BODY_BYTES, MAX_HTTP_BODY_BYTES = 1024, 16 * 1024 * 1024
 # The webhook's HMAC key: long enough not to be guessed from signed bodies.
 MIN_WEBHOOK_SECRET_LENGTH = 16
 
@@ -81,6 +84,8 @@ class Settings:
     pending_alert_minutes: int
     running_alert_minutes: int
     export_access_policy: str
+    # Largest request body the HTTP service reads (larger: 413, never read whole).
+    http_max_body_bytes: int
     # The completion webhook; None when EXPORT_WEBHOOK_URL is unset. The secret never
     # appears in a repr, an error or Dagster's UI.
     webhook_url: str | None = None
@@ -132,6 +137,13 @@ class Settings:
             ),
             export_access_policy=parse_choice_setting(
                 "EXPORT_ACCESS_POLICY", env["EXPORT_ACCESS_POLICY"], ACCESS_POLICIES
+            ),
+            http_max_body_bytes=parse_int_setting(
+                "EXPORT_HTTP_MAX_BODY_BYTES",
+                env["EXPORT_HTTP_MAX_BODY_BYTES"],
+                MIN_HTTP_BODY_BYTES,
+                MAX_HTTP_BODY_BYTES,
+                "the service holds a body whole in memory",
             ),
             **webhook_settings(env.get("EXPORT_WEBHOOK_URL"), env.get("EXPORT_WEBHOOK_SECRET")),
         )

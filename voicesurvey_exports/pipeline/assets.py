@@ -611,7 +611,21 @@ def record_export(
     if not batch.isolated:
         yield dg.Output(None, metadata=metadata_of_run)
         return
-    batch.raise_if_any_failed(completed)
+    unfinished = [key for key in batch.partition_keys if key not in completed]
+    batch.raise_if_any_failed(completed, _cancelled_by_users(context, app_db, unfinished))
+
+
+def _cancelled_by_users(context, app_db: AppDatabase, partition_keys: list[str]) -> set[str]:
+    """Those of a backfill run's campaigns whose export job its user cancelled (in any op
+    of this run, or of the run it re-executes)."""
+    refs = {key: _batch_job_ref(context.run, key)[0] for key in partition_keys}
+    with app_db.engine.connect() as conn:
+        jobs = {job_id: export_jobs.get_job(conn, job_id) for job_id in refs.values() if job_id}
+    return {
+        key
+        for key, job_id in refs.items()
+        if job_id and jobs[job_id] is not None and jobs[job_id].status == "cancelled"
+    }
 
 
 @dg.graph_asset(

@@ -7,8 +7,11 @@ campaign gets the op's retries on its own, and one that still fails ends its own
 job failed (its file deleted) and drops out of the run's later steps while the others
 go on; the last op then fails the run naming the campaigns that failed.
 
-A campaign whose export job was asked to cancel (failures.ExportCancelled) ends its job
-`cancelled` the same way, without retries.
+A campaign whose user asked to cancel its export job (failures.ExportCancelled) is not a
+failure: a run of one campaign ends CANCELED in Dagster, as a Terminate from the UI does
+(the cancelled-run sensor ends the job); in a backfill run the campaign ends its job
+`cancelled`, without retries, and drops out while the others finish, and the run does not
+fail for it. Operators alert on failed runs; a user's cancel must not page them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TypeVar
 
 import dagster as dg
 
+from ..app_db import export_jobs
 from .failures import (
     ExportCancelled,
     end_job_and_delete_file,
@@ -58,8 +62,12 @@ class CampaignBatch:
         try:
             return self._each(items, work, retry_policy)
         except ExportCancelled as error:
-            # A run of one campaign: fail the step for good; the failure sensor ends the
-            # job `cancelled` (its user asked for it).
+            # A run of one campaign. Its user's cancel: the run is marked CANCELING first,
+            # so that Dagster ends it CANCELED (not FAILURE) when the step fails, exactly
+            # as when export_cancel_sensor terminates it; the cancelled-run sensor then
+            # ends the job. A job taken over by another run is a failure, as before.
+            if self._user_cancelled_a_job_of_this_run():
+                self._report_run_canceling(str(error))
             raise permanent_failure(str(error)) from None
         except (KeyboardInterrupt, dg.DagsterExecutionInterruptedError):
             # Dagster counts an interrupt against the op's retry policy and runs the step
@@ -67,6 +75,19 @@ class CampaignBatch:
             if self._run_is_being_terminated():
                 raise permanent_failure("the run was terminated") from None
             raise
+
+    def _user_cancelled_a_job_of_this_run(self) -> bool:
+        with self.app_db.engine.connect() as conn:
+            jobs = export_jobs.running_jobs_of_runs(conn, [self.context.run_id])
+        return any(job.cancel_requested_at is not None for job in jobs)
+
+    def _report_run_canceling(self, reason: str) -> None:
+        if self._run_is_being_terminated():
+            return  # the cancel sensor (or the UI) got there first
+        run = self.context.instance.get_run_by_id(self.context.run_id) or self.context.run
+        self.context.instance.report_run_canceling(
+            run, message=f"{reason} (at its user's request): ending the run canceled"
+        )
 
     def _run_is_being_terminated(self) -> bool:
         run = self.context.instance.get_run_by_id(self.context.run_id)
@@ -124,8 +145,10 @@ class CampaignBatch:
             status=status,
         )
 
-    def raise_if_any_failed(self, completed: set[str]) -> None:
-        failed = [key for key in self.partition_keys if key not in completed]
+    def raise_if_any_failed(self, completed: set[str], cancelled: set[str]) -> None:
+        """Fail the run naming the campaigns that neither completed nor were cancelled by
+        their users (a cancel is not a failure)."""
+        failed = [key for key in self.partition_keys if key not in completed | cancelled]
         if failed:
             shown = ", ".join(failed[:3]) + (", ..." if len(failed) > 3 else "")
             raise permanent_failure(

@@ -15,9 +15,12 @@ changes an export job.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import http.client
+import io
+import ssl
 import time
 import urllib.error
 import urllib.parse
@@ -38,14 +41,16 @@ from .resources import AppDatabase
 SIGNATURE_HEADER = "X-VoiceSurvey-Signature"
 EVENT_HEADER = "X-VoiceSurvey-Event"
 DELIVERY_HEADER = "X-VoiceSurvey-Delivery"
+# One deadline per attempt, from its start: connecting, sending and reading the answer's
+# status line and headers together (a receiver that trickles bytes cannot stretch it).
 TIMEOUT_SECONDS = 5
 # Retried this long after the notification was written (the job's end), then abandoned.
 RETRY_WINDOW = timedelta(hours=24)
 MAX_BACKOFF_SECONDS = 60
 # Answers that say "try again later"; every other non-2xx is the receiver refusing.
 RETRY_STATUSES = frozenset({408, 429})
-# One tick sends at most this many, for at most about this long (plus one timeout), so
-# that a slow receiver never holds a tick near Dagster's 60 s sensor timeout.
+# One tick sends at most this many, for at most about this long (plus one attempt's
+# deadline), so that a slow receiver never holds a tick near Dagster's 60 s sensor timeout.
 TICK_LIMIT = 50
 TICK_BUDGET_SECONDS = 20
 SENSOR_NAME = "export_webhook_sensor"
@@ -97,11 +102,100 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_OPENER = urllib.request.build_opener(_NoRedirects)
+class _DeadlineReader(io.RawIOBase):
+    """The answer's socket, read with no wait past the attempt's deadline: a socket timeout
+    bounds each read only, and a receiver sending a byte every few seconds would hold the
+    attempt (and the sensor's thread) for as long as it liked."""
+
+    def __init__(self, raw, sock, deadline: float):
+        self._raw, self._sock, self._deadline = raw, sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        self._sock.settimeout(_remaining(self._deadline))
+        return self._raw.readinto(buffer)
+
+    def close(self) -> None:
+        self._raw.close()  # the socket's own reader: it closes the socket when last
+        super().close()
+
+
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError("the attempt's deadline passed")
+    return remaining
+
+
+class _DeadlineResponse(http.client.HTTPResponse):
+    def __init__(self, sock, *args, deadline: float, **kwargs):
+        super().__init__(sock, *args, **kwargs)
+        self.fp = io.BufferedReader(_DeadlineReader(self.fp.detach(), sock, deadline))
+
+
+class _DeadlineConnection:
+    """Connects and sends within what is left of the deadline, and reads through
+    _DeadlineReader. (TLS: the handshake runs under the timeout set at connect, which
+    CPython applies to the whole handshake.)"""
+
+    def __init__(self, *args, deadline: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+        self.response_class = functools.partial(_DeadlineResponse, deadline=deadline)
+
+    def connect(self) -> None:
+        self.timeout = _remaining(self._deadline)
+        super().connect()
+
+    def send(self, data) -> None:
+        if self.sock is not None:
+            self.sock.settimeout(_remaining(self._deadline))
+        super().send(data)
+
+
+class _DeadlineHTTPConnection(_DeadlineConnection, http.client.HTTPConnection):
+    pass
+
+
+class _DeadlineHTTPSConnection(_DeadlineConnection, http.client.HTTPSConnection):
+    pass
+
+
+class _DeadlineHTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_DeadlineHTTPConnection, deadline=self.deadline), req)
+
+
+class _DeadlineHTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: float):
+        super().__init__()
+        self.deadline = deadline
+        self.ssl_context = ssl.create_default_context()  # what urllib uses by default
+
+    def https_open(self, req):
+        return self.do_open(
+            functools.partial(_DeadlineHTTPSConnection, deadline=self.deadline),
+            req,
+            context=self.ssl_context,
+        )
+
+
+def _opener(deadline: float) -> urllib.request.OpenerDirector:
+    # Proxies from the environment are still honoured (urllib's ProxyHandler).
+    return urllib.request.build_opener(
+        _NoRedirects, _DeadlineHTTPHandler(deadline), _DeadlineHTTPSHandler(deadline)
+    )
 
 
 def post(url: str, secret: str, notification: Notification, timeout: float = TIMEOUT_SECONDS):
-    """POST the notification's stored body, signed, once; never raises for network trouble."""
+    """POST the notification's stored body, signed, once, and wait at most ``timeout``
+    seconds in all for the answer's status; never raises for network trouble."""
     body = notification.body.encode("utf-8")  # exactly the bytes that are signed
     request = urllib.request.Request(
         url,
@@ -116,7 +210,8 @@ def post(url: str, secret: str, notification: Notification, timeout: float = TIM
         },
     )
     try:
-        with _OPENER.open(request, timeout=timeout) as response:
+        deadline = time.monotonic() + timeout
+        with _opener(deadline).open(request, timeout=timeout) as response:
             return Answer(response.status)
     except urllib.error.HTTPError as error:
         error.close()
@@ -207,7 +302,7 @@ def deliver_one(
 
 
 # How long a sender holds a notification while it sends it: far longer than an attempt
-# takes (a 5 s timeout per socket operation), so that only a sender that died mid-attempt
+# takes (at most TIMEOUT_SECONDS in all), so that only a sender that died mid-attempt
 # lets another one try again, then.
 LEASE = timedelta(minutes=5)
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from ...app_db.errors import AppDatabaseError, safe_database_errors
 from ...app_db.schema import users
-from ...settings import Settings
+from ...settings import DEFAULTS, Settings
 from ..requests import (
     ExportRequests,
     InvalidRequest,
@@ -26,6 +26,7 @@ from ..requests import (
     StorageUnavailable,
 )
 from .auth import AuthSettings, InvalidToken, TokenVerifier
+from .body_guard import INVALID_TOKEN_DETAIL, MISSING_TOKEN_DETAIL, BodyGuard
 from .schemas import (
     ErrorResponse,
     ExportJobCreateResponse,
@@ -36,8 +37,6 @@ from .schemas import (
 
 logger = logging.getLogger(__name__)
 _bearer = HTTPBearer(auto_error=False)
-# One answer for every rejected token: which check failed (and the key id) is logged only.
-INVALID_TOKEN_DETAIL = "invalid or expired bearer token"
 ERRORS = {
     401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
     403: {"model": ErrorResponse, "description": "the user may not use exports"},
@@ -102,7 +101,7 @@ def build_export_router(
         if credentials is None or credentials.scheme.lower() != "bearer":
             raise HTTPException(
                 status.HTTP_401_UNAUTHORIZED,
-                "a bearer token is required",
+                MISSING_TOKEN_DETAIL,
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
@@ -250,14 +249,31 @@ def build_export_router(
     return router
 
 
-def create_app(api: ExportRequests | None = None, verifier: TokenVerifier | None = None) -> FastAPI:
-    """The standalone service (`voicesurvey-exports serve`)."""
+def create_app(
+    api: ExportRequests | None = None,
+    verifier: TokenVerifier | None = None,
+    max_body_bytes: int | None = None,
+) -> FastAPI:
+    """The standalone service (`voicesurvey-exports serve`); by default configured from
+    the environment. With its own api, the body limit is the default unless given."""
+    settings = Settings.from_env() if api is None else None
+    api = api or ExportRequests.from_settings(settings)
+    verifier = verifier or TokenVerifier(AuthSettings.from_env())
+    if max_body_bytes is None:
+        max_body_bytes = (
+            settings.http_max_body_bytes
+            if settings
+            else int(DEFAULTS["EXPORT_HTTP_MAX_BODY_BYTES"])
+        )
     app = FastAPI(
         title="voicesurvey-exports",
         version="1.0.0",
         description="Campaign CSV exports (REQ-018): request, list, read, refresh and cancel.",
     )
     app.include_router(build_export_router(api, verifier))
+    # Outside every route: the token is checked, and the body's size bounded, before
+    # FastAPI reads a body (it does so before it runs a route's dependencies).
+    app.add_middleware(BodyGuard, verifier=verifier, max_body_bytes=max_body_bytes)
 
     @app.get("/healthz", include_in_schema=False)
     def health() -> dict:
