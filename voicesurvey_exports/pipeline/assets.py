@@ -224,6 +224,11 @@ def _start(
             # (Unless this run claimed it already: a retry of this op.)
             if (job.status, job.dagster_run_id) != ("running", context.run_id):
                 claim_export_job(context, conn, job)
+            # A value written by SQL that this release does not know fails the job now
+            # (claimed: the failure sensor ends it), not after retrying an upload.
+            unknown = export_jobs.unknown_option(job.compression)
+            if unknown:
+                raise permanent_failure(f"export job {export_job_id}: {unknown}")
         else:
             if not known_id:
                 # Tag first, so the failure sensor can find the row if anything below fails.
