@@ -12,7 +12,7 @@ import threading
 import unicodedata
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,7 +54,8 @@ def s3_client(settings: Settings):
 
 @dataclass(frozen=True)
 class ExportObjects:
-    """The export files in one bucket, under one key prefix."""
+    """The export files in one bucket, under one key prefix (new files go to this bucket;
+    a job's file is read, signed and deleted in the bucket its row records: in_bucket)."""
 
     client: Any
     bucket: str
@@ -71,6 +72,11 @@ class ExportObjects:
             url_ttl_seconds=settings.url_ttl_seconds,
             kms_key_id=settings.kms_key_id,
         )
+
+    def in_bucket(self, bucket: str | None) -> ExportObjects:
+        """The same objects in another bucket: the one a job's row records (None, on rows
+        recorded before revision V0006, means this configured bucket)."""
+        return self if bucket is None or bucket == self.bucket else replace(self, bucket=bucket)
 
     def key(
         self, campaign_id: uuid.UUID, export_job_id: uuid.UUID, compression: str = "none"

@@ -109,6 +109,9 @@ class UploadedCsv:
     byte_count: int
     outcome_counts: dict[str, int]
     sha256: str
+    # Where it was uploaded (None from a run made before the bucket was recorded: the
+    # configured one); a re-execution signs it there even if S3_BUCKET_NAME has changed.
+    bucket: str | None = None
 
 
 def parse_campaign_id(partition_key: str) -> uuid.UUID:
@@ -224,6 +227,11 @@ def _start(
             # (Unless this run claimed it already: a retry of this op.)
             if (job.status, job.dagster_run_id) != ("running", context.run_id):
                 claim_export_job(context, conn, job)
+            # A value written by SQL that this release does not know fails the job now
+            # (claimed: the failure sensor ends it), not after retrying an upload.
+            unknown = export_jobs.unknown_option(job.compression)
+            if unknown:
+                raise permanent_failure(f"export job {export_job_id}: {unknown}")
         else:
             if not known_id:
                 # Tag first, so the failure sensor can find the row if anything below fails.
@@ -384,7 +392,9 @@ def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: Ex
     that fails after the upload can have its object deleted."""
     key = objects.key(target.campaign_id, target.export_job_id, target.compression)
     with app_db.engine.begin() as conn:
-        if not export_jobs.record_object_key(conn, target.export_job_id, context.run_id, key):
+        if not export_jobs.record_object_key(
+            conn, target.export_job_id, context.run_id, key, objects.bucket
+        ):
             raise permanent_failure(
                 f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
             )
@@ -406,6 +416,7 @@ def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) ->
         rendered.byte_count,
         rendered.outcome_counts,
         rendered.sha256,
+        objects.bucket,
     )
 
 
@@ -518,7 +529,7 @@ def _complete(
         with app_db.engine.connect() as conn:
             job = export_jobs.get_job(conn, target.export_job_id)
         if job is not None and job.status == "completed":
-            return _metadata(target, uploaded, objects, job.url_expires_at)
+            return _metadata(target, uploaded, objects.in_bucket(job.s3_bucket), job.url_expires_at)
     ensure_claimed(context, app_db, spool, target)
     if uploaded is None:
         # Re-executing a backfill run: a campaign that failed in the run re-executed.
@@ -528,13 +539,16 @@ def _complete(
             context, objects, rendered, _record_key(context, app_db, objects, target)
         )
         _check_stored_file(objects, target, rendered, uploaded, checks, not in_batch)
-    elif uploaded.run_id != context.run_id and not objects.exists(uploaded.s3_key):
+    elif uploaded.run_id != context.run_id and not objects.in_bucket(uploaded.bucket).exists(
+        uploaded.s3_key
+    ):
         # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
         context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
         rendered = _render(context, _extract(context, app_db, spool, target), target)
         key = _record_key(context, app_db, objects, target)
         uploaded = _upload(context, objects, rendered, key)
         _check_stored_file(objects, target, rendered, uploaded, checks, not in_batch)
+    objects = objects.in_bucket(uploaded.bucket)  # a parent run's upload: its bucket
     url, expires_at = objects.sign(
         uploaded.s3_key, target.campaign_name, target.requested_at.date()
     )
@@ -544,6 +558,7 @@ def _complete(
             target.export_job_id,
             run_id=context.run_id,
             s3_key=uploaded.s3_key,
+            s3_bucket=objects.bucket,
             download_url=url,
             url_expires_at=expires_at,
             total_records=uploaded.row_count,

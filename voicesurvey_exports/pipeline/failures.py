@@ -78,7 +78,7 @@ def delete_file_of_ended_job(app_db, destination, job: export_jobs.ExportJob, lo
     """A job that ends failed or cancelled leaves no file behind. If S3 refuses, the key
     stays on the row and the retention job deletes the file later."""
     try:
-        destination.objects().delete(job.s3_key)
+        destination.objects().in_bucket(job.s3_bucket).delete(job.s3_key)
     except Exception as error:  # S3 down: retention retries; never block other jobs
         log.warning(
             f"could not delete the file of {job.status} export job {job.id} yet: "

@@ -53,7 +53,7 @@ def delete_expired_exports(
                     ):
                         continue
                 try:
-                    objects.delete(job.s3_key)
+                    objects.in_bucket(job.s3_bucket).delete(job.s3_key)
                 except Exception:
                     with app_db.engine.begin() as conn:
                         export_jobs.restore_object_key(conn, job.id, job.s3_key)
@@ -61,7 +61,7 @@ def delete_expired_exports(
                 _observe_deletion(context, app_db, objects, job, cutoff, destination.retention_days)
             else:
                 # A failed or cancelled job has no link: delete the file, then forget its key.
-                objects.delete(job.s3_key)
+                objects.in_bucket(job.s3_bucket).delete(job.s3_key)
                 with app_db.engine.begin() as conn:
                     export_jobs.mark_file_deleted(
                         conn, job.id, s3_key=job.s3_key, message=None, only_if_status=job.status
@@ -89,7 +89,9 @@ def _observe_deletion(context, app_db, objects, job, cutoff, days: int) -> None:
             description=f"export file deleted after {days} days (retention)",
             metadata={
                 "live_file": dg.MetadataValue.bool(live),
-                "deleted_uri": dg.MetadataValue.text(objects.uri(job.s3_key)),
+                "deleted_uri": dg.MetadataValue.text(
+                    objects.in_bucket(job.s3_bucket).uri(job.s3_key)
+                ),
                 "export_job_id": dg.MetadataValue.text(str(job.id)),
             },
         )

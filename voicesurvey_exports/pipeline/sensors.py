@@ -50,6 +50,11 @@ def build_export_requests_sensor(settings: Settings) -> dg.SensorDefinition:
                         conn, job.id, f"campaign {job.campaign_id} does not exist"
                     )
                     continue
+                # A value written by SQL that this release does not know: fail it now.
+                unknown = export_jobs.unknown_option(job.compression)
+                if unknown:
+                    export_jobs.mark_failed(conn, job.id, unknown)
+                    continue
                 run_requests.append(
                     dg.RunRequest(
                         run_key=str(job.id),

@@ -178,14 +178,16 @@ class ExportRequests:
             if not job.s3_key:
                 raise FileGone(f"export job {job_id} has no file: {job.error_message}")
             campaign = self._campaign(conn, job.campaign_id, user_id, role)
-        if not self._file_exists(job.s3_key):
+        # The bucket the row records, whatever S3_BUCKET_NAME says now.
+        objects = self.objects.in_bucket(job.s3_bucket)
+        if not self._file_exists(objects, job.s3_key):
             with self._database("recording the missing file", write=True) as conn:
                 export_jobs.mark_file_deleted(
                     conn, job_id, s3_key=job.s3_key, message=FILE_MISSING_MESSAGE
                 )
             raise FileGone(f"export job {job_id}: {FILE_MISSING_MESSAGE}")
         try:
-            url, expires_at = self.objects.sign(job.s3_key, campaign.name, job.created_at.date())
+            url, expires_at = objects.sign(job.s3_key, campaign.name, job.created_at.date())
         except (BotoCoreError, ClientError) as error:
             raise StorageUnavailable(
                 f"cannot sign a download link in S3: {describe_storage_error(error)}"
@@ -231,12 +233,13 @@ class ExportRequests:
             "cancelled"
         )
 
-    def _file_exists(self, key: str) -> bool:
+    @staticmethod
+    def _file_exists(objects: ExportObjects, key: str) -> bool:
         try:
-            return self.objects.exists(key)
+            return objects.exists(key)
         except BucketUnreachable as error:
             raise StorageUnavailable(
-                f"cannot reach bucket {self.objects.bucket!r} in S3: "
+                f"cannot reach bucket {objects.bucket!r} in S3: "
                 f"{describe_storage_error(error.error)}"
             ) from None
         except (BotoCoreError, ClientError) as error:

@@ -49,12 +49,24 @@ class ExportQueryOptions(BaseModel):
         return ExportOptions(bom=self.bom == "true", compression=self.compression)
 
 
+class StoredExportOptions(BaseModel):
+    """A job's file options as its row holds them."""
+
+    bom: bool
+    # Not only the two known values: a job shows what its row holds, even a value written
+    # by other tools that this release does not know (such a job fails, naming it).
+    compression: Compression | str = Field(
+        description='"none" or "gzip", as requested; any other value is one this service '
+        "does not know, written to the job's row by other means (the job fails, naming it)."
+    )
+
+
 class ExportJobResponse(BaseModel):
     job_id: uuid.UUID
     campaign_id: uuid.UUID
     requested_by_user_id: uuid.UUID | None
     status: JobStatus
-    options: ExportOptions
+    options: StoredExportOptions
     progress_percent: int | None = Field(
         None,
         description="null while pending, then 0-100, never decreasing, while running; "
@@ -85,7 +97,7 @@ class ExportJobResponse(BaseModel):
             campaign_id=job.campaign_id,
             requested_by_user_id=job.requested_by_user_id,
             status=job.status,
-            options=ExportOptions(**job.options),
+            options=StoredExportOptions(**job.options),
             progress_percent=job.progress_percent,
             cancel_requested_at=job.cancel_requested_at,
             total_records=job.total_records,
