@@ -54,7 +54,8 @@ def test_requested_job_becomes_completed_with_only_terminal_contacts(
     job = app_data.job_row(job_id)
     assert job["status"] == "completed"
     assert job["total_records"] == 5
-    assert job["s3_key"] == f"exports/{campaign}/{job_id}.csv"
+    # The run's own object under the job's (ExportObjects.key).
+    assert job["s3_key"] == f"exports/{campaign}/{job_id}/{result.run_id}.csv"
     assert job["url_expires_at"] is not None and job["completed_at"] is not None
     rows = read_export(s3_client, job["s3_key"])
     assert list(rows[0]) == list(CSV_COLUMNS)
@@ -169,7 +170,7 @@ def test_a_bom_export_starts_with_the_byte_order_mark_and_holds_the_same_csv(
     assert body.startswith(BOM + HEADER)
     assert body == BOM + plain
     assert stored["ContentType"] == "text/csv; charset=utf-8"
-    assert bom_job["s3_key"].endswith(f"{bom_job['id']}.csv")
+    assert bom_job["s3_key"].endswith(f"{bom_job['id']}/{bom_job['dagster_run_id']}.csv")
     assert link_names_and_type(bom_job["download_url"])[1].endswith(".csv")
 
 
@@ -183,7 +184,9 @@ def test_a_gzip_export_is_the_gzip_of_the_same_csv_and_downloads_as_csv_gz(
     plain, _ = stored_object(s3_client, plain_job)
     body, stored = stored_object(s3_client, gzip_job)  # size and sha256: compressed bytes
 
-    assert gzip_job["s3_key"] == f"exports/{campaign}/{gzip_job['id']}.csv.gz"
+    assert gzip_job["s3_key"] == (
+        f"exports/{campaign}/{gzip_job['id']}/{gzip_job['dagster_run_id']}.csv.gz"
+    )
     assert stored["ContentType"] == "application/gzip"
     assert stored["ServerSideEncryption"] == "AES256"
     assert gzip.decompress(body) == plain
@@ -240,7 +243,7 @@ def test_materialisation_metadata_shows_counts_not_contact_data(
     values = {key: value.value for key, value in metadata.items()}
     # Dagster's standard keys, which its UI and catalog understand.
     assert values["dagster/partition_row_count"] == 3
-    key = f"exports/{campaign}/{job_id}.csv"
+    key = f"exports/{campaign}/{job_id}/{result.run_id}.csv"
     assert values["dagster/uri"] == f"s3://{TEST_BUCKET}/{key}"
     schema = values["dagster/column_schema"]
     assert [(column.name, column.type) for column in schema.columns][:5] == [
@@ -330,7 +333,8 @@ def test_failed_upload_fails_the_job_with_a_one_line_reason(instance, postgres_u
     job = app_data.job_row(job_id)
     assert job["status"] == "failed"
     assert job["error_message"].startswith(
-        f"upload to s3://no-such-bucket/exports/{campaign}/{job_id}.csv failed after 3 attempts: "
+        f"upload to s3://no-such-bucket/exports/{campaign}/{job_id}/{result.run_id}.csv "
+        "failed after 3 attempts: "
     )
     assert "NoSuchBucket" in job["error_message"] and "\n" not in job["error_message"]
     assert job["download_url"] is None
@@ -577,7 +581,7 @@ def test_upload_failing_part_way_leaves_no_partial_object_and_no_link(
     run_failure_sensor(instance, result, postgres_url)
 
     job = app_data.job_row(job_id)
-    key = f"exports/{campaign}/{job_id}.csv"
+    key = f"exports/{campaign}/{job_id}/{result.run_id}.csv"
     assert job["status"] == "failed" and job["download_url"] is None
     assert job["error_message"].startswith(f"upload to s3://{TEST_BUCKET}/{key} failed after 3")
     assert "connection reset while uploading part 2" in job["error_message"]

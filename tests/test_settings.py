@@ -48,7 +48,7 @@ def test_invalid_bucket_names_are_rejected(value):
         settings(S3_BUCKET_NAME=value)
 
 
-@pytest.mark.parametrize("value", ["", "p" * 421, "/exports/"])
+@pytest.mark.parametrize("value", ["", "p" * (MAX_PREFIX_LENGTH + 1), "/exports/"])
 def test_empty_oversized_or_absolute_prefix_is_rejected(value):
     with pytest.raises(SettingsError, match="S3_EXPORT_PREFIX="):
         settings(S3_EXPORT_PREFIX=value)
@@ -56,7 +56,8 @@ def test_empty_oversized_or_absolute_prefix_is_rejected(value):
 
 def test_the_longest_prefix_still_fits_a_gzip_exports_key_in_the_job_row():
     prefix = settings(S3_EXPORT_PREFIX="p" * MAX_PREFIX_LENGTH).s3_export_prefix
-    key = ExportObjects(None, "b", prefix, 60).key(uuid.uuid4(), uuid.uuid4(), "gzip")
+    run_id = str(uuid.uuid4())  # each run writes its own object (a Dagster run id)
+    key = ExportObjects(None, "b", prefix, 60).key(uuid.uuid4(), uuid.uuid4(), "gzip", run_id)
     assert key.endswith(".csv.gz")
     assert len(key) == export_jobs.c.s3_key.type.length == 500
 

@@ -18,9 +18,9 @@ from .app_db.engine import DatabaseUrlError, sync_database_url
 
 # S3 refuses presigned URLs valid for longer than 7 days.
 MAX_URL_EXPIRATION_SECONDS = 7 * 24 * 3600
-# export_jobs.s3_key is VARCHAR(500); the longest key is prefix + "<uuid>/<uuid>.csv.gz"
-# (80 chars, a gzip export's).
-MAX_PREFIX_LENGTH = 500 - 80
+# export_jobs.s3_key is VARCHAR(500); the longest key is prefix +
+# "<campaign uuid>/<job uuid>/<run uuid>.csv.gz" (117 chars, a gzip export's).
+MAX_PREFIX_LENGTH = 500 - 117
 # Matched with fullmatch: "$" would also accept a name followed by a newline.
 _BUCKET_RULE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 # int() also takes '1_000' and other scripts' digits ('١٢٣'); settings take ASCII digits only.

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, case, cast, func, or_, select
+from sqlalchemy import Connection, and_, case, cast, func, or_, select
 
 from . import notifications
 from .errors import safe_database_errors
@@ -470,18 +470,29 @@ def update_download_url(
         )
 
 
-def completed_before(conn: Connection, cutoff: datetime, limit: int) -> list[ExportJob]:
-    """Completed jobs older than the cutoff whose file has not been deleted yet."""
-    rows = conn.execute(
-        select(export_jobs)
-        .where(
-            export_jobs.c.status == "completed",
-            export_jobs.c.s3_key.is_not(None),
-            export_jobs.c.completed_at < cutoff,
-        )
-        .order_by(export_jobs.c.completed_at)
-        .limit(limit)
+def completed_before(
+    conn: Connection,
+    cutoff: datetime,
+    limit: int,
+    after: tuple[datetime, uuid.UUID] | None = None,
+) -> list[ExportJob]:
+    """Completed jobs older than the cutoff whose file has not been deleted yet, oldest
+    first; with ``after`` (a previous page's last (completed_at, id)), those past it, so a
+    caller moves on past files it could not delete."""
+    query = select(export_jobs).where(
+        export_jobs.c.status == "completed",
+        export_jobs.c.s3_key.is_not(None),
+        export_jobs.c.completed_at < cutoff,
     )
+    if after is not None:
+        completed_at, job_id = after
+        query = query.where(
+            or_(
+                export_jobs.c.completed_at > completed_at,
+                and_(export_jobs.c.completed_at == completed_at, export_jobs.c.id > job_id),
+            )
+        )
+    rows = conn.execute(query.order_by(export_jobs.c.completed_at, export_jobs.c.id).limit(limit))
     return [ExportJob.from_row(row) for row in rows]
 
 
@@ -507,20 +518,36 @@ def mark_file_deleted(
     return _compare_and_set(conn, job_id, conditions, **values)
 
 
-def restore_object_key(conn: Connection, job_id: uuid.UUID, s3_key: str) -> None:
-    """Undo mark_file_deleted when the delete itself failed: the file is still there."""
-    _compare_and_set(
-        conn, job_id, [export_jobs.c.s3_key.is_(None)], s3_key=s3_key, error_message=None
-    )
+def restore_object_key(conn: Connection, job: ExportJob) -> bool:
+    """Undo mark_file_deleted when the delete itself failed: the file is still there, so
+    the row gets back all it said of it (key, link and its expiry, message), as ``job``
+    read it. Only while nobody else changed the row meanwhile (it still has no key, the
+    same status and owning run): a re-execution that took the job over keeps it."""
+    with safe_database_errors(f"restoring the file of export job {job.id}"):
+        return _compare_and_set(
+            conn,
+            job.id,
+            [
+                export_jobs.c.s3_key.is_(None),
+                export_jobs.c.status == job.status,
+                export_jobs.c.dagster_run_id.is_not_distinct_from(job.dagster_run_id),
+            ],
+            s3_key=job.s3_key,
+            download_url=job.download_url,
+            url_expires_at=job.url_expires_at,
+            error_message=job.error_message,
+        )
 
 
-def ended_with_objects(conn: Connection, limit: int) -> list[ExportJob]:
+def ended_with_objects(
+    conn: Connection, limit: int, after_id: uuid.UUID | None = None
+) -> list[ExportJob]:
     """Failed or cancelled jobs whose object could not be deleted yet (S3 was down when
-    they ended)."""
-    rows = conn.execute(
-        select(export_jobs)
-        .where(export_jobs.c.status.in_(("failed", "cancelled")), export_jobs.c.s3_key.is_not(None))
-        .order_by(export_jobs.c.completed_at)
-        .limit(limit)
+    they ended), by id; with ``after_id``, those past it (as completed_before's ``after``)."""
+    query = select(export_jobs).where(
+        export_jobs.c.status.in_(("failed", "cancelled")), export_jobs.c.s3_key.is_not(None)
     )
+    if after_id is not None:
+        query = query.where(export_jobs.c.id > after_id)
+    rows = conn.execute(query.order_by(export_jobs.c.id).limit(limit))
     return [ExportJob.from_row(row) for row in rows]

@@ -33,6 +33,9 @@ GZIP_CONTENT_TYPE = "application/gzip"
 SUFFIXES = {"none": ".csv", "gzip": ".csv.gz"}
 # Private objects, encrypted at rest with S3-managed keys unless a KMS key is configured.
 SERVER_SIDE_ENCRYPTION = "AES256"
+# An attempt's part of a key: a Dagster run id (a UUID) as it is spelt.
+MAX_ATTEMPT_LENGTH = 36
+_ATTEMPT_RULE = re.compile(rf"[a-z0-9-]{{1,{MAX_ATTEMPT_LENGTH}}}")
 # S3's answers to HEAD on a key (or bucket) that does not exist.
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 
@@ -79,11 +82,25 @@ class ExportObjects:
         return self if bucket is None or bucket == self.bucket else replace(self, bucket=bucket)
 
     def key(
-        self, campaign_id: uuid.UUID, export_job_id: uuid.UUID, compression: str = "none"
+        self,
+        campaign_id: uuid.UUID,
+        export_job_id: uuid.UUID,
+        compression: str = "none",
+        attempt: str | None = None,
     ) -> str:
+        """``{prefix}{campaign_id}/{export_job_id}/{attempt}.csv`` (``.csv.gz`` for gzip):
+        each attempt at a job (a run: the first, a retry, a re-execution) writes its own
+        object, so an attempt that lost the job can never overwrite the winner's file,
+        nor a clean-up of the loser's delete it. Without ``attempt``, the layout of
+        files written before that: ``{prefix}{campaign_id}/{export_job_id}.csv``."""
         if compression not in SUFFIXES:
             raise ValueError(f"compression {compression!r} is not one of {tuple(SUFFIXES)}")
-        return f"{self.prefix}{campaign_id}/{export_job_id}{SUFFIXES[compression]}"
+        job = f"{campaign_id}/{export_job_id}"
+        if attempt is not None:
+            if not _ATTEMPT_RULE.fullmatch(attempt):
+                raise ValueError(f"attempt {attempt!r} must be 1-{MAX_ATTEMPT_LENGTH} of a-z 0-9 -")
+            job = f"{job}/{attempt}"
+        return f"{self.prefix}{job}{SUFFIXES[compression]}"
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"

@@ -389,8 +389,25 @@ def render_csv(
 
 def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: ExportTarget) -> str:
     """Key first: an object that exists is always findable from its job row, so a run
-    that fails after the upload can have its object deleted."""
-    key = objects.key(target.campaign_id, target.export_job_id, target.compression)
+    that fails after the upload can have its object deleted. The key is this run's own
+    (ExportObjects.key): an earlier run's object that the row still names (this run took
+    the job over) is deleted first, as this run's file replaces it."""
+    key = objects.key(
+        target.campaign_id, target.export_job_id, target.compression, attempt=context.run_id
+    )
+    with app_db.engine.connect() as conn:
+        job = export_jobs.get_job(conn, target.export_job_id)
+    if job is not None and job.dagster_run_id == context.run_id and job.s3_key not in (None, key):
+        earlier = objects.in_bucket(job.s3_bucket)
+        try:
+            earlier.delete(job.s3_key)
+        except Exception as error:
+            # Not this export's concern (e.g. the earlier run's bucket is gone): the
+            # bucket's lifecycle rule expires what is left.
+            context.log.warning(
+                f"could not delete {earlier.uri(job.s3_key)}, the object of an earlier run "
+                f"of export job {job.id}: {describe_s3_error(error)}"
+            )
     with app_db.engine.begin() as conn:
         if not export_jobs.record_object_key(
             conn, target.export_job_id, context.run_id, key, objects.bucket
@@ -401,10 +418,25 @@ def _record_key(context, app_db: AppDatabase, objects: ExportObjects, target: Ex
     return key
 
 
+def _delete_unless_the_jobs(app_db, objects: ExportObjects, export_job_id, key: str) -> None:
+    """Delete this run's object unless its job names it: once another run took the job
+    over (run monitoring failed this run while its worker lived on, and a retry runs), or
+    the job ended without it, nobody would find it. The winner's object is another key."""
+    with app_db.engine.connect() as conn:
+        job = export_jobs.get_job(conn, export_job_id)
+    if job is None or job.s3_key != key:
+        objects.delete(key)
+
+
 def _upload(context, objects: ExportObjects, rendered: RenderedCsv, key: str) -> UploadedCsv:
     progress = _progress(context, rendered.export_job_id)
-    objects.upload(Path(rendered.path), key, sha256=rendered.sha256, on_bytes=progress.uploaded)
-    progress.finished(UPLOAD)
+    try:
+        objects.upload(Path(rendered.path), key, sha256=rendered.sha256, on_bytes=progress.uploaded)
+        progress.finished(UPLOAD)
+    except ExportCancelled:
+        # Cancelled, or another run took the job over while this one uploaded.
+        _delete_unless_the_jobs(context.resources.app_db, objects, rendered.export_job_id, key)
+        raise
     # Contact data off the disk at once (a backfill run holds many campaigns); a later
     # step that needs the rows again exports them again.
     Path(rendered.path).unlink(missing_ok=True)
@@ -539,10 +571,9 @@ def _complete(
             context, objects, rendered, _record_key(context, app_db, objects, target)
         )
         _check_stored_file(objects, target, rendered, uploaded, checks, not in_batch)
-    elif uploaded.run_id != context.run_id and not objects.in_bucket(uploaded.bucket).exists(
-        uploaded.s3_key
-    ):
-        # Re-executed after a failure whose clean-up deleted the parent's file: make it again.
+    elif uploaded.run_id != context.run_id and not _still_the_jobs_file(app_db, objects, uploaded):
+        # Re-executed after a failure whose clean-up deleted (or is deleting) the parent's
+        # file: make it again.
         context.log.info(f"the file of run {uploaded.run_id} is gone; exporting again")
         rendered = _render(context, _extract(context, app_db, spool, target), target)
         key = _record_key(context, app_db, objects, target)
@@ -571,10 +602,24 @@ def _complete(
         if job is not None and job.cancel_requested_at is not None:
             # Asked to cancel while the file was being written: it is deleted, not linked.
             raise ExportCancelled(f"export job {target.export_job_id} was cancelled")
+        _delete_unless_the_jobs(app_db, objects, target.export_job_id, uploaded.s3_key)
         raise permanent_failure(
             f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
         )
     return _metadata(target, uploaded, objects, expires_at)
+
+
+def _still_the_jobs_file(app_db, objects: ExportObjects, uploaded: UploadedCsv) -> bool:
+    """Whether the job this run has claimed still names the parent run's object, and it
+    exists. A failure clean-up takes the key off the row before it deletes the object:
+    once this run has claimed the job, a row that names the object keeps it."""
+    with app_db.engine.connect() as conn:
+        job = export_jobs.get_job(conn, uploaded.export_job_id)
+    return (
+        job is not None
+        and job.s3_key == uploaded.s3_key
+        and objects.in_bucket(uploaded.bucket).exists(uploaded.s3_key)
+    )
 
 
 @dg.op(

@@ -78,14 +78,43 @@ def delete_file_of_ended_job(app_db, destination, job: export_jobs.ExportJob, lo
     """A job that ends failed or cancelled leaves no file behind. If S3 refuses, the key
     stays on the row and the retention job deletes the file later."""
     try:
-        destination.objects().in_bucket(job.s3_bucket).delete(job.s3_key)
-    except Exception as error:  # S3 down: retention retries; never block other jobs
-        log.warning(
-            f"could not delete the file of {job.status} export job {job.id} yet: "
-            f"{describe_s3_error(error)}"
-        )
-        return
+        delete_job_file(app_db, destination.objects(), job, message=None)
+    except DeletionRefused as refused:  # S3 down: retention retries; never block other jobs
+        log.warning(f"could not delete the file of {job.status} export job {job.id} yet: {refused}")
+
+
+class DeletionRefused(Exception):
+    """S3 refused to delete a job's file (a legal hold, a bucket policy, an outage): the
+    file and the row's key, link and message are as they were."""
+
+    def __init__(self, job: export_jobs.ExportJob, uri: str, reason: str):
+        super().__init__(f"{uri}: {reason}")
+        self.job, self.uri, self.reason = job, uri, reason
+
+
+def delete_job_file(app_db, objects, job: export_jobs.ExportJob, message: str | None) -> bool:
+    """Delete the file the job's row names (``job`` as read); False when the row no longer
+    names it as read (nothing deleted). Raises DeletionRefused when S3 refuses.
+
+    The row first: a compare-and-set on its status and key takes the key (and link) off,
+    so a re-execution that takes a failed job over afterwards cannot complete with this
+    object, and one that took it over before makes the compare-and-set fail, so its file
+    is never deleted. Then the object goes; should S3 refuse, the row gets back all it had
+    (key, link, message), unless a re-execution took the job over meanwhile. ``message``
+    replaces the job's error message (None keeps it)."""
     with app_db.engine.begin() as conn:
-        export_jobs.mark_file_deleted(
-            conn, job.id, s3_key=job.s3_key, message=None, only_if_status=job.status
-        )
+        if not export_jobs.mark_file_deleted(
+            conn, job.id, s3_key=job.s3_key, message=message, only_if_status=job.status
+        ):
+            return False
+    objects = objects.in_bucket(job.s3_bucket)
+    try:
+        objects.delete(job.s3_key)
+    except Exception as error:
+        with app_db.engine.begin() as conn:
+            restored = export_jobs.restore_object_key(conn, job)
+        reason = describe_s3_error(error)
+        if not restored:  # a re-execution holds the job now and writes a file of its own
+            reason += "; no job names the file any more (the bucket's lifecycle rule expires it)"
+        raise DeletionRefused(job, objects.uri(job.s3_key), reason) from error
+    return True

@@ -3,16 +3,20 @@ daily schedule, and their job rows say so instead of keeping a dead link. Each d
 is also an observation on the campaign's partition, so Dagster shows which partitions
 still have a live file."""
 
+from collections.abc import Iterator
 from datetime import timedelta
 
 import dagster as dg
 
 from ..app_db import export_jobs
 from .export_checks import ASSET_KEY
+from .failures import DeletionRefused, delete_job_file
 from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 
 BATCH = 500
+# Refused deletions named one by one in the run's failure (all are in its log).
+REFUSALS_SHOWN = 100
 
 
 def retention_message(days: int) -> str:
@@ -27,51 +31,81 @@ def delete_expired_exports(
 ) -> int:
     """Delete files of exports completed more than retention_days ago and clear their
     links; also delete files that failed or cancelled jobs still name (S3 was down when
-    they ended)."""
+    they ended).
+
+    A file S3 refuses to delete (a legal hold, a bucket policy) stays with its job, which
+    keeps its key and link; the run moves past it, deletes every other file, then fails
+    naming each refused job and key, so operators notice (the next run tries again)."""
     cutoff = export_jobs.utcnow() - timedelta(days=destination.retention_days)
     objects = destination.objects()
     message = retention_message(destination.retention_days)
     deleted = 0
-    seen: set = set()
-    while True:
-        with app_db.engine.connect() as conn:
-            batch = export_jobs.completed_before(conn, cutoff, BATCH) + (
-                export_jobs.ended_with_objects(conn, BATCH)
+    refused: list[DeletionRefused] = []
+    for job in _jobs_with_files_to_delete(app_db, cutoff):
+        try:
+            # A completed job's row says why its link is gone; a failed one keeps its reason.
+            if not delete_job_file(
+                app_db, objects, job, message if job.status == "completed" else None
+            ):
+                continue  # the row changed since it was read (a re-execution took it)
+        except DeletionRefused as error:
+            refused.append(error)
+            context.log.warning(
+                f"S3 refused to delete the file of {job.status} export job {job.id}: {error}"
             )
-        batch = [job for job in batch if job.id not in seen]
-        if not batch:
-            break
-        for job in batch:
-            seen.add(job.id)
-            if job.status == "completed":
-                # Row first (compare-and-set on the key): refresh-url can no longer store
-                # or hand out a link to this file. Should S3 refuse the delete, the key
-                # goes back on the row, so the file is never left unfindable.
-                with app_db.engine.begin() as conn:
-                    if not export_jobs.mark_file_deleted(
-                        conn, job.id, s3_key=job.s3_key, message=message, only_if_status="completed"
-                    ):
-                        continue
-                try:
-                    objects.in_bucket(job.s3_bucket).delete(job.s3_key)
-                except Exception:
-                    with app_db.engine.begin() as conn:
-                        export_jobs.restore_object_key(conn, job.id, job.s3_key)
-                    raise
-                _observe_deletion(context, app_db, objects, job, cutoff, destination.retention_days)
-            else:
-                # A failed or cancelled job has no link: delete the file, then forget its key.
-                objects.in_bucket(job.s3_bucket).delete(job.s3_key)
-                with app_db.engine.begin() as conn:
-                    export_jobs.mark_file_deleted(
-                        conn, job.id, s3_key=job.s3_key, message=None, only_if_status=job.status
-                    )
-            deleted += 1
-    context.log.info(
+            continue
+        if job.status == "completed":
+            _observe_deletion(context, app_db, objects, job, cutoff, destination.retention_days)
+        deleted += 1
+    summary = (
         f"deleted {deleted} export files (completed before {cutoff:%Y-%m-%d}, failed or cancelled)"
     )
-    context.add_output_metadata({"deleted_files": deleted})
+    if refused:
+        raise dg.Failure(
+            description=f"{summary}; S3 refused to delete {len(refused)}: "
+            + ", ".join(f"job {error.job.id} ({error.uri})" for error in refused[:3])
+            + (", ..." if len(refused) > 3 else ""),
+            metadata={
+                "deleted_files": deleted,
+                "refused_deletions": len(refused),
+                "refused": dg.MetadataValue.json(
+                    [
+                        {
+                            "export_job_id": str(error.job.id),
+                            "status": error.job.status,
+                            "s3_key": error.job.s3_key,
+                            "reason": error.reason,
+                        }
+                        for error in refused[:REFUSALS_SHOWN]
+                    ]
+                ),
+            },
+        )
+    context.log.info(summary)
+    context.add_output_metadata({"deleted_files": deleted, "refused_deletions": 0})
     return deleted
+
+
+def _jobs_with_files_to_delete(app_db: AppDatabase, cutoff) -> Iterator[export_jobs.ExportJob]:
+    """Expired completed jobs oldest first, then failed or cancelled ones that still name a
+    file, page by page; each page starts past the last one, so files that stay (S3
+    refused) never hold up the rest."""
+    after = None
+    while True:
+        with app_db.engine.connect() as conn:
+            page = export_jobs.completed_before(conn, cutoff, BATCH, after=after)
+        yield from page
+        if len(page) < BATCH:
+            break
+        after = (page[-1].completed_at, page[-1].id)
+    after_id = None
+    while True:
+        with app_db.engine.connect() as conn:
+            page = export_jobs.ended_with_objects(conn, BATCH, after_id=after_id)
+        yield from page
+        if len(page) < BATCH:
+            break
+        after_id = page[-1].id
 
 
 def _observe_deletion(context, app_db, objects, job, cutoff, days: int) -> None:
