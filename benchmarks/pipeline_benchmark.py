@@ -532,13 +532,18 @@ def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
 
 
 def at_most(name: str, value: float, limit: float, unit: str, digits: int = 2) -> tuple:
-    """A row of the target table: name, measured, target, met."""
-    return (name, f"{value:.{digits}f}{unit}", f"at most {limit:g}{unit}", value <= limit)
+    """A row of the target table: name, measured, target, met (no limit: no target)."""
+    target = f"at most {limit:g}{unit}" if math.isfinite(limit) else "no target on this instance"
+    return (name, f"{value:.{digits}f}{unit}", target, value <= limit)
 
 
 # Targets per instance: the fast path's (issue "Seconds, not tens of seconds") and the
 # default instance's (issue 23: slower, never different).
 LATENCY_TARGETS = {"single-node": (3, 5), "default": (8, 12)}
+# CPU per small export and a 200-campaign backfill: targets of the fast path only (the
+# default instance pays a new Python process per run: its figures are printed as found).
+CPU_TARGETS = {"single-node": 1, "default": math.inf}
+BACKFILL_TARGET_SECONDS = {"single-node": 60, "default": math.inf}
 BURST_TARGET_SECONDS = 240
 FAILURE_LAG_TARGET_SECONDS = 30
 
@@ -555,7 +560,7 @@ def print_targets(report: dict) -> None:
             at_most(
                 "CPU per small export (beyond idle)",
                 report["cpu_seconds_per_request_beyond_idle"],
-                1,
+                CPU_TARGETS[report["instance"]],
                 " s",
             ),
         ]
@@ -603,8 +608,11 @@ def print_targets(report: dict) -> None:
             (
                 f"backfill of {backfill['campaigns']} campaigns",
                 f"{backfill['completed']} completed in {backfill['seconds']} s",
-                "all within 60 s",
-                backfill["completed"] == backfill["campaigns"] and backfill["seconds"] <= 60,
+                f"all within {BACKFILL_TARGET_SECONDS[report['instance']]:g} s"
+                if math.isfinite(BACKFILL_TARGET_SECONDS[report["instance"]])
+                else "no target on this instance",
+                backfill["completed"] == backfill["campaigns"]
+                and backfill["seconds"] <= BACKFILL_TARGET_SECONDS[report["instance"]],
             )
         )
     print(f"\n{report['instance']} instance: figure | measured | target")
