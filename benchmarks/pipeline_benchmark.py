@@ -1,11 +1,16 @@
-"""Request-to-link latency and backfill throughput with the real daemon.
+"""Request-to-link latency and backfill throughput with the real daemon, per instance.
 
-    python benchmarks/pipeline_benchmark.py --requests 10 --backfill 200 --json pipeline.json
+    python benchmarks/pipeline_benchmark.py --instance both --requests 10 --burst 100 \
+        --failing 60 --backfill 200 --json pipeline.json
 
-Starts, on loopback: a moto S3 server, dagster-daemon and dagster-webserver on the root
-dagster.yaml (PostgreSQL instance storage, default run launcher), with fresh app and
-instance databases. Latency: insert a pending export_jobs row for a 100-contact
-campaign, as the app does, and time until it is completed; one request at a time.
+For each instance (`default`: deploy/dagster.yaml, Dagster's own launcher, plain
+`dagster-daemon run`; `single-node`: the opt-in fast path, deploy/dagster-single-node.yaml
+with `voicesurvey-exports-daemon run`) starts, on loopback: a moto S3 server, the daemon
+and dagster-webserver (PostgreSQL instance storage), with fresh app and instance
+databases. Latency: insert a pending export_jobs row for a 100-contact campaign, as the
+app does, and time until it is completed; one request at a time. Burst: N requests
+inserted at once, timed until every one is completed. Failing: N requests while S3
+refuses every upload; the lag from each run's end to its job showing `failed`.
 Large: a 1,000,000-contact campaign exported through Dagster, timed from its job turning
 running to completed, against PostgreSQL's COPY floor, turn by turn (median of 3 each).
 Backfill: launch a backfill of N small campaigns through the webserver's GraphQL API,
@@ -228,6 +233,84 @@ def measure_backfill(engine, stack, campaigns_count: int, timeout: float) -> dic
     }
 
 
+def insert_requests(engine, campaigns: list[str]) -> list[str]:
+    """One pending export_jobs row per campaign, all in one transaction (pressed at once)."""
+    job_ids = [str(uuid.uuid4()) for _ in campaigns]
+    with engine.begin() as conn:
+        for job_id, campaign in zip(job_ids, campaigns, strict=True):
+            conn.execute(
+                text(
+                    "INSERT INTO export_jobs (id, campaign_id, status) VALUES (:id, :c, 'pending')"
+                ),
+                {"id": job_id, "c": campaign},
+            )
+    return job_ids
+
+
+def ended(engine, job_ids: list[str]) -> list:
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT id, status, completed_at, dagster_run_id FROM export_jobs "
+                "WHERE id::text = ANY(:ids) AND status IN ('completed', 'failed', 'cancelled')"
+            ),
+            {"ids": job_ids},
+        ).all()
+
+
+def measure_burst(engine, requests: int, timeout: float) -> dict:
+    """N requests for 10 small campaigns, inserted at once; until all are completed."""
+    campaigns = [add_campaign(engine, 100) for _ in range(10)]
+    start = time.perf_counter()
+    job_ids = insert_requests(engine, [campaigns[i % 10] for i in range(requests)])
+    with contextlib.suppress(TimeoutError):
+        process_group.wait_for(
+            lambda: len(ended(engine, job_ids)) == requests, timeout, "the burst", interval=1
+        )
+    rows = ended(engine, job_ids)
+    return {
+        "requests": requests,
+        "completed": sum(row.status == "completed" for row in rows),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def measure_failing(engine, stack, requests: int, timeout: float) -> dict:
+    """N requests while S3 refuses every upload (bucket deleted): the lag from each
+    run's end (Dagster's) to its job showing `failed` (the failure sensor's pace)."""
+    campaigns = [add_campaign(engine, 5) for _ in range(requests)]
+    s3 = stack.s3_client()
+    for item in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []):
+        s3.delete_object(Bucket=BUCKET, Key=item["Key"])
+    s3.delete_bucket(Bucket=BUCKET)
+    try:
+        job_ids = insert_requests(engine, campaigns)
+        with contextlib.suppress(TimeoutError):
+            process_group.wait_for(
+                lambda: len(ended(engine, job_ids)) == requests, timeout, "the failures", 1
+            )
+    finally:
+        local_services.create_bucket(stack.s3_endpoint, BUCKET)
+    rows = ended(engine, job_ids)
+    runs = local_services.graphql(
+        stack.graphql,
+        local_services.RUN_END_TIMES,
+        {"runIds": [row.dagster_run_id for row in rows]},
+    )["data"]["runsOrError"]["results"]
+    end_of = {run["runId"]: run["endTime"] for run in runs}
+    lags = sorted(
+        row.completed_at.timestamp() - end_of[row.dagster_run_id]
+        for row in rows
+        if end_of.get(row.dagster_run_id)
+    )
+    return {
+        "requests": requests,
+        "failed": sum(row.status == "failed" for row in rows),
+        "lag_median_seconds": round(statistics.median(lags), 1) if lags else None,
+        "lag_worst_seconds": round(lags[-1], 1) if lags else None,
+    }
+
+
 def peak_rss_of_run_workers(pid: int, peaks: dict[int, int]) -> None:
     """Record each live run worker's peak RSS (VmHWM) so far; a run worker is a fork of
     the daemon's forkserver (ForkingRunLauncher), or with Dagster's default launcher a
@@ -358,8 +441,14 @@ def measure_large(engine, instance_engine, stack, rows: int, repeat: int) -> dic
 
 
 def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
-    print("S3: local moto server on loopback; Dagster: daemon + webserver, root dagster.yaml")
-    report = {"s3_endpoint": "moto server on loopback"}
+    instance = stack.instance
+    print(
+        f"S3: local moto server on loopback; Dagster: `{instance.daemon} run` + webserver, "
+        f"{instance.dagster_yaml.relative_to(local_services.REPO)}"
+    )
+    report = {"instance": instance.name, "s3_endpoint": "moto server on loopback"}
+    # The machine's load when the measurement starts (shared machines: say so).
+    report["load_average_at_start"] = [round(x, 1) for x in psutil.getloadavg()]
     if args.requests:
         print(f"request-to-link latency, 100-contact campaign, {args.requests} requests:")
         # Idle first: what the daemon's tree burns with nothing to do (sensor ticks, queue).
@@ -388,7 +477,8 @@ def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
             (cpu - idle_rate * wall) / args.requests, 2
         )
         report["idle_cpu_seconds_per_minute"] = round(idle_rate * 60, 1)
-        # Of which the run workers (exact) and the daemon's share (beyond idle: noisy).
+        # Of which the run workers (exact; the fast path's forkserver subtree only: with
+        # Dagster's launcher they are the code server's children, counted in the tree).
         report["run_worker_cpu_seconds_per_request"] = round(workers / args.requests, 2)
         report["daemon_cpu_seconds_per_request_beyond_idle"] = round(
             report["cpu_seconds_per_request_beyond_idle"] - workers / args.requests, 2
@@ -414,6 +504,21 @@ def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
             f"median ratio {report['large']['ratio']:.2f}, run worker peak RSS "
             f"{report['large']['run_worker_peak_rss_mb']} MB"
         )
+    if args.burst:
+        print(f"{args.burst} requests pressed at once...")
+        report["burst"] = measure_burst(engine, args.burst, args.burst_timeout)
+        print(
+            f"{report['burst']['completed']}/{args.burst} completed in "
+            f"{report['burst']['seconds']} s"
+        )
+    if args.failing:
+        print(f"{args.failing} requests failing together (S3 refuses every upload)...")
+        report["failing"] = measure_failing(engine, stack, args.failing, args.burst_timeout)
+        f = report["failing"]
+        print(
+            f"{f['failed']}/{f['requests']} failed; run end -> job failed: median "
+            f"{f['lag_median_seconds']} s, worst {f['lag_worst_seconds']} s"
+        )
     if args.backfill:
         print(f"backfill of {args.backfill} campaigns launched as the UI does...")
         report["backfill"] = measure_backfill(engine, stack, args.backfill, args.backfill_timeout)
@@ -427,22 +532,35 @@ def measure(engine, instance_engine, stack, args: argparse.Namespace) -> dict:
 
 
 def at_most(name: str, value: float, limit: float, unit: str, digits: int = 2) -> tuple:
-    """A row of the target table: name, measured, target, met."""
-    return (name, f"{value:.{digits}f}{unit}", f"at most {limit:g}{unit}", value <= limit)
+    """A row of the target table: name, measured, target, met (no limit: no target)."""
+    target = f"at most {limit:g}{unit}" if math.isfinite(limit) else "no target on this instance"
+    return (name, f"{value:.{digits}f}{unit}", target, value <= limit)
+
+
+# Targets per instance: the fast path's (issue "Seconds, not tens of seconds") and the
+# default instance's (issue 23: slower, never different).
+LATENCY_TARGETS = {"single-node": (3, 5), "default": (8, 12)}
+# CPU per small export and a 200-campaign backfill: targets of the fast path only (the
+# default instance pays a new Python process per run: its figures are printed as found).
+CPU_TARGETS = {"single-node": 1, "default": math.inf}
+BACKFILL_TARGET_SECONDS = {"single-node": 60, "default": math.inf}
+BURST_TARGET_SECONDS = 240
+FAILURE_LAG_TARGET_SECONDS = 30
 
 
 def print_targets(report: dict) -> None:
-    """Each figure beside its target (issue "Seconds, not tens of seconds")."""
+    """Each figure beside its target."""
     rows = []
+    median_target, p90_target = LATENCY_TARGETS[report["instance"]]
     if "latency_seconds" in report:
         latency = report["latency_seconds"]
         rows += [
-            at_most("request-to-link median", latency["median"], 3, " s"),
-            at_most("request-to-link p90", latency["p90"], 5, " s"),
+            at_most("request-to-link median", latency["median"], median_target, " s"),
+            at_most("request-to-link p90", latency["p90"], p90_target, " s"),
             at_most(
                 "CPU per small export (beyond idle)",
                 report["cpu_seconds_per_request_beyond_idle"],
-                1,
+                CPU_TARGETS[report["instance"]],
                 " s",
             ),
         ]
@@ -457,6 +575,28 @@ def print_targets(report: dict) -> None:
             ),
             at_most("its run worker's peak RSS", large["run_worker_peak_rss_mb"], 300, " MB", 0),
         ]
+    if "burst" in report:
+        burst = report["burst"]
+        rows.append(
+            (
+                f"{burst['requests']} requests pressed at once",
+                f"{burst['completed']} completed in {burst['seconds']} s",
+                f"all within {BURST_TARGET_SECONDS} s",
+                burst["completed"] == burst["requests"]
+                and burst["seconds"] <= BURST_TARGET_SECONDS,
+            )
+        )
+    if "failing" in report and report["failing"]["lag_worst_seconds"] is not None:
+        failing = report["failing"]
+        rows.append(
+            at_most(
+                f"{failing['requests']} failing runs: worst run end -> job failed",
+                failing["lag_worst_seconds"],
+                FAILURE_LAG_TARGET_SECONDS,
+                " s",
+                1,
+            )
+        )
     if "backfill" in report:
         backfill = report["backfill"]
         rows.append(
@@ -468,28 +608,20 @@ def print_targets(report: dict) -> None:
             (
                 f"backfill of {backfill['campaigns']} campaigns",
                 f"{backfill['completed']} completed in {backfill['seconds']} s",
-                "all within 60 s",
-                backfill["completed"] == backfill["campaigns"] and backfill["seconds"] <= 60,
+                f"all within {BACKFILL_TARGET_SECONDS[report['instance']]:g} s"
+                if math.isfinite(BACKFILL_TARGET_SECONDS[report["instance"]])
+                else "no target on this instance",
+                backfill["completed"] == backfill["campaigns"]
+                and backfill["seconds"] <= BACKFILL_TARGET_SECONDS[report["instance"]],
             )
         )
-    print("\nfigure | measured | target")
+    print(f"\n{report['instance']} instance: figure | measured | target")
     for name, measured, target, met in rows:
         print(f"{name} | {measured} | {target} {'(met)' if met else '(NOT met)'}")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=10)
-    parser.add_argument("--backfill", type=int, default=200, help="campaigns (0 to skip)")
-    parser.add_argument("--backfill-timeout", type=float, default=900)
-    parser.add_argument(
-        "--large", type=int, default=1_000_000, help="contacts of the large export (0 to skip)"
-    )
-    parser.add_argument("--repeat", type=int, default=3, help="large exports (median reported)")
-    parser.add_argument("--json", type=Path, required=True)
-    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
-    args = parser.parse_args()
-
+def measure_instance(instance: local_services.Instance, args: argparse.Namespace) -> dict:
+    """Every figure asked for on one instance, with fresh databases and processes."""
     home = Path(tempfile.mkdtemp(prefix="vse-pipeline-bench-"))
     databases = [
         f"vse_bench_app_{uuid.uuid4().hex[:8]}",
@@ -503,11 +635,10 @@ def main() -> int:
     instance_engine = get_engine(instance_url)
     upgrade(engine)
     try:
-        with local_services.local_stack(home, settings, bucket=BUCKET) as stack:
+        with local_services.local_stack(home, settings, bucket=BUCKET, instance=instance) as stack:
             report = measure(engine, instance_engine, stack, args)
             print_targets(report)
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-            print(f"written to {args.json}")
+            return report
     finally:
         engine.dispose()
         instance_engine.dispose()
@@ -516,6 +647,29 @@ def main() -> int:
                 args.postgres, f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'
             )
         shutil.rmtree(home, ignore_errors=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instance", choices=[*local_services.INSTANCES, "both"], default="both")
+    parser.add_argument("--requests", type=int, default=10)
+    parser.add_argument("--burst", type=int, default=0, help="requests pressed at once")
+    parser.add_argument("--failing", type=int, default=0, help="requests failing together")
+    parser.add_argument("--burst-timeout", type=float, default=600)
+    parser.add_argument("--backfill", type=int, default=200, help="campaigns (0 to skip)")
+    parser.add_argument("--backfill-timeout", type=float, default=900)
+    parser.add_argument(
+        "--large", type=int, default=1_000_000, help="contacts of the large export (0 to skip)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="large exports (median reported)")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    args = parser.parse_args()
+
+    names = list(local_services.INSTANCES) if args.instance == "both" else [args.instance]
+    reports = [measure_instance(local_services.INSTANCES[name], args) for name in names]
+    args.json.write_text(json.dumps(reports if len(reports) > 1 else reports[0], indent=2) + "\n")
+    print(f"written to {args.json}")
     return 0
 
 

@@ -56,7 +56,7 @@ def measure(campaigns: int, server: str) -> dict:
         local_services.postgres_admin(server, f'CREATE DATABASE "{name}"')
     app_url, instance_url = (f"{server}/{name}" for name in names)
     home = Path(tempfile.mkdtemp(prefix="vse-scale-"))
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(local_services.DEFAULT.dagster_yaml, home / "dagster.yaml")
     engine = get_engine(app_url)
     started = []
     try:

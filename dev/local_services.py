@@ -25,6 +25,24 @@ LOCAL_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "loc
 LOCAL_REGION = "eu-central-1"
 
 
+@dataclass(frozen=True)
+class Instance:
+    """An instance file and the daemon command that goes with it."""
+
+    name: str
+    dagster_yaml: Path
+    daemon: str  # the executable in the virtualenv's bin folder, run as `<daemon> run`
+
+
+# Dagster's own launcher, coordinator and compute-log manager, plain `dagster-daemon run`.
+DEFAULT = Instance("default", REPO / "deploy" / "dagster.yaml", "dagster-daemon")
+# The opt-in fast path (voicesurvey_exports/single_node): forked runs, tightened loops.
+SINGLE_NODE = Instance(
+    "single-node", REPO / "deploy" / "dagster-single-node.yaml", "voicesurvey-exports-daemon"
+)
+INSTANCES = {instance.name: instance for instance in (DEFAULT, SINGLE_NODE)}
+
+
 def start_s3_server(port: int, log_path: Path, env) -> subprocess.Popen:
     """moto's S3 server on 127.0.0.1:port, ready when this returns."""
     command = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
@@ -63,13 +81,13 @@ def create_bucket(endpoint_url: str, bucket: str, region: str = LOCAL_REGION) ->
 
 
 def start_dagster(
-    home: Path, env, workdir: Path, web_port: int | None = None
+    home: Path, env, workdir: Path, web_port: int | None = None, daemon: str = DEFAULT.daemon
 ) -> list[subprocess.Popen]:
-    """The daemon (voicesurvey-exports-daemon: dagster-daemon with short sensor and
-    backfill loops) and dagster-webserver if web_port, on workspace.yaml, separately."""
+    """The daemon (`daemon run`: plain dagster-daemon, or voicesurvey-exports-daemon on
+    the fast path) and dagster-webserver if web_port, on workspace.yaml, separately."""
     processes = [
         process_group.start(
-            [str(BIN / "voicesurvey-exports-daemon"), "run", "-w", "workspace.yaml"],
+            [str(BIN / daemon), "run", "-w", "workspace.yaml"],
             home / "daemon.log",
             env,
             cwd=workdir,
@@ -135,6 +153,7 @@ class LocalStack:
     """What `local_stack` started: its settings, folders, ports and processes."""
 
     home: Path  # DAGSTER_HOME, also the folder of every process's log
+    instance: Instance  # which daemon runs (its instance file may be overridden)
     env: dict[str, str]  # the environment every process runs with
     bucket: str
     workspace_dir: Path  # where Dagster's processes run, on its workspace.yaml
@@ -168,7 +187,8 @@ def local_stack(
     bucket: str,
     webserver: bool = True,
     http_api: bool = False,
-    dagster_yaml: Path = REPO / "dagster.yaml",
+    instance: Instance = DEFAULT,
+    dagster_yaml: Path | None = None,
     workspace_dir: Path = REPO,
     code_server_port: int | None = None,
 ) -> Iterator[LocalStack]:
@@ -177,15 +197,18 @@ def local_stack(
     first; the workspace must point at it), dagster-daemon, dagster-webserver if `webserver`
     (ready when this yields), and `voicesurvey-exports serve` if `http_api`.
 
-    `home` becomes DAGSTER_HOME with a copy of `dagster_yaml`; Dagster's processes run in
+    `instance` says which instance file and daemon command (default: Dagster's own
+    launcher and plain `dagster-daemon run`); `dagster_yaml` replaces its instance file.
+    `home` becomes DAGSTER_HOME with a copy of that file; Dagster's processes run in
     `workspace_dir` on its workspace.yaml. `settings` (DATABASE_URL, DAGSTER_POSTGRES_URL, the
     app's settings) go over this process's environment, the S3 endpoint, local credentials
     and S3_BUCKET_NAME.
     """
-    shutil.copy(dagster_yaml, home / "dagster.yaml")
+    shutil.copy(dagster_yaml or instance.dagster_yaml, home / "dagster.yaml")
     s3_port = process_group.free_port()
     stack = LocalStack(
         home=home,
+        instance=instance,
         env={
             **os.environ,
             "DAGSTER_HOME": str(home),
@@ -206,7 +229,9 @@ def local_stack(
         create_bucket(stack.s3_endpoint, bucket)
         if code_server_port:
             started.append(start_code_server(code_server_port, home / "code-server.log", env, REPO))
-        dagster = start_dagster(home, env, workspace_dir, web_port=stack.web_port)
+        dagster = start_dagster(
+            home, env, workspace_dir, web_port=stack.web_port, daemon=instance.daemon
+        )
         started += dagster
         stack.daemon = dagster[0]
         if stack.web_port:
@@ -252,6 +277,10 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
         return json.loads(response.read())
 
 
+RUN_END_TIMES = """
+query($runIds: [String!]) {
+  runsOrError(filter: {runIds: $runIds}) { ... on Runs { results { runId status endTime } } }
+}"""
 RUN_TAGS = """
 query($runId: ID!) { runOrError(runId: $runId) { ... on Run { tags { key value } } } }"""
 

@@ -1,5 +1,6 @@
-"""The root dagster.yaml's compute log manager: a run's stdout and stderr (Dagster's own
-log lines included) reach the files the UI reads, in Dagster's default folder."""
+"""The fast path's compute log manager (deploy/dagster-single-node.yaml): a run's stdout
+and stderr (Dagster's own log lines included) reach the files the UI reads, in Dagster's
+default folder."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from voicesurvey_exports.pipeline.compute_logs import FileComputeLogManager
+from voicesurvey_exports.single_node.compute_logs import FileComputeLogManager
 
-ROOT_DAGSTER_YAML = Path(__file__).parents[1] / "dagster.yaml"
+SINGLE_NODE_YAML = Path(__file__).parents[1] / "deploy" / "dagster-single-node.yaml"
 
 
 @dg.op
@@ -27,7 +28,7 @@ def talking_job():
 
 
 def test_a_runs_output_is_captured_where_the_ui_reads_it(tmp_path, capfd):
-    compute_logs = yaml.safe_load(ROOT_DAGSTER_YAML.read_text())["compute_logs"]
+    compute_logs = yaml.safe_load(SINGLE_NODE_YAML.read_text())["compute_logs"]
     with dg.instance_for_test(
         overrides={"compute_logs": compute_logs}, temp_dir=str(tmp_path)
     ) as instance:

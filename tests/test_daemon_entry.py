@@ -12,7 +12,7 @@ def test_daemon_entry_point_is_dagster_daemon_with_short_sensor_and_backfill_loo
     # Dagster's sensor and backfill daemons sleep by are set before the daemon starts.
     probe = (
         "import dagster._daemon.sensor as s, dagster._daemon.controller as c; "
-        "from voicesurvey_exports.pipeline import daemon; "
+        "from voicesurvey_exports.single_node import daemon; "
         "before = (s.MIN_INTERVAL_LOOP_TIME, c.DEFAULT_DAEMON_INTERVAL_SECONDS); "
         "daemon.tighten_daemon_loops(); "
         "print(*before, s.MIN_INTERVAL_LOOP_TIME, c.DEFAULT_DAEMON_INTERVAL_SECONDS)"
@@ -36,7 +36,7 @@ def test_daemon_entry_point_refuses_a_dagster_without_the_loop_constant(monkeypa
     import dagster._daemon.sensor as sensor_daemon
     import pytest
 
-    from voicesurvey_exports.pipeline import daemon
+    from voicesurvey_exports.single_node import daemon
 
     monkeypatch.delattr(sensor_daemon, "MIN_INTERVAL_LOOP_TIME")
     with pytest.raises(RuntimeError, match="MIN_INTERVAL_LOOP_TIME is gone"):
@@ -50,7 +50,7 @@ def test_the_daemon_starts_the_run_workers_forkserver_before_any_run(monkeypatch
     import yaml
     from dagster._daemon import cli
 
-    from voicesurvey_exports.pipeline import daemon, run_launcher
+    from voicesurvey_exports.single_node import daemon, run_launcher
 
     started, ran = [], []
     monkeypatch.setattr(
@@ -58,7 +58,9 @@ def test_the_daemon_starts_the_run_workers_forkserver_before_any_run(monkeypatch
     )
     monkeypatch.setattr(cli, "_daemon_run_command", lambda instance, *_: ran.append(started[:]))
     daemon.prepare_daemon_instance()
-    root_launcher = yaml.safe_load((Path(__file__).parents[1] / "dagster.yaml").read_text())
+    root_launcher = yaml.safe_load(
+        (Path(__file__).parents[1] / "deploy" / "dagster-single-node.yaml").read_text()
+    )
     with dg.instance_for_test(
         overrides={"run_launcher": root_launcher["run_launcher"]}
     ) as instance:
@@ -73,7 +75,7 @@ def test_the_daemon_leaves_other_run_launchers_to_dagster(monkeypatch):
     import dagster as dg
     from dagster._daemon import cli
 
-    from voicesurvey_exports.pipeline import daemon
+    from voicesurvey_exports.single_node import daemon
 
     made = []
     monkeypatch.setattr(cli, "_daemon_run_command", lambda instance, *_: None)

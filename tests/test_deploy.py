@@ -27,7 +27,8 @@ from .conftest import TEST_BUCKET, AppData
 
 REPO = Path(__file__).resolve().parents[1]
 INSTANCE_FILES = [
-    REPO / "dagster.yaml",
+    REPO / "deploy/dagster.yaml",
+    REPO / "deploy/dagster-single-node.yaml",
     REPO / "deploy/dagster-ecs.yaml",
     REPO / "deploy/dagster-k8s.yaml",
 ]

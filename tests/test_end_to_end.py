@@ -1,6 +1,9 @@
-"""The whole flow with real processes: dagster-daemon and dagster-webserver on the root
-dagster.yaml (PostgreSQL instance storage), the app database on PostgreSQL, and a moto
-S3 server on loopback. URLs are plain postgresql://, as operators write them."""
+"""The whole flow with real processes: the daemon and dagster-webserver on each instance
+file (deploy/dagster.yaml with plain `dagster-daemon run`, and the opt-in fast path,
+deploy/dagster-single-node.yaml with `voicesurvey-exports-daemon`; PostgreSQL instance
+storage), the app database on PostgreSQL, and a moto S3 server on loopback. URLs are
+plain postgresql://, as operators write them. What the launcher and the daemon's loops
+change (a request, a backfill, a cancel) runs on both; the rest on the default only."""
 
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ BUCKET = "e2e-exports"
 ISO_UTC = 'YYYY-MM-DD"T"HH24:MI:SS"Z"'
 
 
-@pytest.fixture(scope="module")
-def stack(stack_databases, tmp_path_factory):
+@pytest.fixture(scope="module", params=list(local_services.INSTANCES))
+def stack(request, stack_databases, tmp_path_factory):
     """moto server, dagster-daemon, dagster-webserver and the HTTP API, as separate process
     groups."""
     settings = {
@@ -44,13 +47,22 @@ def stack(stack_databases, tmp_path_factory):
         "AUTH_JWT_SECRET": SECRET,
     }
     home = tmp_path_factory.mktemp("dagster_home")
-    with local_services.local_stack(home, settings, bucket=BUCKET, http_api=True) as stack:
+    instance = local_services.INSTANCES[request.param]
+    with local_services.local_stack(
+        home, settings, bucket=BUCKET, http_api=True, instance=instance
+    ) as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
 def app(stack) -> AppData:
     return AppData(get_engine(stack.env["DATABASE_URL"]))
+
+
+def default_instance_only(stack) -> None:
+    """For what neither the launcher nor the daemon's loops touch: once is enough."""
+    if stack.instance is not local_services.DEFAULT:
+        pytest.skip("launcher-independent: runs on the default instance")
 
 
 def job_status(app: AppData, job_id) -> str | None:
@@ -219,6 +231,7 @@ def test_backfill_of_fifty_campaigns_isolates_the_one_that_fails(stack, app):
 
 def test_http_request_through_the_daemon_to_a_downloaded_file(stack, app):
     """A campaign manager's client over real HTTP: request, poll, download."""
+    default_instance_only(stack)
     manager = app.user("campaign_manager")
     campaign = app.campaign("HTTP campaign")
     for state in ("completed", "refused", "pending"):
@@ -245,6 +258,7 @@ def test_http_request_through_the_daemon_to_a_downloaded_file(stack, app):
 
 def test_http_request_with_bom_and_gzip_downloads_a_csv_gz_that_excel_reads(stack, app):
     """The options over real HTTP, to a real presigned download of the stored object."""
+    default_instance_only(stack)
     manager = app.user("campaign_manager")
     campaign = app.campaign("Qualität – Frühjahr")
     for state in ("completed", "refused"):
@@ -295,6 +309,8 @@ def test_large_export_shows_progress_and_cancelled_over_http_leaves_nothing(stac
     stops the run, and within 30 s the job is cancelled with no link and nothing in S3
     (no object, no multipart upload), announced once; the run ends CANCELED, not FAILURE
     (operators alert on failed runs)."""
+    # A cancel through both launchers is in test_faults (a lighter run).
+    default_instance_only(stack)
     manager = app.user("campaign_manager")
     campaign = app.campaign("Large campaign")
     add_contacts(app, campaign, 1_500_000)
@@ -357,6 +373,7 @@ def test_a_campaign_its_user_cancels_mid_backfill_run_does_not_fail_the_run(stac
     """A backfill run of three campaigns, the middle one of 1,500,000 contacts: its user
     cancels that one over HTTP while it exports; the other two complete and are
     materialised, the cancelled one leaves nothing, and the run ends SUCCESS."""
+    default_instance_only(stack)
     manager = app.user("campaign_manager")
     headers = {"Authorization": f"Bearer {token(oidc_subject(app, manager))}"}
     # Ids next to each other, written at once: the partitions sensor adds them together, in

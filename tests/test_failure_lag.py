@@ -1,6 +1,7 @@
 """Job states keep up with many failing runs: in an S3 outage, 60 requests fail together
-with the real daemon on the root dagster.yaml, and every export job shows `failed`
-within 60 s of its run's end (the run failure sensor's pace; deploy/SCALING.md)."""
+with plain `dagster-daemon run` on deploy/dagster.yaml (Dagster's own launcher; the fast
+path's daemon only looks more often), and every export job shows `failed` within 30 s
+of its run's end (the run failure sensor's pace; deploy/SCALING.md)."""
 
 from __future__ import annotations
 
@@ -18,11 +19,7 @@ from .conftest import AppData
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 BUCKET = "lag-exports"
 REQUESTS = 60
-MAX_LAG_SECONDS = 60
-RUN_END_TIMES = """
-query($runIds: [String!]) {
-  runsOrError(filter: {runIds: $runIds}) { ... on Runs { results { runId status endTime } } }
-}"""
+MAX_LAG_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +29,7 @@ def stack(stack_databases, tmp_path_factory):
         yield stack
 
 
-def test_sixty_runs_failing_together_fail_their_jobs_within_a_minute_of_their_end(stack):
+def test_sixty_runs_failing_together_fail_their_jobs_within_30_s_of_their_end(stack):
     app = AppData(get_engine(stack.env["DATABASE_URL"]))
     campaigns = [app.campaign() for _ in range(REQUESTS)]
     for campaign in campaigns:
@@ -54,11 +51,13 @@ def test_sixty_runs_failing_together_fail_their_jobs_within_a_minute_of_their_en
         done = [row for row in rows if row.status in ("completed", "failed")]
         return rows if len(done) == REQUESTS else None
 
-    rows = processes.wait_for(all_failed, 600, f"{REQUESTS} jobs to end", interval=1)
+    rows = processes.wait_for(all_failed, 900, f"{REQUESTS} jobs to end", interval=1)
     assert {row.status for row in rows} == {"failed"}
 
     runs = local_services.graphql(
-        stack.graphql, RUN_END_TIMES, {"runIds": [row.dagster_run_id for row in rows]}
+        stack.graphql,
+        local_services.RUN_END_TIMES,
+        {"runIds": [row.dagster_run_id for row in rows]},
     )["data"]["runsOrError"]["results"]
     end_of = {run["runId"]: run["endTime"] for run in runs}
     assert {run["status"] for run in runs} == {"FAILURE"}

@@ -1,14 +1,16 @@
-"""Faults with the real daemon and webserver on the root dagster.yaml (run retries on,
-ForkingRunLauncher): a run worker killed mid-export is retried and completes the same job
-with the whole file; a run that failed at upload, re-executed from failure as the UI
-does, completes it too; a run terminated from the UI mid-export ends canceled, its job
-cancelled and nothing in S3."""
+"""Faults with the real daemon and webserver, on each instance file (run retries on;
+Dagster's own launcher and plain `dagster-daemon run`, and the fast path's
+ForkingRunLauncher with `voicesurvey-exports-daemon`): a run worker killed mid-export is
+retried and completes the same job with the whole file; a run that failed at upload,
+re-executed from failure as the UI does, completes it too; a run terminated from the UI
+mid-export ends canceled, its job cancelled and nothing in S3."""
 
 from __future__ import annotations
 
 import csv
 import io
 import os
+import re
 import signal
 
 import psycopg2
@@ -18,7 +20,6 @@ from sqlalchemy import text
 from dev import local_services
 from dev import process_group as processes
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.pipeline.run_launcher import WORKER_PID_TAG
 
 from .conftest import AppData
 from .test_process_group import alive
@@ -42,6 +43,11 @@ mutation($runId: String!) {
     ... on PythonError { message }
   }
 }"""
+# Dagster's own event from the run worker, whichever launcher started it.
+WORKER_EVENTS = """
+query($runId: ID!) { runOrError(runId: $runId) { ... on Run {
+  eventConnection { events { ... on EngineEvent { message } } } } } }"""
+WORKER_STARTED = re.compile(r"Started process for run \(pid: (\d+)\)")
 RUN_STATUS = """
 query($runId: ID!) { runOrError(runId: $runId) { ... on Run { status } } }"""
 
@@ -51,15 +57,16 @@ def spool_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("spool")
 
 
-@pytest.fixture(scope="module")
-def stack(stack_databases, spool_dir, tmp_path_factory):
+@pytest.fixture(scope="module", params=list(local_services.INSTANCES))
+def stack(request, stack_databases, spool_dir, tmp_path_factory):
     settings = {
         **stack_databases("fault"),
         "EXPORT_SENSOR_INTERVAL_SECONDS": "1",
         "EXPORT_SPOOL_DIR": str(spool_dir),
     }
     home = tmp_path_factory.mktemp("dagster_home")
-    with local_services.local_stack(home, settings, bucket=BUCKET) as stack:
+    instance = local_services.INSTANCES[request.param]
+    with local_services.local_stack(home, settings, bucket=BUCKET, instance=instance) as stack:
         yield stack
 
 
@@ -69,9 +76,14 @@ def app(stack) -> AppData:
 
 
 def run_worker(stack, run_id: str) -> int | None:
-    """The pid of the run's worker, as the run launcher recorded it on the run."""
-    pid = local_services.run_tags(stack.graphql, run_id).get(WORKER_PID_TAG)
-    return int(pid) if pid else None
+    """The pid of the run's worker, from the event its worker reports when it starts."""
+    run = local_services.graphql(stack.graphql, WORKER_EVENTS, {"runId": run_id})
+    events = run["data"]["runOrError"].get("eventConnection", {}).get("events", [])
+    for event in events:
+        started = WORKER_STARTED.search(event.get("message") or "")
+        if started:
+            return int(started.group(1))
+    return None
 
 
 def add_contacts(app: AppData, campaign, count: int) -> None:
@@ -118,7 +130,8 @@ def test_run_worker_killed_mid_export_is_retried_and_completes_the_same_job(stac
         processes.wait_for(lambda: app.job_row(job_id)["status"] == "running", 120, "the run")
         killed_run = app.job_row(job_id)["dagster_run_id"]
         worker = processes.wait_for(lambda: run_worker(stack, killed_run), 30, "the run worker")
-        # The worker is one of the daemon's processes (a fork of its forkserver).
+        # The worker is one of the daemon's processes (a fork of its forkserver, or a
+        # child of the code server the daemon started).
         assert worker in {pid for pid, _ in processes.group_members(stack.daemon.pid)}
         os.kill(worker, signal.SIGKILL)
         locker.rollback()

@@ -1,5 +1,5 @@
 """The daemon and the run workers keep their instance-database connections open
-(pipeline/instance_connections.py): a run's ~50 event writes and the daemon's ticks do
+(single_node/instance_connections.py): a run's ~50 event writes and the daemon's ticks do
 not each open a PostgreSQL connection (and fork a server backend) as dagster-postgres
 does by default."""
 
@@ -12,8 +12,8 @@ from dagster import DagsterInstance
 from sqlalchemy import text
 
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.pipeline import daemon
-from voicesurvey_exports.pipeline.instance_connections import keep_instance_connections
+from voicesurvey_exports.single_node import daemon
+from voicesurvey_exports.single_node.instance_connections import keep_instance_connections
 
 pytestmark = pytest.mark.postgres
 STORAGE_CALLS = 30

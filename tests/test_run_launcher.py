@@ -1,4 +1,4 @@
-"""ForkingRunLauncher on an instance configured as the root dagster.yaml configures it:
+"""ForkingRunLauncher on an instance configured as deploy/dagster-single-node.yaml does:
 run monitoring sees a run's worker alive or gone (also a reused pid, or another boot),
 and terminating a run whose worker is gone ends it canceled at once. Launching, a worker
 killed mid-run and a termination from the UI are in test_faults (real daemon)."""
@@ -15,22 +15,23 @@ import yaml
 from dagster._core.launcher import WorkerStatus
 from dagster._core.test_utils import create_run_for_test
 
-from voicesurvey_exports.pipeline import s3_client
+from voicesurvey_exports.pipeline import premade_clients
 from voicesurvey_exports.pipeline.resources import ExportDestination, build_resources
-from voicesurvey_exports.pipeline.run_launcher import (
+from voicesurvey_exports.settings import Settings
+from voicesurvey_exports.single_node import s3_client
+from voicesurvey_exports.single_node.run_launcher import (
     WORKER_BOOT_TAG,
     WORKER_PID_TAG,
     WORKER_START_TAG,
     ForkingRunLauncher,
 )
-from voicesurvey_exports.settings import Settings
 
-ROOT_DAGSTER_YAML = Path(__file__).parents[1] / "dagster.yaml"
+SINGLE_NODE_YAML = Path(__file__).parents[1] / "deploy" / "dagster-single-node.yaml"
 
 
 @pytest.fixture
 def instance():
-    launcher = yaml.safe_load(ROOT_DAGSTER_YAML.read_text())["run_launcher"]
+    launcher = yaml.safe_load(SINGLE_NODE_YAML.read_text())["run_launcher"]
     with dg.instance_for_test(overrides={"run_launcher": launcher}) as instance:
         assert isinstance(instance.run_launcher, ForkingRunLauncher)
         yield instance
@@ -145,7 +146,7 @@ def test_an_exit_status_of_a_worker_still_running_is_not_believed(instance, work
 def forkserver_client(monkeypatch, tmp_path):
     """s3_client as the forkserver leaves it, made under the environment set so far:
     credentials in the environment variables, no credentials file, no instance role."""
-    monkeypatch.setattr(s3_client, "_made", {})
+    monkeypatch.setattr(premade_clients, "_made", {})
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
@@ -156,7 +157,7 @@ def forkserver_client(monkeypatch, tmp_path):
 
     def make():
         s3_client.make_for_environment()
-        return list(s3_client._made.values())
+        return list(premade_clients._made.values())
 
     return make
 

@@ -217,3 +217,26 @@ def test_requests_waiting_too_long_fail_the_stuck_requests_sensor_naming_them(
     assert message.index(str(older_pending)) < message.index(str(stuck_pending))
     assert f"{older_pending} (40 min)" in message
     assert f"; 1 running over 60 min: {stuck_running} (61 min)" in message
+
+
+@pytest.mark.parametrize("operator_value", [None, "7"], ids=["unset", "operator-set"])
+def test_run_status_sensors_take_25_finished_runs_a_tick_unless_the_operator_says(
+    operator_value,
+):
+    """Plain `dagster-daemon run` looks at sensors every 5 s: at Dagster's 5 runs a tick,
+    60 runs failing together took a minute to show on their jobs."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_RUN_STATUS_SENSOR_PROCESS_LIMIT"}
+    if operator_value:
+        env["DAGSTER_RUN_STATUS_SENSOR_PROCESS_LIMIT"] = operator_value
+    probe = (
+        "import os, voicesurvey_exports.pipeline.sensors; "
+        "print(os.environ['DAGSTER_RUN_STATUS_SENSOR_PROCESS_LIMIT'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == (operator_value or "25")

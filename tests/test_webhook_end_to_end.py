@@ -136,7 +136,9 @@ def test_receiver_that_first_answers_503_gets_one_signed_delivery_per_job_throug
             assert _delivered(app, late) is False and _delivered(app, cancelled) is False
 
             receiver.start()  # up again, on the same port
-            restarted = local_services.start_dagster(home, stack.env, stack.workspace_dir)
+            restarted = local_services.start_dagster(
+                home, stack.env, stack.workspace_dir, daemon=stack.instance.daemon
+            )
             stack.processes += restarted
             stack.daemon = restarted[0]
             processes.wait_for(

@@ -10,7 +10,7 @@ from sqlalchemy import Engine
 from ..app_db.engine import get_engine
 from ..export_file.s3_object import ExportObjects
 from ..settings import Settings
-from . import s3_client
+from . import premade_clients
 from .spool import SpoolStorage
 
 
@@ -29,8 +29,9 @@ class ExportDestination(dg.ConfigurableResource):
 
     Ops and sensors reach S3 through this resource, not by requiring dagster-aws's
     S3Resource: an op that requires S3Resource gets a new boto3 client made for it (about
-    0.1-0.2 s) whether it talks to S3 or not. Here one client serves the whole run: in a
-    run worker, the one its forkserver made (s3_client.py)."""
+    0.1-0.2 s) whether it talks to S3 or not. Here one client serves the whole run: on
+    the single-node fast path, the one the run workers' forkserver made
+    (premade_clients.py)."""
 
     region_name: str
     # A local S3 server (moto, MinIO) instead of AWS; unset on AWS.
@@ -51,7 +52,7 @@ class ExportDestination(dg.ConfigurableResource):
     def objects(self) -> ExportObjects:
         if self._objects is None:
             self._objects = ExportObjects(
-                client=s3_client.get_client(self.s3_resource()),
+                client=premade_clients.get_client(self.s3_resource()),
                 bucket=self.bucket,
                 prefix=self.prefix,
                 url_ttl_seconds=self.url_ttl_seconds,

@@ -19,9 +19,10 @@ It replaces what the code server did for its run processes:
 - terminate (UI, API): the run is marked canceling and its worker gets SIGINT, which
   Dagster turns into a clean cancellation; a worker that is already gone ends the run
   canceled at once.
-The workers are processes of the daemon's machine: configure this launcher for the
-single-machine instance (root dagster.yaml) only; the deploy configs use their
-platform's launchers.
+The workers are processes of the daemon's machine: configure this launcher for one
+machine only (deploy/dagster-single-node.yaml, with `voicesurvey-exports-daemon run`,
+which starts the forkserver); deploy/dagster.yaml keeps Dagster's own launcher and the
+ECS and Kubernetes configs their platform's.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ DEFAULT_PRELOAD = (
     "boto3.s3.transfer",
 )
 # Imported after the preload modules: freezes their objects for the garbage collector.
-FREEZE_MODULE = "voicesurvey_exports.pipeline.forkserver_ready"
+FREEZE_MODULE = "voicesurvey_exports.single_node.forkserver_ready"
 # How often the daemon looks for workers that exited.
 WATCH_SECONDS = 1.0
 
@@ -119,9 +120,9 @@ def _run_worker(run_id: str, serialized_instance_ref: str) -> None:
 class ForkingRunLauncher(RunLauncher, ConfigurableClass):
     """Launches each run as a fork of a preloaded forkserver (see the module docstring).
 
-    dagster.yaml:
+    dagster.yaml (deploy/dagster-single-node.yaml):
         run_launcher:
-          module: voicesurvey_exports.pipeline.run_launcher
+          module: voicesurvey_exports.single_node.run_launcher
           class: ForkingRunLauncher
     """
 

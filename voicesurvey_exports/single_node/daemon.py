@@ -1,5 +1,10 @@
 """`voicesurvey-exports-daemon`: `dagster-daemon` with loops that keep up with people.
 
+The fast path's daemon command (opt-in, with deploy/dagster-single-node.yaml); Dagster's
+own `dagster-daemon run` runs every feature too, at Dagster's pace (README, "Instance
+files"). On a Dagster version this folder was not verified with, it refuses to start
+(single_node/__init__.py).
+
 Dagster 1.13 has two loop periods that are module constants, not settings:
 - the sensor daemon sleeps until 5 s have passed since each loop began
   (`MIN_INTERVAL_LOOP_TIME`), so a sensor whose minimum interval is 1 s still looks only
@@ -31,7 +36,7 @@ def _set(module_name: str, constant: str, value: float) -> None:
         # A Dagster upgrade renamed it: say so rather than silently run at the old pace.
         raise RuntimeError(
             f"{module_name}.{constant} is gone in this Dagster version; "
-            "update voicesurvey_exports/pipeline/daemon.py"
+            "update voicesurvey_exports/single_node/daemon.py"
         )
     setattr(module, constant, value)
 
@@ -67,7 +72,7 @@ def prepare_daemon_instance() -> None:
     if not hasattr(cli, "_daemon_run_command"):
         raise RuntimeError(
             "dagster._daemon.cli._daemon_run_command is gone in this Dagster version; "
-            "update voicesurvey_exports/pipeline/daemon.py"
+            "update voicesurvey_exports/single_node/daemon.py"
         )
     run_daemon = cli._daemon_run_command
 

@@ -7,8 +7,9 @@ per run, about 0.1 CPU-seconds of a small export's 1 (the two Python starts). A 
 worker forked by ForkingRunLauncher would only copy them to the daemon's terminal. The
 UI reads the same files, so it shows the same logs. They are in the `storage` folder of
 the instance's local artifact storage (Dagster's default folder, `$DAGSTER_HOME/storage`,
-when `local_artifact_storage` is not configured, as in the root dagster.yaml) unless
-`base_dir` is set.
+when `local_artifact_storage` is not configured, as in deploy/dagster-single-node.yaml)
+unless `base_dir` is set. Dagster's own LocalComputeLogManager (deploy/dagster.yaml) is
+right for its own launcher, whose run workers are children of the code server.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ from dagster._utils import ensure_file, touch_file
 
 
 class FileComputeLogManager(LocalComputeLogManager):
-    """dagster.yaml:
+    """dagster.yaml (deploy/dagster-single-node.yaml):
     compute_logs:
-      module: voicesurvey_exports.pipeline.compute_logs
+      module: voicesurvey_exports.single_node.compute_logs
       class: FileComputeLogManager
     """
 

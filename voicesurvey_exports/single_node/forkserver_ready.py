@@ -10,7 +10,7 @@ live as long as the process anyway.
 
 import gc
 
-from voicesurvey_exports.pipeline import s3_client
+from voicesurvey_exports.single_node import s3_client
 
 s3_client.make_for_environment()
 gc.freeze()
