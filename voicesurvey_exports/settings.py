@@ -27,6 +27,11 @@ _ASCII_DIGITS = re.compile(r"[0-9]+")
 # admin sees every campaign) or "owner" (a campaign manager sees only the campaigns they
 # created; admins still see all).
 ACCESS_POLICIES = ("role", "owner")
+# Where runs keep the small outputs their ops hand each other (ids, paths, counts), which
+# retries and re-execution load: "local" (the instance's local_artifact_storage: one
+# machine) or "s3" (the export bucket under OP_OUTPUTS_S3_PREFIX: a run in any container).
+IO_STORAGES = ("local", "s3")
+OP_OUTPUTS_S3_PREFIX = "dagster/io"
 
 DEFAULTS = {
     "S3_BUCKET_NAME": "voicesurvey-exports",
@@ -40,6 +45,7 @@ DEFAULTS = {
     "EXPORT_RUNNING_ALERT_MINUTES": "60",
     "EXPORT_ACCESS_POLICY": "role",
     "EXPORT_SPOOL_DIR": tempfile.gettempdir(),
+    "EXPORT_IO_STORAGE": "local",
 }
 
 # Every variable the pipeline and the service read (deploy configs pass each one on).
@@ -79,6 +85,8 @@ class Settings:
     pending_alert_minutes: int
     running_alert_minutes: int
     export_access_policy: str
+    # "local" or "s3" (IO_STORAGES).
+    io_storage: str = "local"
     # The completion webhook; None when EXPORT_WEBHOOK_URL is unset. The secret never
     # appears in a repr, an error or Dagster's UI.
     webhook_url: str | None = None
@@ -126,6 +134,9 @@ class Settings:
             ),
             export_access_policy=parse_choice_setting(
                 "EXPORT_ACCESS_POLICY", env["EXPORT_ACCESS_POLICY"], ACCESS_POLICIES
+            ),
+            io_storage=parse_choice_setting(
+                "EXPORT_IO_STORAGE", env["EXPORT_IO_STORAGE"], IO_STORAGES
             ),
             **webhook_settings(env.get("EXPORT_WEBHOOK_URL"), env.get("EXPORT_WEBHOOK_SECRET")),
         )
