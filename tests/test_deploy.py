@@ -30,7 +30,10 @@ INSTANCE_FILES = [
     REPO / "dagster.yaml",
     REPO / "deploy/dagster-ecs.yaml",
     REPO / "deploy/dagster-k8s.yaml",
+    REPO / "deploy/dagster-docker.yaml",
 ]
+# Each run in a container of its own: nothing may depend on a disk the runs share.
+CONTAINER_INSTANCE_FILES = INSTANCE_FILES[1:]
 BUCKET = "deploy-exports"
 
 
@@ -82,7 +85,7 @@ def test_ecs_run_tasks_get_the_databases_and_only_settings_every_deployment_sets
     passed_on = config["run_launcher"]["config"]["env_vars"]
     assert (
         {"DATABASE_URL", "DAGSTER_POSTGRES_URL"}
-        <= set(passed_on)
+        <= {entry.split("=")[0] for entry in passed_on}
         <= {
             *VARIABLES,
             "DAGSTER_POSTGRES_URL",
@@ -95,6 +98,21 @@ def test_ecs_run_tasks_get_the_databases_and_only_settings_every_deployment_sets
     monkeypatch.setenv("DATABASE_URL", "postgresql://app@db/app")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql://dagster@db/dagster")
     assert dict(map(parse_env_var, passed_on))["DATABASE_URL"] == "postgresql://app@db/app"
+
+
+@pytest.mark.parametrize(
+    "path", CONTAINER_INSTANCE_FILES, ids=lambda p: str(p.relative_to(REPO))
+)
+def test_container_deployments_keep_op_outputs_and_run_logs_in_s3_not_on_a_shared_disk(path):
+    """A retry or a re-execution runs in a new container: it loads the failed run's op
+    outputs from S3, and the UI reads a finished run's logs from S3, not from the disk of
+    a container that is gone."""
+    config = yaml.safe_load(path.read_text())
+    assert "local_artifact_storage" not in config
+    assert config["compute_logs"]["class"] == "S3ComputeLogManager"
+    assert config["compute_logs"]["config"]["bucket"] == {"env": "S3_BUCKET_NAME"}
+    runs_get = dict(map(parse_env_var, config["run_launcher"]["config"]["env_vars"][-1:]))
+    assert runs_get == {"EXPORT_IO_STORAGE": "s3"}
 
 
 def test_lifecycle_rule_expires_exports_after_retention_and_aborts_stale_uploads(s3_client):
@@ -134,8 +152,6 @@ def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_lim
     home.mkdir()
     instance_config = yaml.safe_load((REPO / "deploy/dagster-ecs.yaml").read_text())
     instance_config.pop("run_launcher")  # the default launcher stands in for ECS
-    # The shared volume of the deploy config, here a folder of the test's own.
-    instance_config["local_artifact_storage"]["config"]["base_dir"] = str(home / "storage")
     limit = 4  # low enough that 100 requests must queue
     instance_config["concurrency"]["runs"]["max_concurrent_runs"] = limit
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(instance_config))
