@@ -18,6 +18,10 @@ base=${BASE_IMAGE:-$name-base:bookworm}
 out=${IMAGE_BUILD_DIR:-.local/image}
 context=$out/context
 
+command -v docker >/dev/null || {
+    echo "make image: the docker command is missing (apt-get install docker.io)" >&2
+    exit 1
+}
 docker info >/dev/null 2>&1 || {
     echo "make image: no Docker daemon answers on ${DOCKER_HOST:-/var/run/docker.sock} (start dockerd, or install docker.io)" >&2
     exit 1
@@ -62,6 +66,7 @@ rm -rf "$out/dist"
 }
 cp deploy/dagster-*.yaml deploy/workspace.yaml "$context/deploy/"
 
-docker build --quiet --build-arg "BASE_IMAGE=$base" -f deploy/Dockerfile \
+# DOCKER_BUILD_FLAGS: e.g. --no-cache (the benchmark's cold build).
+docker build --quiet ${DOCKER_BUILD_FLAGS:-} --build-arg "BASE_IMAGE=$base" -f deploy/Dockerfile \
     -t "$name:$version" -t "$name:latest" "$context" >/dev/null
 echo "make image: $name:$version ($name:latest), $(docker image inspect -f '{{.Size}}' "$name:latest" | awk '{printf "%.0f MB", $1/1e6}')"

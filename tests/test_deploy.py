@@ -185,12 +185,16 @@ def test_lifecycle_rule_expires_exports_after_retention_and_aborts_stale_uploads
     s3_client.put_bucket_lifecycle_configuration(  # S3 (moto) accepts it as written
         Bucket=TEST_BUCKET, LifecycleConfiguration=rules
     )
-    (rule,) = s3_client.get_bucket_lifecycle_configuration(Bucket=TEST_BUCKET)["Rules"]
+    rules = s3_client.get_bucket_lifecycle_configuration(Bucket=TEST_BUCKET)["Rules"]
+    (rule,) = [rule for rule in rules if rule["Filter"]["Prefix"] == DEFAULTS["S3_EXPORT_PREFIX"]]
     assert rule["Status"] == "Enabled"
     assert rule["Filter"]["Prefix"] == DEFAULTS["S3_EXPORT_PREFIX"]
     # A backstop: later than the retention job, so a live link is never expired by it.
     assert rule["Expiration"]["Days"] > int(DEFAULTS["EXPORT_RETENTION_DAYS"])
     assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+    # The runs' op outputs and logs (dagster/io, dagster/logs) do not pile up for ever.
+    (runs,) = [rule for rule in rules if rule["Filter"]["Prefix"] == "dagster/"]
+    assert runs["Status"] == "Enabled" and runs["Expiration"]["Days"] >= 30
 
 
 def run_overlap(records) -> int:
