@@ -113,6 +113,27 @@ def test_container_deployments_keep_op_outputs_and_run_logs_in_s3_not_on_a_share
     assert runs_get == {"EXPORT_IO_STORAGE": "s3"}
 
 
+def test_compose_gives_the_daemon_every_setting_the_docker_launcher_passes_to_runs():
+    """DockerRunLauncher copies each name of its env_vars from the daemon's environment
+    into the run container, and refuses to launch any run when one is unset."""
+    compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+    launcher = yaml.safe_load((REPO / "deploy/dagster-docker.yaml").read_text())
+    launcher = launcher["run_launcher"]["config"]
+    daemon = compose["services"]["daemon"]
+    names = {entry for entry in launcher["env_vars"] if "=" not in entry}
+    assert names <= set(daemon["environment"])
+    # The runs join the compose network, where the code server and PostgreSQL are.
+    assert launcher["networks"] == [compose["networks"]["default"]["name"]]
+    code_server = compose["services"]["exports-code-server"]
+    assert code_server["environment"]["DAGSTER_CURRENT_IMAGE"] == daemon["image"]
+    workspace = yaml.safe_load((REPO / "deploy/workspace.yaml").read_text())
+    assert workspace["load_from"][0]["grpc_server"]["host"] == "exports-code-server"
+    # The daemon reaches Docker; nothing else gets the socket.
+    for name, service in compose["services"].items():
+        mounts_socket = any("docker.sock" in volume for volume in service.get("volumes", []))
+        assert mounts_socket == (name == "daemon"), name
+
+
 def _snake(name: str) -> str:
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
 
