@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from sqlalchemy import text
 
 from dev import container_stack as containers
@@ -127,6 +129,86 @@ def test_the_image_build_says_in_one_line_that_docker_is_missing(tmp_path):
     else:
         expected = "make image: the docker command is missing (apt-get install docker.io)"
     assert result.stderr.strip().splitlines() == [expected]
+
+
+@pytest.mark.containers
+def test_the_image_runs_as_non_root_with_the_locked_runtime_set_and_no_secrets():
+    docker_or_skip()
+    import docker
+
+    client = docker.from_env(timeout=120)
+    image = containers.image_tag()
+    output = client.containers.run(
+        image,
+        [
+            "sh",
+            "-c",
+            "id -u; for c in python3 dagster dagster-daemon dagster-webserver "
+            "voicesurvey-exports-daemon; do command -v $c; done; python3 --version; "
+            "pip list --format=freeze",
+        ],
+        network_mode="none",
+        remove=True,
+    ).decode()
+    lines = output.splitlines()
+    assert lines[0] == "10001"
+    assert [line.rsplit("/", 1)[-1] for line in lines[1:6]] == [
+        "python3",
+        "dagster",
+        "dagster-daemon",
+        "dagster-webserver",
+        "voicesurvey-exports-daemon",
+    ]
+    assert lines[6].startswith("Python 3.11.")
+    installed = {
+        canonicalize_name(name): version
+        for name, version in (line.split("==", 1) for line in lines[7:] if "==" in line)
+    }
+    # Exactly uv.lock's runtime set (no dev extras), plus the project and pip itself.
+    exported = subprocess.run(
+        [
+            str(REPO / ".local/uv/bin/uv"),
+            "export",
+            "--locked",
+            "--no-dev",
+            "--no-hashes",
+            "--no-emit-project",
+            "--format",
+            "requirements-txt",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # The pins whose markers hold in the image (Linux, CPython 3.11).
+    target = {"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"}
+    locked = {}
+    for line in exported.splitlines():
+        if "==" in line and not line.startswith("#"):
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate(target):
+                locked[canonicalize_name(requirement.name)] = str(requirement.specifier)[2:]
+    installed.pop("pip", None)
+    assert installed.pop("voicesurvey-exports") == containers.image_tag().split(":")[1]
+    assert installed == locked
+    assert "pytest" not in installed and "moto" not in installed
+    # No secret baked in: the environment names only paths and Python's and Dagster's own.
+    env = dict(item.split("=", 1) for item in client.images.get(image).attrs["Config"]["Env"])
+    assert set(env) <= {
+        "PATH",
+        "LANG",
+        "PYTHONUNBUFFERED",
+        "DAGSTER_HOME",
+        "PYTHON_VERSION",
+        "GPG_KEY",
+        "PYTHON_SHA256",
+        "PYTHON_PIP_VERSION",
+        "PYTHON_GET_PIP_URL",
+        "PYTHON_GET_PIP_SHA256",
+        "PYTHON_SETUPTOOLS_VERSION",
+    }
+    client.close()
 
 
 @pytest.mark.containers
