@@ -3,10 +3,11 @@ and request-to-link latency with every run in its own container.
 
     python benchmarks/container_benchmark.py --requests 10 --json containers.json
 
-Build, cold: the Debian base made anew (debootstrap, under a tag of its own), the
-runtime wheels downloaded into an empty folder and `docker build --no-cache`; warm:
-`make image` again with nothing changed (docker's layer cache, the kept wheels). The
-cold build replaces voicesurvey-exports:<version> and :latest with an equal image.
+Build, cold: the Debian base made anew (debootstrap), the runtime wheels downloaded into
+an empty folder and `docker build --no-cache`; warm: `make image` right after, with
+nothing changed (docker's layer cache, the kept wheels; the project's wheel is built
+again). The cold build replaces the base and voicesurvey-exports:<version> and :latest
+with equal images.
 Latency: the image's code server, daemon and webserver as containers on deploy/
 dagster-docker.yaml (dev/container_stack.py: host networking, this machine's
 PostgreSQL, a moto server); insert a pending export_jobs row for a 100-contact campaign,
@@ -48,7 +49,10 @@ def timed(command: list[str], env: dict | None = None) -> float:
 def measure_build(cold: bool) -> dict:
     report = {}
     if cold:
-        base = f"voicesurvey-exports-base:bench-{uuid.uuid4().hex[:8]}"
+        # The base made anew under its usual tag (so that the warm build below starts from
+        # the same base, as `make image` does), the wheels into an empty folder.
+        base = "voicesurvey-exports-base:bookworm"
+        subprocess.run(["docker", "rmi", base], cwd=REPO, capture_output=True)
         folder = Path(tempfile.mkdtemp(prefix="vse-image-bench-"))
         try:
             report["cold_base_seconds"] = round(timed(["scripts/base-image.sh", base]), 1)
@@ -65,15 +69,11 @@ def measure_build(cold: bool) -> dict:
             )
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-            subprocess.run(["docker", "rmi", base], cwd=REPO, capture_output=True)
         report["cold_seconds"] = round(
             report["cold_base_seconds"] + report["cold_image_seconds"], 1
         )
-        print(
-            f"cold build: {report['cold_seconds']:.0f} s "
-            f"(base {report['cold_base_seconds']:.0f} s)",
-            flush=True,
-        )
+        cold_total, cold_base = report["cold_seconds"], report["cold_base_seconds"]
+        print(f"cold build: {cold_total:.0f} s (base {cold_base:.0f} s)", flush=True)
     report["warm_seconds"] = round(timed(["make", "image"]), 1)
     print(f"warm build: {report['warm_seconds']:.0f} s", flush=True)
     size = subprocess.run(
