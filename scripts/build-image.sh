@@ -67,6 +67,11 @@ rm -rf "$out/dist"
 cp deploy/dagster-*.yaml deploy/workspace.yaml "$context/deploy/"
 
 # DOCKER_BUILD_FLAGS: e.g. --no-cache (the benchmark's cold build).
-docker build --quiet ${DOCKER_BUILD_FLAGS:-} --build-arg "BASE_IMAGE=$base" -f deploy/Dockerfile \
-    -t "$name:$version" -t "$name:latest" "$context" >/dev/null
+# Its output goes to a log (the legacy builder warns on every build); a failure shows the end.
+if ! docker build ${DOCKER_BUILD_FLAGS:-} --build-arg "BASE_IMAGE=$base" -f deploy/Dockerfile \
+    -t "$name:$version" -t "$name:latest" "$context" >"$out/docker-build.log" 2>&1; then
+    tail -n 20 "$out/docker-build.log" >&2
+    echo "make image: docker build failed (log: $out/docker-build.log)" >&2
+    exit 1
+fi
 echo "make image: $name:$version ($name:latest), $(docker image inspect -f '{{.Size}}' "$name:latest" | awk '{printf "%.0f MB", $1/1e6}')"
