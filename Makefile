@@ -8,7 +8,7 @@ UV := .local/uv/bin/uv
 # The interpreter for the virtualenv: any CPython >= 3.11 (CI pins the floor, 3.11).
 VENV_PYTHON ?= $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 
-.PHONY: install lock demo test soak bench lint format clean
+.PHONY: install lock demo test soak bench lint format clean image test-containers bench-containers
 
 $(UV):
 	PIP_ROOT_USER_ACTION=ignore $(PYTHON) -m pip install --quiet --disable-pip-version-check --target .local/uv/lib "uv==$(UV_VERSION)"
@@ -32,11 +32,28 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 test: install
-	$(BIN)/python -m pytest -m "not soak"
+	$(BIN)/python -m pytest -m "not soak and not containers"
 
 # Long multi-process runs (hundreds of Dagster runs); CI runs them after `make test`.
 soak: install
-	$(BIN)/python -m pytest -m soak
+	$(BIN)/python -m pytest -m "soak and not containers"
+
+# The production image (deploy/Dockerfile): voicesurvey-exports:<version> and :latest.
+# Needs a Docker daemon; downloads the locked wheels on the host (scripts/build-image.sh).
+image: | $(UV)
+	scripts/build-image.sh $(UV)
+
+# Every run in its own container: the image's code server, daemon and webserver as
+# containers with DockerRunLauncher, against this machine's PostgreSQL and a moto server
+# (tests/test_containers.py); about 5-10 minutes. CI runs it after `make soak`.
+test-containers: install image
+	$(BIN)/python -m pytest -m containers tests/test_containers.py
+
+# The image's size and build time, and request-to-link with DockerRunLauncher
+# (benchmarks/README.md, "Containers").
+bench-containers: install
+	$(BIN)/python benchmarks/container_benchmark.py --requests 10 \
+		--json .local/bench/containers.json
 
 # Speed, memory, latency, CPU and backfill figures beside their targets, on the default
 # instance and on the opt-in fast path (see benchmarks/README.md); about 30 minutes.

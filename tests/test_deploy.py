@@ -31,7 +31,10 @@ INSTANCE_FILES = [
     REPO / "deploy/dagster-single-node.yaml",
     REPO / "deploy/dagster-ecs.yaml",
     REPO / "deploy/dagster-k8s.yaml",
+    REPO / "deploy/dagster-docker.yaml",
 ]
+# Each run in a container of its own: nothing may depend on a disk the runs share.
+CONTAINER_INSTANCE_FILES = INSTANCE_FILES[1:]
 BUCKET = "deploy-exports"
 
 
@@ -83,7 +86,7 @@ def test_ecs_run_tasks_get_the_databases_and_only_settings_every_deployment_sets
     passed_on = config["run_launcher"]["config"]["env_vars"]
     assert (
         {"DATABASE_URL", "DAGSTER_POSTGRES_URL"}
-        <= set(passed_on)
+        <= {entry.split("=")[0] for entry in passed_on}
         <= {
             *VARIABLES,
             "DAGSTER_POSTGRES_URL",
@@ -98,6 +101,105 @@ def test_ecs_run_tasks_get_the_databases_and_only_settings_every_deployment_sets
     assert dict(map(parse_env_var, passed_on))["DATABASE_URL"] == "postgresql://app@db/app"
 
 
+@pytest.mark.parametrize("path", CONTAINER_INSTANCE_FILES, ids=lambda p: str(p.relative_to(REPO)))
+def test_container_deployments_keep_op_outputs_and_run_logs_in_s3_not_on_a_shared_disk(path):
+    """A retry or a re-execution runs in a new container: it loads the failed run's op
+    outputs from S3, and the UI reads a finished run's logs from S3, not from the disk of
+    a container that is gone."""
+    config = yaml.safe_load(path.read_text())
+    assert "local_artifact_storage" not in config
+    assert config["compute_logs"]["class"] == "S3ComputeLogManager"
+    assert config["compute_logs"]["config"]["bucket"] == {"env": "S3_BUCKET_NAME"}
+    runs_get = dict(map(parse_env_var, config["run_launcher"]["config"]["env_vars"][-1:]))
+    assert runs_get == {"EXPORT_IO_STORAGE": "s3"}
+
+
+def test_compose_gives_the_daemon_every_setting_the_docker_launcher_passes_to_runs():
+    """DockerRunLauncher copies each name of its env_vars from the daemon's environment
+    into the run container, and refuses to launch any run when one is unset."""
+    compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+    launcher = yaml.safe_load((REPO / "deploy/dagster-docker.yaml").read_text())
+    launcher = launcher["run_launcher"]["config"]
+    daemon = compose["services"]["daemon"]
+    names = {entry for entry in launcher["env_vars"] if "=" not in entry}
+    assert names <= set(daemon["environment"])
+    # The runs join the compose network, where the code server and PostgreSQL are.
+    assert launcher["networks"] == [compose["networks"]["default"]["name"]]
+    code_server = compose["services"]["exports-code-server"]
+    assert code_server["environment"]["DAGSTER_CURRENT_IMAGE"] == daemon["image"]
+    workspace = yaml.safe_load((REPO / "deploy/workspace.yaml").read_text())
+    assert workspace["load_from"][0]["grpc_server"]["host"] == "exports-code-server"
+    # The daemon reaches Docker; nothing else gets the socket.
+    for name, service in compose["services"].items():
+        mounts_socket = any("docker.sock" in volume for volume in service.get("volumes", []))
+        assert mounts_socket == (name == "daemon"), name
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def _snake_keys(value):
+    """The Helm chart's camelCase values as the dagster.yaml it renders spells them."""
+    if isinstance(value, dict):
+        return {_snake(key): _snake_keys(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_snake_keys(item) for item in value]
+    return value
+
+
+def test_helm_values_configure_the_chart_as_dagster_k8s_yaml_configures_the_instance():
+    """deploy/helm-values.yaml (Dagster's chart) and dagster-k8s.yaml (a ConfigMap of our
+    own) must not drift: the same queue limits, retries, monitoring, retention, S3 run
+    logs, and runs that keep their op outputs in S3; each part valid for its class."""
+    from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
+    from dagster_k8s import K8sRunLauncher
+
+    values = yaml.safe_load((REPO / "deploy/helm-values.yaml").read_text())
+    k8s = yaml.safe_load((REPO / "deploy/dagster-k8s.yaml").read_text())
+    daemon = values["dagsterDaemon"]
+
+    concurrency = _snake_keys(values["concurrency"])
+    assert concurrency.pop("enabled") is True
+    # Tag values are passed through as written (applyLimitPerUniqueValue stays camelCase).
+    for limit in concurrency["runs"]["tag_concurrency_limits"]:
+        if "value" in limit:
+            limit["value"] = {"applyLimitPerUniqueValue": True}
+    assert concurrency == k8s["concurrency"]
+    queue = _snake_keys(daemon["runCoordinator"]["config"]["queuedRunCoordinator"])
+    assert k8s["run_queue"] == queue
+    assert _snake_keys(daemon["runMonitoring"]) == k8s["run_monitoring"]
+    assert _snake_keys(daemon["runRetries"]) == k8s["run_retries"]
+    assert _snake_keys(daemon["sensors"]) == k8s["sensors"]
+    retention = _snake_keys(values["retention"])
+    assert retention.pop("enabled") is True
+    assert retention == k8s["retention"]
+
+    assert values["computeLogManager"]["type"] == "S3ComputeLogManager"
+    logs = _snake_keys(values["computeLogManager"]["config"]["s3ComputeLogManager"])
+    assert {k: v for k, v in logs.items() if k != "bucket"} == {
+        k: v for k, v in k8s["compute_logs"]["config"].items() if k != "bucket"
+    }
+    assert process_config(S3ComputeLogManager.config_type(), logs).success
+
+    assert values["runLauncher"]["type"] == "K8sRunLauncher"
+    launcher = _snake_keys(values["runLauncher"]["config"]["k8sRunLauncher"])
+    assert launcher["env_vars"] == k8s["run_launcher"]["config"]["env_vars"]
+    assert launcher["run_k8s_config"] == k8s["run_launcher"]["config"]["run_k8s_config"]
+    launcher["env_secrets"] = [secret["name"] for secret in launcher["env_secrets"]]
+    result = process_config(
+        K8sRunLauncher.config_type(),
+        {**launcher, "instance_config_map": "dagster-instance", "job_namespace": "exports"},
+    )
+    assert result.success, [error.message for error in result.errors]
+    (deployment,) = values["dagster-user-deployments"]["deployments"]
+    assert deployment["dagsterApiGrpcArgs"] == [
+        "--module-name",
+        "voicesurvey_exports.pipeline.definitions",
+    ]
+    assert deployment["includeConfigInLaunchedRuns"] == {"enabled": True}
+
+
 def test_lifecycle_rule_expires_exports_after_retention_and_aborts_stale_uploads(s3_client):
     from voicesurvey_exports.settings import DEFAULTS
 
@@ -105,12 +207,16 @@ def test_lifecycle_rule_expires_exports_after_retention_and_aborts_stale_uploads
     s3_client.put_bucket_lifecycle_configuration(  # S3 (moto) accepts it as written
         Bucket=TEST_BUCKET, LifecycleConfiguration=rules
     )
-    (rule,) = s3_client.get_bucket_lifecycle_configuration(Bucket=TEST_BUCKET)["Rules"]
+    rules = s3_client.get_bucket_lifecycle_configuration(Bucket=TEST_BUCKET)["Rules"]
+    (rule,) = [rule for rule in rules if rule["Filter"]["Prefix"] == DEFAULTS["S3_EXPORT_PREFIX"]]
     assert rule["Status"] == "Enabled"
     assert rule["Filter"]["Prefix"] == DEFAULTS["S3_EXPORT_PREFIX"]
     # A backstop: later than the retention job, so a live link is never expired by it.
     assert rule["Expiration"]["Days"] > int(DEFAULTS["EXPORT_RETENTION_DAYS"])
     assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 1
+    # The runs' op outputs and logs (dagster/io, dagster/logs) do not pile up for ever.
+    (runs,) = [rule for rule in rules if rule["Filter"]["Prefix"] == "dagster/"]
+    assert runs["Status"] == "Enabled" and runs["Expiration"]["Days"] >= 30
 
 
 def run_overlap(records) -> int:
@@ -135,8 +241,6 @@ def test_code_server_daemon_and_webserver_complete_100_requests_within_queue_lim
     home.mkdir()
     instance_config = yaml.safe_load((REPO / "deploy/dagster-ecs.yaml").read_text())
     instance_config.pop("run_launcher")  # the default launcher stands in for ECS
-    # The shared volume of the deploy config, here a folder of the test's own.
-    instance_config["local_artifact_storage"]["config"]["base_dir"] = str(home / "storage")
     limit = 4  # low enough that 100 requests must queue
     instance_config["concurrency"]["runs"]["max_concurrent_runs"] = limit
     (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(instance_config))

@@ -29,6 +29,11 @@ _ASCII_DIGITS = re.compile(r"[0-9]+")
 # admin sees every campaign) or "owner" (a campaign manager sees only the campaigns they
 # created; admins still see all).
 ACCESS_POLICIES = ("role", "owner")
+# Where runs keep the small outputs their ops hand each other (ids, paths, counts), which
+# retries and re-execution load: "local" (the instance's local_artifact_storage: one
+# machine) or "s3" (the export bucket under OP_OUTPUTS_S3_PREFIX: a run in any container).
+IO_STORAGES = ("local", "s3")
+OP_OUTPUTS_S3_PREFIX = "dagster/io"
 
 DEFAULTS = {
     "S3_BUCKET_NAME": "voicesurvey-exports",
@@ -43,6 +48,7 @@ DEFAULTS = {
     "EXPORT_ACCESS_POLICY": "role",
     "EXPORT_SPOOL_DIR": tempfile.gettempdir(),
     "EXPORT_HTTP_MAX_BODY_BYTES": str(64 * 1024),
+    "EXPORT_IO_STORAGE": "local",
 }
 
 # Every variable the pipeline and the service read (deploy configs pass each one on).
@@ -86,6 +92,8 @@ class Settings:
     export_access_policy: str
     # Largest request body the HTTP service reads (larger: 413, never read whole).
     http_max_body_bytes: int
+    # "local" or "s3" (IO_STORAGES).
+    io_storage: str = "local"
     # The completion webhook; None when EXPORT_WEBHOOK_URL is unset. The secret never
     # appears in a repr, an error or Dagster's UI.
     webhook_url: str | None = None
@@ -144,6 +152,9 @@ class Settings:
                 MIN_HTTP_BODY_BYTES,
                 MAX_HTTP_BODY_BYTES,
                 "the service holds a body whole in memory",
+            ),
+            io_storage=parse_choice_setting(
+                "EXPORT_IO_STORAGE", env["EXPORT_IO_STORAGE"], IO_STORAGES
             ),
             **webhook_settings(env.get("EXPORT_WEBHOOK_URL"), env.get("EXPORT_WEBHOOK_SECRET")),
         )

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
+from dagster_aws.s3 import S3PickleIOManager, S3Resource
 from pydantic import PrivateAttr
 from sqlalchemy import Engine
 
 from ..app_db.engine import get_engine
 from ..export_file.s3_object import ExportObjects
-from ..settings import Settings
+from ..settings import OP_OUTPUTS_S3_PREFIX, Settings
 from . import premade_clients
 from .spool import SpoolStorage
 
@@ -67,21 +67,34 @@ def build_resources(settings: Settings, database_url: str | dg.EnvVar | None = N
     The Dagster definitions pass the database URL as EnvVar("DATABASE_URL"): it may hold
     a password, and an EnvVar is shown in the UI by name only. Tests pass it directly.
     """
+    destination = ExportDestination(
+        region_name=settings.aws_region,
+        endpoint_url=settings.aws_endpoint_url,
+        bucket=settings.s3_bucket_name,
+        prefix=settings.s3_export_prefix,
+        url_ttl_seconds=settings.url_ttl_seconds,
+        kms_key_id=settings.kms_key_id,
+        retention_days=settings.retention_days,
+    )
     return {
         "app_db": AppDatabase(
             database_url=database_url if database_url is not None else settings.database_url
         ),
-        "destination": ExportDestination(
-            region_name=settings.aws_region,
-            endpoint_url=settings.aws_endpoint_url,
-            bucket=settings.s3_bucket_name,
-            prefix=settings.s3_export_prefix,
-            url_ttl_seconds=settings.url_ttl_seconds,
-            kms_key_id=settings.kms_key_id,
-            retention_days=settings.retention_days,
-        ),
+        "destination": destination,
         "spool": SpoolStorage(base_dir=settings.spool_dir),
-        # Ops hand each other ids, paths and counts (never rows); they are kept in the
-        # instance's storage so that retries and re-execution can load them.
-        "io_manager": dg.FilesystemIOManager(),
+        "io_manager": build_io_manager(settings, destination),
     }
+
+
+def build_io_manager(settings: Settings, destination: ExportDestination) -> dg.IOManagerDefinition:
+    """Ops hand each other ids, paths and counts (never rows), stored so that a retry or
+    a re-execution can load them: on one machine in the instance's local_artifact_storage;
+    with EXPORT_IO_STORAGE=s3 in the export bucket, so that a run in another container
+    (ECS task, Kubernetes pod, Docker container) finds them without a shared volume."""
+    if settings.io_storage == "s3":
+        return S3PickleIOManager(
+            s3_resource=destination.s3_resource(),
+            s3_bucket=settings.s3_bucket_name,
+            s3_prefix=OP_OUTPUTS_S3_PREFIX,
+        )
+    return dg.FilesystemIOManager()
