@@ -178,7 +178,7 @@ def container_stack(
         socket_group = os.stat("/var/run/docker.sock").st_gid
         run(
             "daemon",
-            ["voicesurvey-exports-daemon", "run", "-w", "/opt/dagster/workspace.yaml"],
+            ["dagster-daemon", "run", "-w", "/opt/dagster/workspace.yaml"],
             volumes={
                 **mounts,
                 "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
