@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .job_status import TERMINAL_JOB_STATUSES
 from .schema import export_notifications
 
 if TYPE_CHECKING:
     from .export_jobs import ExportJob
 
-EVENTS = {status: f"export.{status}" for status in ("completed", "failed", "cancelled")}
+EVENTS = {status: f"export.{status}" for status in TERMINAL_JOB_STATUSES}
 
 
 def body_of(job: ExportJob) -> str:

@@ -35,6 +35,7 @@ import dagster as dg
 from ..app_db import export_jobs
 from ..app_db.campaigns import get_campaign
 from ..app_db.contacts import copy_terminal_contacts, count_terminal_contacts
+from ..app_db.job_status import JobStatus
 from ..app_db.schema import TERMINAL_CONTACT_STATES
 from ..export_file.csv_format import render_spool
 from ..export_file.s3_object import ExportObjects, describe_s3_error
@@ -132,24 +133,24 @@ def claim_export_job(context: dg.OpExecutionContext, conn, job: export_jobs.Expo
     promised.
     """
     run = context.run
-    from_statuses = ["pending"]
+    from_statuses = [JobStatus.PENDING]
     owner = context.instance.get_run_by_id(job.dagster_run_id) if job.dagster_run_id else None
     same_group = owner is None or (owner.root_run_id or owner.run_id) == (
         run.root_run_id or run.run_id
     )
     if run.parent_run_id is not None and same_group:
-        from_statuses.append("failed")
+        from_statuses.append(JobStatus.FAILED)
         # Never from a sibling that is still at work (two re-executions at once).
         if owner is None or owner.is_finished:
-            from_statuses.append("running")
+            from_statuses.append(JobStatus.RUNNING)
     if export_jobs.claim_job(conn, job.id, context.run_id, from_statuses) is not None:
         return
-    if job.status == "completed":
+    if job.status == JobStatus.COMPLETED:
         raise permanent_failure(
             f"export job {job.id} is already completed; materialise the campaign's partition "
             "for a new export"
         )
-    if job.status == "cancelled" or job.cancel_requested_at is not None:
+    if job.status == JobStatus.CANCELLED or job.cancel_requested_at is not None:
         raise permanent_failure(f"export job {job.id} was cancelled by its user")
     raise permanent_failure(
         f"export job {job.id} is {job.status} under run {job.dagster_run_id}; "
@@ -225,7 +226,7 @@ def _start(
             raise permanent_failure(f"campaign {campaign_id} does not exist")
         if job is not None:
             # (Unless this run claimed it already: a retry of this op.)
-            if (job.status, job.dagster_run_id) != ("running", context.run_id):
+            if (job.status, job.dagster_run_id) != (JobStatus.RUNNING, context.run_id):
                 claim_export_job(context, conn, job)
             # A value written by SQL that this release does not know fails the job now
             # (claimed: the failure sensor ends it), not after retrying an upload.
@@ -242,7 +243,7 @@ def _start(
                 conn,
                 campaign_id,
                 requested_by_user_id=None,
-                status="running",
+                status=JobStatus.RUNNING,
                 job_id=export_job_id,
                 dagster_run_id=context.run_id,
             )
@@ -560,7 +561,7 @@ def _complete(
         # (batch job ids are the group's own) is done; it is materialised again.
         with app_db.engine.connect() as conn:
             job = export_jobs.get_job(conn, target.export_job_id)
-        if job is not None and job.status == "completed":
+        if job is not None and job.status == JobStatus.COMPLETED:
             return _metadata(target, uploaded, objects.in_bucket(job.s3_bucket), job.url_expires_at)
     ensure_claimed(context, app_db, spool, target)
     if uploaded is None:
@@ -684,7 +685,7 @@ def _cancelled_by_users(context, app_db: AppDatabase, partition_keys: list[str])
     return {
         key
         for key, job_id in refs.items()
-        if job_id and jobs[job_id] is not None and jobs[job_id].status == "cancelled"
+        if job_id and jobs[job_id] is not None and jobs[job_id].status == JobStatus.CANCELLED
     }
 
 

@@ -9,6 +9,7 @@ from datetime import timedelta
 import dagster as dg
 
 from ..app_db import export_jobs
+from ..app_db.job_status import JobStatus
 from .export_checks import ASSET_KEY
 from .failures import DeletionRefused, delete_job_file
 from .partitions import campaigns_partitions
@@ -45,7 +46,7 @@ def delete_expired_exports(
         try:
             # A completed job's row says why its link is gone; a failed one keeps its reason.
             if not delete_job_file(
-                app_db, objects, job, message if job.status == "completed" else None
+                app_db, objects, job, message if job.status == JobStatus.COMPLETED else None
             ):
                 continue  # the row changed since it was read (a re-execution took it)
         except DeletionRefused as error:
@@ -54,7 +55,7 @@ def delete_expired_exports(
                 f"S3 refused to delete the file of {job.status} export job {job.id}: {error}"
             )
             continue
-        if job.status == "completed":
+        if job.status == JobStatus.COMPLETED:
             _observe_deletion(context, app_db, objects, job, cutoff, destination.retention_days)
         deleted += 1
     summary = (
