@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, and_, case, cast, func, or_, select
 
@@ -22,6 +22,7 @@ from . import notifications
 from .errors import safe_database_errors
 from .job_status import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES, JobStatus
 from .schema import COMPRESSIONS, campaigns, export_jobs
+from .times import as_utc, iso_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -91,23 +92,6 @@ def unknown_option(compression: str) -> str | None:
     if compression not in COMPRESSIONS:
         return f"export_jobs.compression is {compression!r}, not one of: {', '.join(COMPRESSIONS)}"
     return None
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything this project stores is UTC.
-    if value is None or value.tzinfo is not None:
-        return value if value is None else value.astimezone(UTC)
-    return value.replace(tzinfo=UTC)
-
-
-def iso_utc(value: datetime) -> str:
-    """ISO 8601 in UTC with a Z, with the microseconds when it has them (as the HTTP API
-    and the CSV show them): "2026-11-16T09:49:55.123456Z", "2026-11-16T09:49:55Z"."""
-    return as_utc(value).replace(tzinfo=None).isoformat() + "Z"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def insert_job(

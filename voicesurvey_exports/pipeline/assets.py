@@ -37,6 +37,7 @@ from ..app_db.campaigns import get_campaign
 from ..app_db.contacts import copy_terminal_contacts, count_terminal_contacts
 from ..app_db.job_status import JobStatus
 from ..app_db.schema import TERMINAL_CONTACT_STATES
+from ..app_db.times import iso_utc
 from ..export_file.csv_format import render_spool
 from ..export_file.s3_object import ExportObjects, describe_s3_error
 from .campaign_batch import CampaignBatch
@@ -544,7 +545,7 @@ def _metadata(target: ExportTarget, uploaded: UploadedCsv, objects, expires_at) 
         byte_count=uploaded.byte_count,
         outcome_counts=uploaded.outcome_counts,
         export_job_id=str(target.export_job_id),
-        url_expires_at=export_jobs.iso_utc(expires_at),
+        url_expires_at=iso_utc(expires_at),
         bom=target.bom,
         compression=target.compression,
     )

@@ -10,6 +10,7 @@ import dagster as dg
 
 from ..app_db import export_jobs
 from ..app_db.job_status import JobStatus
+from ..app_db.times import utcnow
 from .export_checks import ASSET_KEY
 from .failures import DeletionRefused, delete_job_file
 from .partitions import campaigns_partitions
@@ -37,7 +38,7 @@ def delete_expired_exports(
     A file S3 refuses to delete (a legal hold, a bucket policy) stays with its job, which
     keeps its key and link; the run moves past it, deletes every other file, then fails
     naming each refused job and key, so operators notice (the next run tries again)."""
-    cutoff = export_jobs.utcnow() - timedelta(days=destination.retention_days)
+    cutoff = utcnow() - timedelta(days=destination.retention_days)
     objects = destination.objects()
     message = retention_message(destination.retention_days)
     deleted = 0
