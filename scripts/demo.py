@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dev import local_services, process_group
 from dev.demo_data import LARGE_CAMPAIGN_ID, MANAGER_ID, seed_demo_data
 from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.job_status import TERMINAL_JOB_STATUSES
 from voicesurvey_exports.app_db.migrations import upgrade
-from voicesurvey_exports.app_db.schema import TERMINAL_JOB_STATUSES
 from voicesurvey_exports.service.requests import ExportRequests
 from voicesurvey_exports.settings import Settings
 

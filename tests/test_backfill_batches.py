@@ -6,8 +6,9 @@ import dagster as dg
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from voicesurvey_exports.pipeline.assets import ASSET_KEY, batch_job_id, campaign_export
+from voicesurvey_exports.pipeline.assets import ASSET_KEY, campaign_export
 from voicesurvey_exports.pipeline.partitions import campaigns_partitions
+from voicesurvey_exports.pipeline.recovery import batch_job_id
 from voicesurvey_exports.pipeline.resources import ExportDestination
 from voicesurvey_exports.pipeline.sensors import export_run_failure_sensor
 
@@ -250,12 +251,12 @@ def test_a_retried_first_step_keeps_one_job_row_for_a_ui_run(
 ):
     """A UI materialisation has no job id tag: its first attempt inserts the row and tags
     the run; the op's retry must take that row, not insert a second one."""
-    from voicesurvey_exports.pipeline import assets
+    from voicesurvey_exports.pipeline import export_steps
 
     campaign = app_data.campaign("Retried")
     app_data.contact(campaign, "completed")
     calls = []
-    real_copy = assets.copy_terminal_contacts
+    real_copy = export_steps.copy_terminal_contacts
 
     def copy_failing_once(*args, **kwargs):
         calls.append(1)
@@ -263,7 +264,7 @@ def test_a_retried_first_step_keeps_one_job_row_for_a_ui_run(
             raise ConnectionError("server closed the connection unexpectedly")
         return real_copy(*args, **kwargs)
 
-    monkeypatch.setattr(assets, "copy_terminal_contacts", copy_failing_once)
+    monkeypatch.setattr(export_steps, "copy_terminal_contacts", copy_failing_once)
     instance.add_dynamic_partitions(campaigns_partitions.name, [str(campaign)])
     result = dg.materialize(
         [campaign_export],

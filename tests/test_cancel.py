@@ -18,7 +18,8 @@ from sqlalchemy import text
 from voicesurvey_exports.app_db import export_jobs
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import export_notifications
-from voicesurvey_exports.pipeline.assets import ASSET_KEY, EXPORT_JOB_TAG, batch_job_id
+from voicesurvey_exports.pipeline.assets import ASSET_KEY, EXPORT_JOB_TAG
+from voicesurvey_exports.pipeline.recovery import batch_job_id
 from voicesurvey_exports.pipeline.sensors import (
     build_export_requests_sensor,
     export_cancel_sensor,

@@ -11,7 +11,7 @@ import pytest
 from dagster_aws.s3 import S3Resource
 
 from voicesurvey_exports.export_file.csv_format import BOM, HEADER
-from voicesurvey_exports.pipeline.assets import ASSET_KEY, batch_job_id
+from voicesurvey_exports.pipeline.assets import ASSET_KEY
 from voicesurvey_exports.pipeline.export_checks import (
     GZIP_START_BYTES,
     HEADER_CHECK,
@@ -21,6 +21,7 @@ from voicesurvey_exports.pipeline.export_checks import (
     failure_reason,
     stored_start_bytes,
 )
+from voicesurvey_exports.pipeline.recovery import batch_job_id
 from voicesurvey_exports.pipeline.resources import ExportDestination
 
 from .conftest import TEST_BUCKET

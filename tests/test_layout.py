@@ -150,3 +150,47 @@ def test_nothing_outside_the_fenced_folder_imports_it():
     loaded = modules_loaded_by("voicesurvey_exports.pipeline.definitions", full=True)
     assert "voicesurvey_exports.pipeline.definitions" in loaded
     assert not {m for m in loaded if m.startswith("voicesurvey_exports.single_node")}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that `path` imports anywhere: at the top, inside functions,
+    under TYPE_CHECKING (a cycle there is still two modules that need each other)."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            # `from package import module` imports the module; else the names are in `base`.
+            found.update(
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
+                for alias in node.names
+            )
+    return found & modules - {name}
+
+
+def test_no_module_of_the_package_takes_part_in_an_import_cycle():
+    paths = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {name: imported_modules(path, set(paths)) for name, path in paths.items()}
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph[module])
+        return seen
+
+    in_cycles = sorted(name for name in graph if name in reaches(name))
+    assert in_cycles == []

@@ -8,8 +8,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection, select
 
-from .export_jobs import as_utc
 from .schema import campaigns, users
+from .times import as_utc
 
 
 @dataclass(frozen=True)

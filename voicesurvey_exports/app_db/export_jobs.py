@@ -14,13 +14,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, and_, case, cast, func, or_, select
 
 from . import notifications
 from .errors import safe_database_errors
-from .schema import COMPRESSIONS, TERMINAL_JOB_STATUSES, campaigns, export_jobs
+from .job_status import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES, JobStatus
+from .schema import COMPRESSIONS, campaigns, export_jobs
+from .times import as_utc, iso_utc, utcnow
 
 
 @dataclass(frozen=True)
@@ -92,28 +94,11 @@ def unknown_option(compression: str) -> str | None:
     return None
 
 
-def as_utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; everything this project stores is UTC.
-    if value is None or value.tzinfo is not None:
-        return value if value is None else value.astimezone(UTC)
-    return value.replace(tzinfo=UTC)
-
-
-def iso_utc(value: datetime) -> str:
-    """ISO 8601 in UTC with a Z, with the microseconds when it has them (as the HTTP API
-    and the CSV show them): "2026-11-16T09:49:55.123456Z", "2026-11-16T09:49:55Z"."""
-    return as_utc(value).replace(tzinfo=None).isoformat() + "Z"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 def insert_job(
     conn: Connection,
     campaign_id: uuid.UUID,
     requested_by_user_id: uuid.UUID | None,
-    status: str = "pending",
+    status: JobStatus = JobStatus.PENDING,
     job_id: uuid.UUID | None = None,
     dagster_run_id: str | None = None,
     *,
@@ -130,7 +115,7 @@ def insert_job(
             dagster_run_id=dagster_run_id,
             bom=bom,
             compression=compression,
-            progress_percent=0 if status == "running" else None,
+            progress_percent=0 if status == JobStatus.RUNNING else None,
         )
         .returning(*export_jobs.c)
     ).one()
@@ -156,7 +141,7 @@ def still_pending(conn: Connection, job_ids: Collection[uuid.UUID]) -> set[uuid.
         return set()
     rows = conn.execute(
         select(export_jobs.c.id).where(
-            export_jobs.c.id.in_(list(job_ids)), export_jobs.c.status == "pending"
+            export_jobs.c.id.in_(list(job_ids)), export_jobs.c.status == JobStatus.PENDING
         )
     )
     return set(rows.scalars())
@@ -174,7 +159,7 @@ def next_pending_jobs(
             export_jobs.c.compression,
         )
         .select_from(export_jobs.outerjoin(campaigns, campaigns.c.id == export_jobs.c.campaign_id))
-        .where(export_jobs.c.status == "pending")
+        .where(export_jobs.c.status == JobStatus.PENDING)
         .order_by(export_jobs.c.created_at, export_jobs.c.id)
         .limit(limit)
     )
@@ -215,7 +200,7 @@ def _transition(conn: Connection, job_id: uuid.UUID, conditions, **values) -> Ex
 
 
 def _owned_by(run_id: str) -> list:
-    return [export_jobs.c.status == "running", export_jobs.c.dagster_run_id == run_id]
+    return [export_jobs.c.status == JobStatus.RUNNING, export_jobs.c.dagster_run_id == run_id]
 
 
 # Columns cleared when a run (re)claims a job: it starts afresh.
@@ -249,7 +234,7 @@ def claim_job(
             # A job its user asked to cancel is not taken up again (the cancel sensor ends it).
             export_jobs.c.cancel_requested_at.is_(None),
         )
-        .values(status="running", dagster_run_id=run_id, **_RESULT_CLEARED)
+        .values(status=JobStatus.RUNNING, dagster_run_id=run_id, **_RESULT_CLEARED)
         .returning(*export_jobs.c)
     ).one_or_none()
     return None if row is None else ExportJob.from_row(row)
@@ -259,7 +244,8 @@ def running_jobs_of_runs(conn: Connection, run_ids: Collection[str]) -> list[Exp
     """Jobs still running under any of these runs (a backfill run's campaigns)."""
     rows = conn.execute(
         select(export_jobs).where(
-            export_jobs.c.status == "running", export_jobs.c.dagster_run_id.in_(list(run_ids))
+            export_jobs.c.status == JobStatus.RUNNING,
+            export_jobs.c.dagster_run_id.in_(list(run_ids)),
         )
     )
     return [ExportJob.from_row(row) for row in rows]
@@ -280,7 +266,7 @@ def has_live_file(conn: Connection, campaign_id: uuid.UUID, completed_after: dat
     file (older ones are the retention run's to delete)."""
     query = select(export_jobs.c.id).where(
         export_jobs.c.campaign_id == campaign_id,
-        export_jobs.c.status == "completed",
+        export_jobs.c.status == JobStatus.COMPLETED,
         export_jobs.c.s3_key.is_not(None),
         export_jobs.c.completed_at >= completed_after,
     )
@@ -322,7 +308,7 @@ def mark_completed(
                     export_jobs.c.s3_key == s3_key,
                     export_jobs.c.cancel_requested_at.is_(None),
                 ],
-                status="completed",
+                status=JobStatus.COMPLETED,
                 progress_percent=100,
                 **where,
                 download_url=download_url,
@@ -345,14 +331,14 @@ def mark_failed(
     With ``run_id``, only while that run owns the job (or no run has claimed it yet):
     a run launched with another job's tag, or a stale one, cannot fail it.
     """
-    return _end(conn, job_id, "failed", error_message, run_id)
+    return _end(conn, job_id, JobStatus.FAILED, error_message, run_id)
 
 
 def mark_cancelled(
     conn: Connection, job_id: uuid.UUID, message: str, run_id: str | None = None
 ) -> bool:
     """Cancel a job that is not finished yet, as mark_failed fails it (same owner rule)."""
-    return _end(conn, job_id, "cancelled", message, run_id)
+    return _end(conn, job_id, JobStatus.CANCELLED, message, run_id)
 
 
 # What a job its user asked to cancel says when it ends (whatever stopped its run).
@@ -360,9 +346,9 @@ CANCELLED_BY_USER = "cancelled at the user's request"
 
 
 def _end(
-    conn: Connection, job_id: uuid.UUID, status: str, message: str, run_id: str | None
+    conn: Connection, job_id: uuid.UUID, status: JobStatus, message: str, run_id: str | None
 ) -> bool:
-    conditions = [export_jobs.c.status.in_(("pending", "running"))]
+    conditions = [export_jobs.c.status.in_(OPEN_JOB_STATUSES)]
     if run_id is not None:
         conditions.append(
             or_(export_jobs.c.dagster_run_id.is_(None), export_jobs.c.dagster_run_id == run_id)
@@ -376,7 +362,8 @@ def _end(
             job_id,
             conditions,
             status=cast(
-                case((asked_to_cancel, "cancelled"), else_=status), export_jobs.c.status.type
+                case((asked_to_cancel, JobStatus.CANCELLED), else_=status),
+                export_jobs.c.status.type,
             ),
             error_message=case((asked_to_cancel, CANCELLED_BY_USER), else_=message),
             download_url=None,
@@ -392,8 +379,8 @@ def cancel_pending(conn: Connection, job_id: uuid.UUID, message: str) -> ExportJ
     return _transition(
         conn,
         job_id,
-        [export_jobs.c.status == "pending"],
-        status="cancelled",
+        [export_jobs.c.status == JobStatus.PENDING],
+        status=JobStatus.CANCELLED,
         error_message=message,
         completed_at=utcnow(),
     )
@@ -406,7 +393,7 @@ def request_cancel(conn: Connection, job_id: uuid.UUID) -> ExportJob | None:
     return _transition(
         conn,
         job_id,
-        [export_jobs.c.status == "running"],
+        [export_jobs.c.status == JobStatus.RUNNING],
         cancel_requested_at=func.coalesce(export_jobs.c.cancel_requested_at, utcnow()),
     )
 
@@ -415,7 +402,10 @@ def cancel_requested(conn: Connection, limit: int = 100) -> list[ExportJob]:
     """Running jobs whose user asked to cancel them, oldest request first."""
     rows = conn.execute(
         select(export_jobs)
-        .where(export_jobs.c.status == "running", export_jobs.c.cancel_requested_at.is_not(None))
+        .where(
+            export_jobs.c.status == JobStatus.RUNNING,
+            export_jobs.c.cancel_requested_at.is_not(None),
+        )
         .order_by(export_jobs.c.cancel_requested_at)
         .limit(limit)
     )
@@ -427,7 +417,7 @@ def cancelled_before_claim(conn: Connection, since: datetime) -> list[ExportJob]
     the request sensor launched for one may still wait in Dagster's queue."""
     rows = conn.execute(
         select(export_jobs).where(
-            export_jobs.c.status == "cancelled",
+            export_jobs.c.status == JobStatus.CANCELLED,
             export_jobs.c.dagster_run_id.is_(None),
             export_jobs.c.completed_at >= since,
         )
@@ -464,7 +454,7 @@ def update_download_url(
         return _compare_and_set(
             conn,
             job_id,
-            [export_jobs.c.status == "completed", export_jobs.c.s3_key == s3_key],
+            [export_jobs.c.status == JobStatus.COMPLETED, export_jobs.c.s3_key == s3_key],
             download_url=download_url,
             url_expires_at=url_expires_at,
         )
@@ -480,7 +470,7 @@ def completed_before(
     first; with ``after`` (a previous page's last (completed_at, id)), those past it, so a
     caller moves on past files it could not delete."""
     query = select(export_jobs).where(
-        export_jobs.c.status == "completed",
+        export_jobs.c.status == JobStatus.COMPLETED,
         export_jobs.c.s3_key.is_not(None),
         export_jobs.c.completed_at < cutoff,
     )
@@ -545,7 +535,8 @@ def ended_with_objects(
     """Failed or cancelled jobs whose object could not be deleted yet (S3 was down when
     they ended), by id; with ``after_id``, those past it (as completed_before's ``after``)."""
     query = select(export_jobs).where(
-        export_jobs.c.status.in_(("failed", "cancelled")), export_jobs.c.s3_key.is_not(None)
+        export_jobs.c.status.in_((JobStatus.FAILED, JobStatus.CANCELLED)),
+        export_jobs.c.s3_key.is_not(None),
     )
     if after_id is not None:
         query = query.where(export_jobs.c.id > after_id)

@@ -18,24 +18,39 @@ import json
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import Protocol
 
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from .job_status import TERMINAL_JOB_STATUSES
 from .schema import export_notifications
+from .times import as_utc, iso_utc, utcnow
 
-if TYPE_CHECKING:
-    from .export_jobs import ExportJob
-
-EVENTS = {status: f"export.{status}" for status in ("completed", "failed", "cancelled")}
+EVENTS = {status: f"export.{status}" for status in TERMINAL_JOB_STATUSES}
 
 
-def body_of(job: ExportJob) -> str:
+class EndedJob(Protocol):
+    """What a notification tells of its job: export_jobs.ExportJob has it (a Protocol, so
+    that this module, which export_jobs calls, need not import export_jobs)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def campaign_id(self) -> uuid.UUID: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def total_records(self) -> int | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+    @property
+    def completed_at(self) -> datetime | None: ...
+
+
+def body_of(job: EndedJob) -> str:
     """The notification's JSON body: the job's outcome, nothing a reader could download."""
-    from .export_jobs import iso_utc
-
     return json.dumps(
         {
             "event": EVENTS[job.status],
@@ -51,12 +66,12 @@ def body_of(job: ExportJob) -> str:
     )
 
 
-def announce(conn: Connection, job: ExportJob) -> None:
+def announce(conn: Connection, job: EndedJob) -> None:
     """Queue the notification of the job's terminal status (once per job and status)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     # Written here, to the microsecond (SQLite's now() has whole seconds): a job's events
     # are sent in this order.
-    now = datetime.now(UTC)
+    now = utcnow()
     conn.execute(
         dialect.insert(export_notifications)
         .values(
@@ -93,8 +108,6 @@ class Notification:
 
     @classmethod
     def from_row(cls, row) -> Notification:
-        from .export_jobs import as_utc
-
         values = dict(row._mapping)
         for name in ("created_at", "next_attempt_at", "delivered_at", "abandoned_at"):
             values[name] = as_utc(values[name])

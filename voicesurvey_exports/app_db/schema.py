@@ -34,13 +34,13 @@ from sqlalchemy import (
     text,
 )
 
+from .job_status import JobStatus
+
 USER_ROLES = ("admin", "campaign_manager", "viewer")
 CAMPAIGN_STATUSES = ("draft", "scheduled", "running", "paused", "completed", "cancelled")
 CONTACT_STATES = ("pending", "in_progress", "completed", "refused", "not_reached", "excluded")
-# "cancelled" since revision V0005 (appended: PostgreSQL adds enum values at the end).
-EXPORT_JOB_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
-# The states an export job ends in; each is announced once (export_notifications).
-TERMINAL_JOB_STATUSES = ("completed", "failed", "cancelled")
+# Plain strings, in JobStatus's order: the names the database's enum type and rules hold.
+EXPORT_JOB_STATUSES = tuple(status.value for status in JobStatus)
 # File options a request may ask for (revision V0005).
 COMPRESSIONS = ("none", "gzip")
 # S3 bucket names are 3 to 63 characters.
@@ -164,7 +164,7 @@ export_jobs = Table(
     _id(),
     _campaign_id(),
     Column("requested_by_user_id", Uuid, ForeignKey("users.id")),
-    _enum("status", EXPORT_JOB_STATUSES, "export_job_status", default="pending"),
+    _enum("status", EXPORT_JOB_STATUSES, "export_job_status", default=JobStatus.PENDING.value),
     Column("s3_key", String(500)),
     Column("download_url", Text),
     _timestamptz(name="url_expires_at"),

@@ -24,6 +24,7 @@ from typing import TypeVar
 import dagster as dg
 
 from ..app_db import export_jobs
+from ..app_db.job_status import JobStatus
 from .failures import (
     ExportCancelled,
     end_job_and_delete_file,
@@ -109,7 +110,7 @@ class CampaignBatch:
                     results.append(work(item, attempt))
                     break
                 except ExportCancelled as error:
-                    self._fail(job_id, campaign_id, str(error), status="cancelled")
+                    self._fail(job_id, campaign_id, str(error), status=JobStatus.CANCELLED)
                     break
                 except Exception as error:
                     permanent = isinstance(error, dg.Failure) and not error.allow_retries
@@ -130,7 +131,7 @@ class CampaignBatch:
         job_id: uuid.UUID | None,
         campaign_id: uuid.UUID,
         reason: str,
-        status: str = "failed",
+        status: JobStatus = JobStatus.FAILED,
     ) -> None:
         self.context.log.error(f"campaign {campaign_id}: {reason}")
         if job_id is None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import dagster as dg
 
 from ..app_db import export_jobs
+from ..app_db.job_status import JobStatus
 from ..export_file.s3_object import describe_s3_error
 
 
@@ -59,17 +60,25 @@ def reason_from_exception(op_name: str, error: BaseException) -> str:
 
 
 def end_job_and_delete_file(
-    app_db, destination, job_id, reason: str, run_id: str | None, log, status: str = "failed"
+    app_db,
+    destination,
+    job_id,
+    reason: str,
+    run_id: str | None,
+    log,
+    status: JobStatus = JobStatus.FAILED,
 ) -> bool:
     """End the job `failed` (or `cancelled`) if `run_id` may (export_jobs.mark_failed), then
     delete its file if it ended and names one (here or before); return whether this call
     ended it. A job whose user asked to cancel it ends `cancelled` whatever stopped its
     run (export_jobs decides that): the cancel is why it stopped."""
     with app_db.engine.begin() as conn:
-        end = export_jobs.mark_cancelled if status == "cancelled" else export_jobs.mark_failed
+        end = (
+            export_jobs.mark_cancelled if status == JobStatus.CANCELLED else export_jobs.mark_failed
+        )
         ended = end(conn, job_id, reason, run_id=run_id)
         job = export_jobs.get_job(conn, job_id)
-    if job is not None and job.status in ("failed", "cancelled") and job.s3_key:
+    if job is not None and job.status in (JobStatus.FAILED, JobStatus.CANCELLED) and job.s3_key:
         delete_file_of_ended_job(app_db, destination, job, log)
     return ended
 

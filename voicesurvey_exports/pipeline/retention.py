@@ -9,6 +9,8 @@ from datetime import timedelta
 import dagster as dg
 
 from ..app_db import export_jobs
+from ..app_db.job_status import JobStatus
+from ..app_db.times import utcnow
 from .export_checks import ASSET_KEY
 from .failures import DeletionRefused, delete_job_file
 from .partitions import campaigns_partitions
@@ -36,7 +38,7 @@ def delete_expired_exports(
     A file S3 refuses to delete (a legal hold, a bucket policy) stays with its job, which
     keeps its key and link; the run moves past it, deletes every other file, then fails
     naming each refused job and key, so operators notice (the next run tries again)."""
-    cutoff = export_jobs.utcnow() - timedelta(days=destination.retention_days)
+    cutoff = utcnow() - timedelta(days=destination.retention_days)
     objects = destination.objects()
     message = retention_message(destination.retention_days)
     deleted = 0
@@ -45,7 +47,7 @@ def delete_expired_exports(
         try:
             # A completed job's row says why its link is gone; a failed one keeps its reason.
             if not delete_job_file(
-                app_db, objects, job, message if job.status == "completed" else None
+                app_db, objects, job, message if job.status == JobStatus.COMPLETED else None
             ):
                 continue  # the row changed since it was read (a re-execution took it)
         except DeletionRefused as error:
@@ -54,7 +56,7 @@ def delete_expired_exports(
                 f"S3 refused to delete the file of {job.status} export job {job.id}: {error}"
             )
             continue
-        if job.status == "completed":
+        if job.status == JobStatus.COMPLETED:
             _observe_deletion(context, app_db, objects, job, cutoff, destination.retention_days)
         deleted += 1
     summary = (

@@ -12,6 +12,7 @@ import dagster as dg
 from ..app_db import export_jobs
 from ..app_db.campaigns import all_campaign_ids
 from ..app_db.export_jobs import CANCELLED_BY_USER
+from ..app_db.job_status import JobStatus
 from ..settings import Settings
 from .assets import EXPORT_JOB_TAG, REQUESTS_SENSOR, SENSOR_NAME_TAG, campaign_export_job
 from .failures import (
@@ -120,8 +121,8 @@ def build_stuck_requests_sensor(settings: Settings) -> dg.SensorDefinition:
     def stuck_export_requests_sensor(context, app_db: AppDatabase) -> dg.SkipReason:
         now = datetime.now(UTC)
         with app_db.engine.connect() as conn:
-            pending = export_jobs.waiting_jobs(conn, "pending", now - pending_limit)
-            running = export_jobs.waiting_jobs(conn, "running", now - running_limit)
+            pending = export_jobs.waiting_jobs(conn, JobStatus.PENDING, now - pending_limit)
+            running = export_jobs.waiting_jobs(conn, JobStatus.RUNNING, now - running_limit)
         if pending or running:
             raise StuckExportRequests(stuck_requests_message(pending, running, settings, now))
         return dg.SkipReason("no export request is waiting too long")
@@ -200,7 +201,7 @@ def end_export_job(
     app_db: AppDatabase,
     destination: ExportDestination,
     reason: str,
-    status: str,
+    status: JobStatus,
 ) -> None:
     """End the run's export job `status` (failed or cancelled) if this run (or its finished
     run group) owns it, then delete any object the run wrote: a job that ends so leaves no
@@ -226,7 +227,7 @@ def _end_jobs_of_run_group(
     app_db: AppDatabase,
     destination: ExportDestination,
     reason: str,
-    status: str,
+    status: JobStatus,
 ) -> None:
     run = context.dagster_run
     try:
@@ -278,7 +279,7 @@ def export_run_failure_sensor(
     reason = reason_from_step_failures(context.get_step_failure_events()) or one_line(
         f"export run {context.dagster_run.run_id} failed: {context.failure_event.message}"
     )
-    end_export_job(context, app_db, destination, reason, "failed")
+    end_export_job(context, app_db, destination, reason, JobStatus.FAILED)
 
 
 @dg.run_status_sensor(
@@ -295,7 +296,7 @@ def export_run_canceled_sensor(
     destination: ExportDestination,
 ) -> None:
     reason = f"export run {context.dagster_run.run_id} was cancelled in Dagster"
-    end_export_job(context, app_db, destination, reason, "cancelled")
+    end_export_job(context, app_db, destination, reason, JobStatus.CANCELLED)
 
 
 # How long after a pending job was cancelled its launched run is looked for in the queue.
@@ -356,7 +357,7 @@ def export_cancel_sensor(
                 CANCELLED_BY_USER,
                 job.dagster_run_id,
                 context.log,
-                "cancelled",
+                JobStatus.CANCELLED,
             ):
                 ended.append(str(job.id))
         elif run.tags.get(EXPORT_JOB_TAG) == str(job.id) and run.status not in (

@@ -30,6 +30,7 @@ from ..app_db.campaigns import Campaign, get_campaign, get_user_role
 from ..app_db.engine import get_engine
 from ..app_db.errors import safe_database_errors
 from ..app_db.export_jobs import ExportJob
+from ..app_db.job_status import JobStatus
 from ..app_db.schema import COMPRESSIONS, EXPORT_ROLES, campaigns
 from ..export_file.s3_object import BucketUnreachable, ExportObjects
 from ..settings import ACCESS_POLICIES, Settings
@@ -170,7 +171,7 @@ class ExportRequests:
         with self._database("reading the export job") as conn:
             role = self._authorize(conn, user_id)
             job = self._job(conn, job_id, user_id, role)
-            if job.status != "completed":
+            if job.status != JobStatus.COMPLETED:
                 raise InvalidRequest(
                     f"export job {job_id} is {job.status}: only a completed export has a "
                     "download URL to refresh"
@@ -217,7 +218,7 @@ class ExportRequests:
         with self._database("cancelling the export job", write=True) as conn:
             role = self._authorize(conn, user_id)
             job = self._job(conn, job_id, user_id, role)
-            if job.status == "pending":
+            if job.status == JobStatus.PENDING:
                 # (None when a run claimed it meanwhile: then it is running.)
                 cancelled = export_jobs.cancel_pending(
                     conn, job_id, f"cancelled by user {user_id} before it started"

@@ -9,8 +9,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...app_db.export_jobs import ExportJob
+from ...app_db.job_status import JobStatus
 
-JobStatus = Literal["pending", "running", "completed", "failed", "cancelled"]
+# Plain strings: the OpenAPI schema lists them as an enum of strings, as before.
+JobStatusName = Literal[tuple(status.value for status in JobStatus)]
 Compression = Literal["none", "gzip"]
 
 
@@ -65,7 +67,7 @@ class ExportJobResponse(BaseModel):
     job_id: uuid.UUID
     campaign_id: uuid.UUID
     requested_by_user_id: uuid.UUID | None
-    status: JobStatus
+    status: JobStatusName
     options: StoredExportOptions
     progress_percent: int | None = Field(
         None,
@@ -114,7 +116,7 @@ class ExportJobResponse(BaseModel):
 class ExportJobCreateResponse(BaseModel):
     job_id: uuid.UUID
     campaign_id: uuid.UUID
-    status: JobStatus
+    status: JobStatusName
     options: ExportOptions
     created_at: datetime
     message: str
