@@ -163,9 +163,19 @@ UNKNOWN_VALUES = {
     "status": no_nul(9).filter(lambda value: value not in EXPORT_JOB_STATUSES),
     # (SQLite stores at most 64-bit integers.)
     "bom": st.one_of(
-        st.integers(-(2**63), 2**63 - 1).filter(lambda value: value not in (0, 1)), no_nul(3)
+        st.integers(-(2**63), 2**63 - 1).filter(lambda value: value not in (0, 1)),
+        no_nul(3).filter(lambda value: not reads_as_0_or_1(value)),
     ),
 }
+
+
+def reads_as_0_or_1(text: str) -> bool:
+    """Whether SQLite's numeric affinity stores this text as 0 or 1 (" 1", "1.0", "0e0"):
+    a value the bom rule rightly admits."""
+    try:
+        return float(text.strip()) in (0.0, 1.0)
+    except ValueError:
+        return False
 
 
 @settings(
