@@ -212,6 +212,10 @@ def test_fractional_seconds_are_kept_in_utc(engine, app_data, tmp_path):
         copy_terminal_contacts(engine, campaign, spool_file)
     render_spool(spool, streamed)
     assert parse(streamed.read_bytes())[1][5] == "2026-05-01T23:59:59.9Z"
+    # The whole-frame renderer writes the same text (no trailing zeros either).
+    with engine.connect() as conn:
+        reference = render_rows(pd.read_sql(terminal_contacts_query(campaign), conn))
+    assert parse(reference) == parse(streamed.read_bytes())
 
 
 def test_megabyte_answers_rtl_marks_emoji_and_nul_read_back_exactly(engine, app_data, tmp_path):

@@ -514,4 +514,6 @@ def _iso_utc_datetime(value) -> str | None:
         value = value.to_pydatetime()
     if value.tzinfo is not None:
         value = value.astimezone(UTC).replace(tzinfo=None)
-    return value.isoformat() + "Z"
+    text = value.isoformat()
+    # As render_spool writes them (PostgreSQL's text): no trailing zeros in the fraction.
+    return (text.rstrip("0") if value.microsecond else text) + "Z"
