@@ -34,7 +34,11 @@ INSTANCE_FILES = [
     REPO / "deploy/dagster-docker.yaml",
 ]
 # Each run in a container of its own: nothing may depend on a disk the runs share.
-CONTAINER_INSTANCE_FILES = INSTANCE_FILES[1:]
+CONTAINER_INSTANCE_FILES = [
+    REPO / "deploy/dagster-ecs.yaml",
+    REPO / "deploy/dagster-k8s.yaml",
+    REPO / "deploy/dagster-docker.yaml",
+]
 BUCKET = "deploy-exports"
 
 
