@@ -133,6 +133,21 @@ def assert_cell_shows(cell: str | None, stored: str | None) -> None:
         assert cell == stored  # harmless text is never prefixed
 
 
+def streamed_export_of(engine, campaign, tmp_path) -> list[dict]:
+    """The campaign's rows as the streaming export writes and a reader reads them; its
+    contacts are deleted afterwards (hypothesis runs many examples on one database)."""
+    spool, out = tmp_path / f"{uuid.uuid4()}.spool", tmp_path / f"{uuid.uuid4()}.csv"
+    try:
+        with open(spool, "wb") as spool_file:
+            copy_terminal_contacts(engine, campaign, spool_file)
+        render_spool(spool, out)
+        return read_export(out.read_bytes())
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(survey_responses).where(survey_responses.c.campaign_id == campaign))
+            conn.execute(delete(contacts).where(contacts.c.campaign_id == campaign))
+
+
 @settings(
     max_examples=300,
     deadline=None,
@@ -149,16 +164,7 @@ def test_stored_text_reads_back_exactly_and_never_starts_a_formula(database_url,
         contact = data.contact(campaign, "completed", external_contact_id=external_id)
         data.response(contact, campaign, *answers)
         stored[str(contact)] = [external_id, *answers]
-    spool, out = tmp_path / f"{uuid.uuid4()}.spool", tmp_path / f"{uuid.uuid4()}.csv"
-    try:
-        with open(spool, "wb") as spool_file:
-            copy_terminal_contacts(engine, campaign, spool_file)
-        render_spool(spool, out)
-        exported = read_export(out.read_bytes())
-    finally:
-        with engine.begin() as conn:
-            conn.execute(delete(survey_responses).where(survey_responses.c.campaign_id == campaign))
-            conn.execute(delete(contacts).where(contacts.c.campaign_id == campaign))
+    exported = streamed_export_of(engine, campaign, tmp_path)
 
     assert sorted(row["contact_id"] for row in exported) == sorted(stored)
     for row in exported:
@@ -277,16 +283,7 @@ def test_stored_timestamps_read_back_exactly(database_url, tmp_path, data):
                     )
                 )
         expected[str(contact)] = (last_attempt_at, None if response is None else response[0])
-    spool, out = tmp_path / f"{uuid.uuid4()}.spool", tmp_path / f"{uuid.uuid4()}.csv"
-    try:
-        with open(spool, "wb") as spool_file:
-            copy_terminal_contacts(engine, campaign, spool_file)
-        render_spool(spool, out)
-        exported = read_export(out.read_bytes())
-    finally:
-        with engine.begin() as conn:
-            conn.execute(delete(survey_responses).where(survey_responses.c.campaign_id == campaign))
-            conn.execute(delete(contacts).where(contacts.c.campaign_id == campaign))
+    exported = streamed_export_of(engine, campaign, tmp_path)
 
     assert sorted(row["contact_id"] for row in exported) == sorted(expected)
     for row in exported:

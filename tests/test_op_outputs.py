@@ -11,7 +11,6 @@ import shutil
 
 import dagster as dg
 import pytest
-from sqlalchemy import text
 
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.pipeline.assets import campaign_export, campaign_export_job
@@ -20,7 +19,12 @@ from voicesurvey_exports.settings import OP_OUTPUTS_S3_PREFIX, SettingsError
 
 from .conftest import TEST_BUCKET, AppData, settings_for
 from .dagster_harness import execute_reconstructable
-from .test_reexecution import campaign_with_contacts, executed_steps, stored_rows
+from .test_reexecution import (
+    campaign_with_contacts,
+    executed_steps,
+    links_refused,
+    stored_rows,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -68,21 +72,11 @@ def test_reexecution_on_another_machine_loads_the_outputs_from_s3_and_completes_
         instance.add_dynamic_partitions("campaigns", [str(campaign)])
         # The database refuses the completion: the run fails at its last op, after the
         # extract, render and upload steps stored their outputs.
-        with app.engine.begin() as conn:
-            conn.execute(
-                text(
-                    "ALTER TABLE export_jobs ADD CONSTRAINT refuse_links "
-                    "CHECK (download_url IS NULL) NOT VALID"
-                )
-            )
-        try:
+        with links_refused(app.engine):
             failed = run(
                 first_disk,
                 tags={"dagster/partition": str(campaign), "export_job_id": str(job_id)},
             )
-        finally:
-            with app.engine.begin() as conn:
-                conn.execute(text("ALTER TABLE export_jobs DROP CONSTRAINT refuse_links"))
         assert not failed.success
         stored = s3_client.list_objects_v2(Bucket=TEST_BUCKET, Prefix=OP_OUTPUTS_S3_PREFIX)
         assert any(failed.run_id in item["Key"] for item in stored.get("Contents", []))

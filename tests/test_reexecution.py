@@ -8,6 +8,7 @@ retries and the UI's "re-execute from failure" do.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -99,6 +100,24 @@ def campaign_with_contacts(app: AppData, count: int):
     return campaign, app.export_job(campaign, app.user())
 
 
+@contextlib.contextmanager
+def links_refused(engine):
+    """While inside, the database refuses any export_jobs row with a link (constraint
+    refuse_links): the UPDATE that completes a job fails, after its upload."""
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "ALTER TABLE export_jobs ADD CONSTRAINT refuse_links "
+                "CHECK (download_url IS NULL) NOT VALID"
+            )
+        )
+    try:
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(text("ALTER TABLE export_jobs DROP CONSTRAINT refuse_links"))
+
+
 def stored_rows(s3_client, key: str) -> list[dict]:
     body = s3_client.get_object(Bucket=TEST_BUCKET, Key=key)["Body"].read().decode("utf-8")
     return list(csv.DictReader(io.StringIO(body, newline="")))
@@ -155,20 +174,10 @@ def test_database_refusing_the_completion_leaves_no_file_and_no_link_in_the_even
     campaign, job_id = campaign_with_contacts(app, 3)
     # The database refuses any row with a link: the UPDATE that completes the job fails,
     # and PostgreSQL's error DETAIL would repeat the failing row, link included.
-    with app.engine.begin() as conn:
-        conn.execute(
-            text(
-                "ALTER TABLE export_jobs ADD CONSTRAINT refuse_links "
-                "CHECK (download_url IS NULL) NOT VALID"
-            )
-        )
-    try:
+    with links_refused(app.engine):
         failed = run_export(campaign, job_id)
         assert not failed.success
         run_failure_sensor(instance, failed, postgres_url)
-    finally:
-        with app.engine.begin() as conn:
-            conn.execute(text("ALTER TABLE export_jobs DROP CONSTRAINT refuse_links"))
 
     job = app.job_row(job_id)
     assert job["status"] == "failed"
@@ -195,18 +204,8 @@ def failed_after_its_upload(run_export, app: AppData, s3_client, contacts: int):
     """A run that uploaded its file and then failed to complete the job (the database
     refused the link); its failure not handled yet: the job is `running` under it."""
     campaign, job_id = campaign_with_contacts(app, contacts)
-    with app.engine.begin() as conn:
-        conn.execute(
-            text(
-                "ALTER TABLE export_jobs ADD CONSTRAINT refuse_links "
-                "CHECK (download_url IS NULL) NOT VALID"
-            )
-        )
-    try:
+    with links_refused(app.engine):
         failed = run_export(campaign, job_id)
-    finally:
-        with app.engine.begin() as conn:
-            conn.execute(text("ALTER TABLE export_jobs DROP CONSTRAINT refuse_links"))
     assert not failed.success
     job = app.job_row(job_id)
     assert (job["status"], job["dagster_run_id"]) == ("running", failed.run_id)
