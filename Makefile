@@ -32,11 +32,11 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 test: install
-	$(BIN)/python -m pytest -m "not soak and not containers"
+	$(BIN)/python -m pytest -m "not soak and not containers" --durations=20
 
 # Long multi-process runs (hundreds of Dagster runs); CI runs them after `make test`.
 soak: install
-	$(BIN)/python -m pytest -m "soak and not containers"
+	$(BIN)/python -m pytest -m "soak and not containers" --durations=20
 
 # The production image (deploy/Dockerfile): voicesurvey-exports:<version> and :latest.
 # Needs a Docker daemon; downloads the locked wheels on the host (scripts/build-image.sh).

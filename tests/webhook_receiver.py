@@ -42,7 +42,7 @@ class Request:
         return self.headers["X-VoiceSurvey-Delivery"]
 
     def signature_valid(self, secret: str = SECRET) -> bool:
-        """What the app does (README "Completion webhook"): HMAC of the raw body."""
+        """What the app does (docs/webhooks.md): HMAC of the raw body."""
         expected = "sha256=" + hmac.new(secret.encode(), self.body, hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected, self.headers.get("X-VoiceSurvey-Signature", ""))
 

@@ -57,7 +57,7 @@ VARIABLES = (
     *DEFAULTS,
     "AWS_ENDPOINT_URL",
     "S3_SSE_KMS_KEY_ID",
-    # The completion webhook (README "Completion webhook"): both unset turns it off.
+    # The completion webhook (docs/webhooks.md): both unset turns it off.
     "EXPORT_WEBHOOK_URL",
     "EXPORT_WEBHOOK_SECRET",
 )

@@ -90,7 +90,7 @@ def _refuse_repeated_query_parameters(request: Request) -> None:
 def build_export_router(
     api: ExportRequests | None = None, verifier: TokenVerifier | None = None
 ) -> APIRouter:
-    """The router; by default configured from the environment (see the README)."""
+    """The router; by default configured from the environment (see docs/configuration.md)."""
     api = api or ExportRequests.from_settings(Settings.from_env())
     verifier = verifier or TokenVerifier(AuthSettings.from_env())
     router = APIRouter(prefix="/api", tags=["exports"], responses=ERRORS)
