@@ -62,6 +62,15 @@ class FileGone(InvalidRequest):
     """The completed export's file is no longer in S3 (deleted, or replaced meanwhile)."""
 
 
+class RateLimited(ExportRequestError):
+    """The user started EXPORT_REQUESTS_PER_MINUTE exports in the last minute: the next
+    one is accepted after ``retry_after_seconds``."""
+
+    def __init__(self, message: str, retry_after_seconds: int):
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class StorageUnavailable(ExportRequestError):
     """S3 could not be asked (no credentials, unreachable, refused): try again later."""
 
