@@ -256,9 +256,11 @@ def _serve(host: str, port: int) -> None:
     import uvicorn
 
     from .http.app import create_app
+    from .http.observability import log_config
 
     app = create_app()  # validates every setting, token keys included, before listening
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    log_format = Settings.from_env().log_format
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config(log_format))
 
 
 def exit_code(error: Exception) -> int:

@@ -26,6 +26,7 @@ from ..requests import (
     RateLimited,
     StorageUnavailable,
 )
+from . import observability
 from .auth import AuthSettings, InvalidToken, TokenVerifier
 from .body_guard import INVALID_TOKEN_DETAIL, MISSING_TOKEN_DETAIL, BodyGuard
 from .schemas import (
@@ -287,11 +288,8 @@ def create_app(
     # Outside every route: the token is checked, and the body's size bounded, before
     # FastAPI reads a body (it does so before it runs a route's dependencies).
     app.add_middleware(BodyGuard, verifier=verifier, max_body_bytes=max_body_bytes)
-
-    @app.get("/healthz", include_in_schema=False)
-    def health() -> dict:
-        return {"status": "ok"}
-
+    # Last: its middleware wraps every other (docs/operations.md).
+    observability.install(app, api.engine)
     return app
 
 
