@@ -24,7 +24,7 @@ from voicesurvey_exports.export_file.s3_object import ExportObjects
 from voicesurvey_exports.service.requests import ExportRequests
 from voicesurvey_exports.settings import DEFAULTS, Settings
 
-# Plain postgresql:// on purpose: the form operators write (see the README).
+# Plain postgresql:// on purpose: the form operators write (see docs/configuration.md).
 # TEST_POSTGRES_URL names the server to use; without it, the local default is tried and,
 # when nothing listens there, the session starts a private server (dev/private_postgres).
 CONFIGURED_SERVER_URL = os.environ.get("TEST_POSTGRES_URL")
