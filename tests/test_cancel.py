@@ -199,7 +199,7 @@ def test_cancel_from_the_command_line(create_postgres_database, aws_credentials)
     assert json.loads(done.stdout)["status"] == "cancelled"
 
     refused = cli("cancel", str(job_id), "--user-id", str(manager), env=env)
-    assert (refused.returncode, refused.stdout) == (1, "")
+    assert (refused.returncode, refused.stdout) == (5, "")  # wrong state (docs/cli.md)
     assert refused.stderr == (
         f"error: export job {job_id} is cancelled: only a pending or running export can be "
         "cancelled\n"

@@ -2,14 +2,18 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.service import cli as cli_module
+from voicesurvey_exports.settings import VARIABLES
 
 from .conftest import TEST_BUCKET, AppData
 from .test_migrations import old_runner_database
@@ -114,25 +118,23 @@ def test_request_with_bom_and_gzip_shows_the_options_in_its_json(cli_env):
     assert data.job_row(uuid.UUID(job["job_id"]))["compression"] == "gzip"
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (
-            ["request", "--campaign-id", "nope", "--user-id", str(uuid.UUID(int=1))],
-            "error: campaign id 'nope' is not a valid UUID",
-        ),
-        (
-            ["status", str(uuid.UUID(int=5)), "--user-id", str(uuid.UUID(int=1))],
-            f"error: user {uuid.UUID(int=1)} is not a known user and may not use exports",
-        ),
-    ],
-)
-def test_errors_are_one_line_on_stderr_with_non_zero_exit(cli_env, args, message):
+def test_a_bad_id_is_a_usage_error_naming_the_argument(cli_env):
+    result = cli(
+        "request", "--campaign-id", "nope", "--user-id", str(uuid.UUID(int=1)), env=cli_env
+    )
+    assert (result.returncode, result.stdout) == (cli_module.EXIT_USAGE, "")
+    assert result.stderr.endswith(
+        "error: argument --campaign-id: campaign id 'nope' is not a valid UUID\n"
+    )
+
+
+def test_an_unknown_user_is_not_permitted_in_one_line(cli_env):
     assert cli("db", "upgrade", env=cli_env).returncode == 0
-    result = cli(*args, env=cli_env)
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert result.stderr == message + "\n"
+    result = cli("status", str(uuid.UUID(int=5)), "--user-id", str(uuid.UUID(int=1)), env=cli_env)
+    assert (result.returncode, result.stdout) == (cli_module.EXIT_NOT_PERMITTED, "")
+    assert result.stderr == (
+        f"error: user {uuid.UUID(int=1)} is not a known user and may not use exports\n"
+    )
 
 
 def test_bad_configuration_is_reported_before_anything_happens(cli_env):
@@ -140,7 +142,7 @@ def test_bad_configuration_is_reported_before_anything_happens(cli_env):
     result = cli(
         "list", "--campaign-id", str(uuid.uuid4()), "--user-id", str(uuid.uuid4()), env=env
     )
-    assert result.returncode == 1
+    assert result.returncode == cli_module.EXIT_CONFIG == 78
     assert result.stderr.startswith("error: EXPORT_URL_EXPIRATION_SECONDS='0' must be")
     assert result.stderr.count("\n") == 1
 
@@ -148,7 +150,7 @@ def test_bad_configuration_is_reported_before_anything_happens(cli_env):
 def test_unreachable_database_is_one_line(cli_env):
     env = {**cli_env, "DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
     result = cli("db", "upgrade", env=env)
-    assert result.returncode == 1
+    assert result.returncode == cli_module.EXIT_UNAVAILABLE == 75  # retry later
     assert result.stderr.startswith("error: database: ") and result.stderr.count("\n") == 1
 
 
@@ -177,7 +179,7 @@ def test_refresh_without_aws_credentials_is_one_line(cli_env):
         text=True,
         timeout=60,
     )
-    assert (result.returncode, result.stdout) == (1, "")
+    assert (result.returncode, result.stdout) == (cli_module.EXIT_UNAVAILABLE, "")
     assert result.stderr == (
         "error: cannot check the export file in S3: NoCredentialsError: "
         "Unable to locate credentials\n"
@@ -195,7 +197,8 @@ def test_owner_policy_denial_reads_like_an_unknown_job(cli_env):
     denied = cli("status", str(job), "--user-id", stranger, env=env)
     missing = uuid.uuid4()
     unknown = cli("status", str(missing), "--user-id", stranger, env=env)
-    assert (denied.returncode, denied.stdout, unknown.returncode) == (1, "", 1)
+    not_found = cli_module.EXIT_NOT_FOUND
+    assert (denied.returncode, denied.stdout, unknown.returncode) == (not_found, "", not_found)
     assert denied.stderr == (
         f"error: export job {job} does not exist or is not of one of your campaigns\n"
     )
@@ -209,7 +212,7 @@ def test_invalid_access_policy_is_one_line(cli_env):
     result = cli(
         "list", "--campaign-id", str(uuid.uuid4()), "--user-id", str(uuid.uuid4()), env=env
     )
-    assert result.returncode == 1
+    assert result.returncode == cli_module.EXIT_CONFIG
     assert result.stderr == "error: EXPORT_ACCESS_POLICY='everyone' must be one of: role, owner\n"
 
 
@@ -230,7 +233,7 @@ def test_refresh_of_a_file_gone_from_s3_is_one_line(in_process_env, postgres_url
     data, _, job = completed_job_in(postgres_url)
     code = cli_module.main(["refresh-url", str(job), "--user-id", str(data.user("admin"))])
     out, err = capsys.readouterr()
-    assert (code, out) == (1, "")
+    assert (code, out) == (cli_module.EXIT_WRONG_STATE, "")
     assert err == (
         f"error: export job {job}: the file no longer exists in S3; request a new export\n"
     )
@@ -247,6 +250,110 @@ def test_a_failed_link_write_is_one_line_without_the_link(
     s3_client.put_object(Bucket=TEST_BUCKET, Key=data.job_row(job)["s3_key"], Body=b"x")
     code = cli_module.main(["refresh-url", str(job), "--user-id", str(data.user("admin"))])
     out, err = capsys.readouterr()
-    assert (code, out) == (1, "")
+    assert (code, out) == (cli_module.EXIT_FAILED, "")  # refused: retrying would not help
     assert err.startswith("error: database: storing the new link") and err.count("\n") == 1
     assert "short_links" in err and "X-Amz" not in err
+
+
+def test_version_prints_the_installed_package_version():
+    result = cli("--version", env={})
+    assert result.returncode == 0
+    assert result.stdout == f"voicesurvey-exports {metadata.version('voicesurvey-exports')}\n"
+
+
+def test_a_missing_argument_is_argparses_usage_error(capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli_module.main(["status", str(uuid.uuid4())])
+    assert exited.value.code == cli_module.EXIT_USAGE
+    assert "the following arguments are required: --user-id" in capsys.readouterr().err
+
+
+def test_wrong_states_exit_5_with_the_jobs_status(in_process_env, postgres_url, capsys):
+    in_process_env(postgres_url)
+    data = AppData(get_engine(postgres_url))
+    admin = str(data.user("admin"))
+    pending = data.export_job(data.campaign())
+    _, _, completed = completed_job_in(postgres_url)
+
+    assert cli_module.main(["refresh-url", str(pending), "--user-id", admin]) == 5
+    assert capsys.readouterr().err == (
+        f"error: export job {pending} is pending: only a completed export has a download URL "
+        "to refresh\n"
+    )
+    assert cli_module.main(["cancel", str(completed), "--user-id", admin]) == 5
+    assert capsys.readouterr().err == (
+        f"error: export job {completed} is completed: only a pending or running export can be "
+        "cancelled\n"
+    )
+    assert data.job_row(completed)["status"] == "completed"
+
+
+def test_a_missing_campaign_exits_4(in_process_env, postgres_url, capsys):
+    in_process_env(postgres_url)
+    manager = str(AppData(get_engine(postgres_url)).user("campaign_manager"))
+    missing = uuid.uuid4()
+    code = cli_module.main(["list", "--campaign-id", str(missing), "--user-id", manager])
+    assert (code, capsys.readouterr().err) == (
+        cli_module.EXIT_NOT_FOUND,
+        f"error: campaign {missing} does not exist\n",
+    )
+
+
+def test_the_documented_exit_codes_are_the_ones_main_returns():
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    rows = re.findall(r"^\| `(\d+)` \|", guide, re.MULTILINE)
+    assert [int(code) for code in rows] == list(cli_module.EXIT_CODES)
+
+
+COMMANDS = [
+    ("db", "upgrade"),
+    ("db", "status"),
+    ("request",),
+    ("status",),
+    ("list",),
+    ("refresh-url",),
+    ("cancel",),
+    ("serve",),
+    ("openapi",),
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_each_commands_help_names_its_arguments_and_environment(command, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli_module.main([*command, "--help"])
+    assert exited.value.code == 0
+    shown = capsys.readouterr().out
+    variables = cli_module.ENVIRONMENT[" ".join(command)]
+    for line in variables:
+        assert f"\n  {line}\n" in shown
+        # Every name is a variable something reads: the settings, tokens or AWS's own.
+        for name in re.findall(r"[A-Z][A-Z0-9_]+", line):
+            assert name in KNOWN_VARIABLES, name
+    expected_arguments = {
+        "request": ["--campaign-id CAMPAIGN_ID", "--user-id USER_ID", "--bom", "--gzip"],
+        "status": ["JOB_ID", "--user-id USER_ID"],
+        "list": ["--campaign-id CAMPAIGN_ID", "--user-id USER_ID"],
+        "refresh-url": ["JOB_ID", "--user-id USER_ID"],
+        "cancel": ["JOB_ID", "--user-id USER_ID"],
+        "serve": ["--host HOST", "--port PORT"],
+    }.get(" ".join(command), [])
+    for argument in expected_arguments:
+        assert argument in shown
+    if command[0] != "openapi":
+        assert "DATABASE_URL" in shown
+    assert "exit codes" in shown
+
+
+KNOWN_VARIABLES = {
+    *VARIABLES,
+    "AUTH_ISSUER",
+    "AUTH_AUDIENCE",
+    "AUTH_JWKS_URL",
+    "AUTH_JWKS_FILE",
+    "AUTH_JWT_SECRET",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+}

@@ -217,8 +217,9 @@ def postgres_input(value: tuple[int, ...] | str) -> str:
 
 
 def assert_timestamp_shows(cell: str | None, value: tuple[int, ...] | str | None) -> None:
-    """The file's contract (docs/export-file.md): ISO 8601 UTC with Z; the fraction when there is one (up to
-    microseconds, trailing zeros may go); years outside 0000-9999 signed, astronomical."""
+    """The contract (docs/export-file.md): ISO 8601 UTC with Z; the fraction when there is
+    one (up to microseconds, trailing zeros may go); years outside 0000-9999 signed,
+    astronomical."""
     if value is None or isinstance(value, str):
         assert cell == value
         return

@@ -4,6 +4,7 @@ and durable across separate sensor evaluations (its state is the outbox table)."
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+import standardwebhooks
 from sqlalchemy import text, update
 
 from dev import process_group
@@ -23,7 +25,7 @@ from voicesurvey_exports.pipeline.webhooks import WebhookEndpoint, deliver_due
 from .conftest import settings_for
 from .dagster_harness import export_resources
 from .test_defs import load_defs, strict_warnings  # noqa: F401 - a fixture
-from .webhook_receiver import SECRET, SPEC_KEYS, Receiver
+from .webhook_receiver import OTHER_SECRET, SECRET, SPEC_KEYS, Receiver
 
 LINK = "https://test-exports.s3.example/exports/x.csv?X-Amz-Signature=deadbeef"
 
@@ -108,7 +110,7 @@ def test_receiver_that_first_answers_503_gets_one_signed_delivery(app_data, rece
     assert [r.answered for r in receiver.requests] == [503, 503, 503, 200]
     (ack,) = receiver.acknowledged
     assert ack.signature_valid()
-    assert not ack.signature_valid("another-secret-0123456789")
+    assert not ack.signature_valid(OTHER_SECRET)
     assert ack.body == written.body.encode()  # the stored bytes exactly
     assert set(ack.json) == SPEC_KEYS
     assert ack.json == {
@@ -127,6 +129,7 @@ def test_receiver_that_first_answers_503_gets_one_signed_delivery(app_data, rece
     assert headers["User-Agent"].startswith("voicesurvey-exports/")
     # One delivery id across all attempts: the receiver's key for dropping a duplicate.
     assert {r.delivery for r in receiver.requests} == {str(written.id)}
+    assert {r.headers["X-VoiceSurvey-Delivery"] for r in receiver.requests} == {str(written.id)}
     assert ack.path == "/hooks/exports?token=query-token-123"
     (row,) = rows(app_data.engine)
     assert row.attempts == 4 and row.delivered_at is not None and row.abandoned_at is None
@@ -532,23 +535,83 @@ def test_stored_error_text_loses_url_user_info_and_query(app_data):
     assert stored == "failed: https://hooks.example/x and more"
 
 
-def test_the_documented_verification_snippet_accepts_a_delivery_and_rejects_a_forgery(
+def test_every_attempt_is_signed_the_standard_webhooks_way_with_its_own_timestamp(
     app_data, receiver
 ):
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "webhooks.md").read_text()
-    snippet = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    receiver.fail_first = 1
+    failed_job(app_data)
+    (written,) = rows(app_data.engine)
+    before = int(time.time())
+    deliver(app_data.engine, receiver)
+    time_passes(app_data.engine)
+    time.sleep(1.1)  # the second attempt's timestamp is a later second
+    deliver(app_data.engine, receiver)
+    after = int(time.time())
+
+    first, second = receiver.requests
+    assert first.headers["webhook-id"] == second.headers["webhook-id"] == str(written.id)
+    stamps = [int(r.headers["webhook-timestamp"]) for r in (first, second)]
+    assert before <= stamps[0] < stamps[1] <= after
+    for request in (first, second):
+        signature = request.headers["webhook-signature"]
+        assert signature.startswith("v1,") and " " not in signature
+        parsed = standardwebhooks.Webhook(SECRET).verify(request.body, dict(request.headers))
+        assert parsed["status"] == "failed"
+    # One attempt's signature does not vouch for another's timestamp (no replay by
+    # moving a captured delivery's time forward).
+    forged = dict(second.headers) | {"webhook-signature": first.headers["webhook-signature"]}
+    with pytest.raises(standardwebhooks.WebhookVerificationError):
+        standardwebhooks.Webhook(SECRET).verify(second.body, forged)
+
+
+def test_during_a_rotation_every_secret_signs_and_either_verifies(app_data, receiver):
+    failed_job(app_data)
+    deliver_due(app_data.engine, receiver.url(), f"{OTHER_SECRET} {SECRET}")
+
+    (ack,) = receiver.acknowledged
+    assert len(ack.headers["webhook-signature"].split(" ")) == 2
+    assert ack.signature_valid(SECRET) and ack.signature_valid(OTHER_SECRET)
+    retired = "whsec_" + base64.b64encode(b"retired-webhook-key-0123456789ab").decode()
+    assert not ack.signature_valid(retired)
+
+
+def test_a_raw_secret_signs_as_its_utf8_bytes_and_keeps_the_legacy_header(app_data, receiver):
+    raw = "a-raw-seed-secret-0123456789"
+    failed_job(app_data)
+    deliver_due(app_data.engine, receiver.url(), raw)
+
+    (ack,) = receiver.acknowledged
+    standardwebhooks.Webhook(raw.encode()).verify(ack.body, dict(ack.headers))
+    assert ack.legacy_signature_valid(raw.encode())  # what the seed's receivers check
+    assert not ack.legacy_signature_valid(b"another-raw-secret-0123")
+    assert ack.headers["X-VoiceSurvey-Event"] == "export.failed"
+
+
+def test_the_docs_receiver_snippet_accepts_a_delivery_and_rejects_forgeries_and_replays(
+    app_data, receiver
+):
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "webhooks.md").read_text()
+    snippet = guide.split("```python\n", 1)[1].split("```", 1)[0]
     namespace: dict = {}
     exec(snippet, namespace)  # the app's code, as documented
-    verify = namespace["signature_is_valid"]
+    verified_event = namespace["verified_event"]
     failed_job(app_data)
     deliver(app_data.engine, receiver)
     (ack,) = receiver.acknowledged
-    signature = ack.headers["X-VoiceSurvey-Signature"]
+    headers = dict(ack.headers)
 
-    assert verify(ack.body, signature, SECRET)
-    assert not verify(ack.body + b" ", signature, SECRET)
-    assert not verify(ack.body, signature, "another-secret-0123456789")
-    assert not verify(ack.body, None, SECRET)
+    assert verified_event(ack.body, headers, SECRET)["status"] == "failed"
+    assert verified_event(ack.body + b" ", headers, SECRET) is None
+    assert verified_event(ack.body, headers, OTHER_SECRET) is None
+    assert verified_event(ack.body, {"content-type": "application/json"}, SECRET) is None
+    # A captured delivery replayed later: its signature is right, its timestamp too old.
+    old = int(time.time()) - 600
+    keys = [base64.b64decode(SECRET.removeprefix("whsec_"))]
+    replayed = headers | {
+        "webhook-timestamp": str(old),
+        "webhook-signature": webhooks.standard_signature(ack.delivery, old, ack.body, keys),
+    }
+    assert verified_event(ack.body, replayed, SECRET) is None
 
 
 @pytest.mark.usefixtures("strict_warnings")

@@ -1,10 +1,13 @@
-"""EXPORT_WEBHOOK_URL and EXPORT_WEBHOOK_SECRET: both optional; a URL needs a secret of
-16+ characters; errors are one line naming the value (less anything that may carry a
-credential) and the rule, and never show the secret."""
+"""EXPORT_WEBHOOK_URL and EXPORT_WEBHOOK_SECRET: both optional; a URL needs one or more
+secrets (whsec_ Standard Webhooks secrets, or raw ones of 16+ characters); errors are one
+line naming the value (less anything that may carry a credential) and the rule, and
+never show the secret."""
+
+import base64
 
 import pytest
 
-from voicesurvey_exports.settings import VARIABLES, Settings, SettingsError
+from voicesurvey_exports.settings import VARIABLES, Settings, SettingsError, webhook_signing_keys
 
 BASE = {"DATABASE_URL": "sqlite:///app.db"}
 SECRET = "s3cr3t-webhook-key-0123"
@@ -64,7 +67,7 @@ def test_url_without_secret_is_refused():
         settings(EXPORT_WEBHOOK_URL="https://app.example.com/hooks")
     assert str(error.value) == (
         "EXPORT_WEBHOOK_SECRET is not set: EXPORT_WEBHOOK_URL needs it to sign each "
-        "notification (at least 16 characters)"
+        "notification (a whsec_ secret, or at least 16 characters)"
     )
 
 
@@ -74,8 +77,8 @@ def test_short_secret_is_refused_without_showing_it(secret):
         settings(EXPORT_WEBHOOK_URL="https://app.example.com/hooks", EXPORT_WEBHOOK_SECRET=secret)
     message = str(error.value)
     assert message == (
-        f"EXPORT_WEBHOOK_SECRET (value not shown, {len(secret)} characters) must be at least "
-        "16 characters"
+        f"EXPORT_WEBHOOK_SECRET (value not shown, {len(secret)} characters) must be a whsec_ "
+        "secret or at least 16 characters"
     )
     assert secret not in message.replace("EXPORT_WEBHOOK_SECRET", "")
 
@@ -97,3 +100,44 @@ def test_secret_never_shows_in_the_settings_repr():
 
 def test_deploy_configs_pass_both_variables_on():
     assert {"EXPORT_WEBHOOK_URL", "EXPORT_WEBHOOK_SECRET"} <= set(VARIABLES)
+
+
+WHSEC = "whsec_" + base64.b64encode(b"k" * 32).decode()
+URL = "https://app.example.com/hooks"
+
+
+def test_standard_webhooks_secrets_and_a_rotation_are_accepted():
+    assert webhook_signing_keys(WHSEC) == [b"k" * 32]
+    unpadded = "whsec_" + base64.b64encode(b"q" * 25).decode().rstrip("=")
+    both = settings(EXPORT_WEBHOOK_URL=URL, EXPORT_WEBHOOK_SECRET=f"{unpadded} {SECRET}")
+    assert webhook_signing_keys(both.webhook_secret) == [b"q" * 25, SECRET.encode()]
+
+
+@pytest.mark.parametrize(
+    ("secret", "rule"),
+    [
+        ("whsec_not*base64*at*all*0123456789", "must be whsec_ followed by the base64 of 24-64"),
+        ("whsec_" + base64.b64encode(b"k" * 23).decode(), "base64 of 24-64 random bytes"),
+        ("whsec_" + base64.b64encode(b"k" * 65).decode(), "base64 of 24-64 random bytes"),
+        (f"{WHSEC}  {SECRET}", "must be 1-5 secrets separated by single spaces"),
+        (" ".join([WHSEC] * 6), "must be 1-5 secrets separated by single spaces"),
+        (f"{WHSEC}\t{SECRET}", "must separate its secrets with single spaces"),
+        (f"{WHSEC}\n{SECRET}", "must separate its secrets with single spaces"),
+    ],
+)
+def test_malformed_secrets_are_refused_in_one_line_without_the_value(secret, rule):
+    with pytest.raises(SettingsError) as refused:
+        settings(EXPORT_WEBHOOK_URL=URL, EXPORT_WEBHOOK_SECRET=secret)
+    message = str(refused.value)
+    assert rule in message and "\n" not in message
+    for part in secret.split():
+        assert part.removeprefix("whsec_") not in message
+
+
+def test_a_short_raw_secret_in_a_rotation_is_named_by_its_position():
+    with pytest.raises(SettingsError) as refused:
+        settings(EXPORT_WEBHOOK_URL=URL, EXPORT_WEBHOOK_SECRET=f"{WHSEC} short-one")
+    assert str(refused.value) == (
+        "EXPORT_WEBHOOK_SECRET (value not shown, secret 2 of 2, 9 characters) must be a "
+        "whsec_ secret or at least 16 characters"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -11,7 +12,11 @@ from dataclasses import dataclass, field
 from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-SECRET = "test-webhook-secret-0123456789"
+import standardwebhooks
+
+# A Standard Webhooks secret: whsec_ and the base64 of 32 bytes.
+SECRET = "whsec_" + base64.b64encode(b"test-webhook-key-0123456789abcde").decode()
+OTHER_SECRET = "whsec_" + base64.b64encode(b"another-webhook-key-0123456789ab").decode()
 SPEC_KEYS = {
     "event",
     "job_id",
@@ -39,11 +44,21 @@ class Request:
 
     @property
     def delivery(self) -> str:
-        return self.headers["X-VoiceSurvey-Delivery"]
+        return self.headers["webhook-id"]
 
     def signature_valid(self, secret: str = SECRET) -> bool:
-        """What the app does (docs/webhooks.md): HMAC of the raw body."""
-        expected = "sha256=" + hmac.new(secret.encode(), self.body, hashlib.sha256).hexdigest()
+        """What the app does (docs/webhooks.md): the standardwebhooks package verifies the
+        webhook-* headers over the raw body; a raw (non-whsec) secret is its UTF-8 bytes."""
+        key = secret if secret.startswith("whsec_") else secret.encode()
+        try:
+            standardwebhooks.Webhook(key).verify(self.body, dict(self.headers.items()))
+        except standardwebhooks.WebhookVerificationError:
+            return False
+        return True
+
+    def legacy_signature_valid(self, key: bytes) -> bool:
+        """The deprecated X-VoiceSurvey-Signature: HMAC of the raw body (one more release)."""
+        expected = "sha256=" + hmac.new(key, self.body, hashlib.sha256).hexdigest()
         return hmac.compare_digest(expected, self.headers.get("X-VoiceSurvey-Signature", ""))
 
 

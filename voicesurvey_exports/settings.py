@@ -7,6 +7,8 @@ validation error is one line naming the variable, its value and the rule.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import re
 import tempfile
@@ -34,6 +36,9 @@ ACCESS_POLICIES = ("role", "owner")
 # machine) or "s3" (the export bucket under OP_OUTPUTS_S3_PREFIX: a run in any container).
 IO_STORAGES = ("local", "s3")
 OP_OUTPUTS_S3_PREFIX = "dagster/io"
+LOG_FORMATS = ("text", "json")
+# Each started export is a Dagster run: no "unlimited", 1000 a minute is far past any person.
+MAX_EXPORT_REQUESTS_PER_MINUTE = 1000
 
 DEFAULTS = {
     "S3_BUCKET_NAME": "voicesurvey-exports",
@@ -49,6 +54,11 @@ DEFAULTS = {
     "EXPORT_SPOOL_DIR": tempfile.gettempdir(),
     "EXPORT_HTTP_MAX_BODY_BYTES": str(64 * 1024),
     "EXPORT_IO_STORAGE": "local",
+    # Exports one user may start per minute (docs/operations.md, "Rate limit"): a person
+    # never reaches 10, a script looping without waiting is stopped within a minute.
+    "EXPORT_REQUESTS_PER_MINUTE": "10",
+    # The serve process's log lines: "text" or "json" (one JSON object per line).
+    "LOG_FORMAT": "text",
 }
 
 # Every variable the pipeline and the service read (deploy configs pass each one on).
@@ -63,8 +73,14 @@ VARIABLES = (
 )
 # The HTTP service holds a request body whole in memory; the API's bodies are a few bytes.
 MIN_HTTP_BODY_BYTES, MAX_HTTP_BODY_BYTES = 1024, 16 * 1024 * 1024
-# The webhook's HMAC key: long enough not to be guessed from signed bodies.
+# The webhook's HMAC keys: long enough not to be guessed from signed bodies. A Standard
+# Webhooks secret (standardwebhooks.com) is "whsec_" and the base64 of its key's bytes,
+# which the standard wants 24-64 bytes long; a raw secret (the seed's) at least 16
+# characters. At most a few at once: more than two is a rotation left half done.
 MIN_WEBHOOK_SECRET_LENGTH = 16
+WHSEC_PREFIX = "whsec_"
+MIN_WHSEC_KEY_BYTES, MAX_WHSEC_KEY_BYTES = 24, 64
+MAX_WEBHOOK_SECRETS = 5
 
 
 class SettingsError(ValueError):
@@ -98,6 +114,10 @@ class Settings:
     # appears in a repr, an error or Dagster's UI.
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
+    # Exports one user may start in any 60 s, counted in the app database.
+    export_requests_per_minute: int = int(DEFAULTS["EXPORT_REQUESTS_PER_MINUTE"])
+    # "text" or "json" (LOG_FORMATS): the serve process's log lines.
+    log_format: str = DEFAULTS["LOG_FORMAT"]
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -157,6 +177,14 @@ class Settings:
                 "EXPORT_IO_STORAGE", env["EXPORT_IO_STORAGE"], IO_STORAGES
             ),
             **webhook_settings(env.get("EXPORT_WEBHOOK_URL"), env.get("EXPORT_WEBHOOK_SECRET")),
+            export_requests_per_minute=parse_int_setting(
+                "EXPORT_REQUESTS_PER_MINUTE",
+                env["EXPORT_REQUESTS_PER_MINUTE"],
+                1,
+                MAX_EXPORT_REQUESTS_PER_MINUTE,
+                "exports one user may start in any 60 s; each is a Dagster run",
+            ),
+            log_format=parse_choice_setting("LOG_FORMAT", env["LOG_FORMAT"], LOG_FORMATS),
         )
 
 
@@ -221,20 +249,63 @@ def webhook_settings(url: str | None, secret: str | None) -> dict:
     if not secret:
         raise SettingsError(
             "EXPORT_WEBHOOK_SECRET is not set: EXPORT_WEBHOOK_URL needs it to sign each "
-            f"notification (at least {MIN_WEBHOOK_SECRET_LENGTH} characters)"
-        )
-    # The secret's value is never shown, not even in part: its length and the rule only.
-    if len(secret) < MIN_WEBHOOK_SECRET_LENGTH:
-        raise SettingsError(
-            f"EXPORT_WEBHOOK_SECRET (value not shown, {len(secret)} characters) must be at "
-            f"least {MIN_WEBHOOK_SECRET_LENGTH} characters"
+            f"notification (a whsec_ secret, or at least {MIN_WEBHOOK_SECRET_LENGTH} characters)"
         )
     if secret != secret.strip():
         # A secret file's trailing newline would sign with a key the app does not have.
         raise SettingsError(
             "EXPORT_WEBHOOK_SECRET (value not shown) must not start or end with whitespace"
         )
+    webhook_signing_keys(secret)
     return {"webhook_url": url, "webhook_secret": secret}
+
+
+def webhook_signing_keys(secret: str) -> list[bytes]:
+    """The HMAC keys EXPORT_WEBHOOK_SECRET names, in its order: one or more secrets
+    separated by spaces (several during a rotation; each signs every delivery).
+
+    A Standard Webhooks secret is ``whsec_`` and the base64 of 24-64 random bytes; those
+    bytes are the key. Any other secret is the seed's raw secret, used as its UTF-8 bytes
+    (at least 16 characters): still accepted for one release (docs/webhooks.md). The
+    secret's value is never shown in an error, not even in part: its position, its
+    length and the rule only."""
+    if any(ch.isspace() and ch != " " for ch in secret):
+        raise SettingsError(
+            "EXPORT_WEBHOOK_SECRET (value not shown) must separate its secrets with "
+            "single spaces, without tabs or line breaks"
+        )
+    parts = secret.split(" ")
+    if not 1 <= len(parts) <= MAX_WEBHOOK_SECRETS or "" in parts:
+        raise SettingsError(
+            f"EXPORT_WEBHOOK_SECRET (value not shown) must be 1-{MAX_WEBHOOK_SECRETS} "
+            "secrets separated by single spaces"
+        )
+    keys = []
+    for position, part in enumerate(parts, 1):
+        which = "value not shown" + (
+            f", secret {position} of {len(parts)}" if len(parts) > 1 else ""
+        )
+        if part.startswith(WHSEC_PREFIX):
+            encoded = part[len(WHSEC_PREFIX) :]
+            try:
+                # Padding is optional, as the standardwebhooks libraries take it.
+                key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+            except binascii.Error:
+                key = b""
+            if not MIN_WHSEC_KEY_BYTES <= len(key) <= MAX_WHSEC_KEY_BYTES:
+                raise SettingsError(
+                    f"EXPORT_WEBHOOK_SECRET ({which}) must be whsec_ followed by the base64 of "
+                    f"{MIN_WHSEC_KEY_BYTES}-{MAX_WHSEC_KEY_BYTES} random bytes"
+                )
+        else:
+            if len(part) < MIN_WEBHOOK_SECRET_LENGTH:
+                raise SettingsError(
+                    f"EXPORT_WEBHOOK_SECRET ({which}, {len(part)} characters) must be a whsec_ "
+                    f"secret or at least {MIN_WEBHOOK_SECRET_LENGTH} characters"
+                )
+            key = part.encode("utf-8")
+        keys.append(key)
+    return keys
 
 
 def validate_webhook_url(url: str) -> str:

@@ -12,11 +12,34 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+# Errors that say "could not talk to the database now" (refused, lost, timed out, locked)
+# rather than "the database refused this": worth retrying later.
+_UNAVAILABLE = (OperationalError, InterfaceError, DisconnectionError, PoolTimeoutError)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether the database error is the database being out of reach (retry later)."""
+    if isinstance(error, AppDatabaseError):
+        return error.unavailable
+    return isinstance(error, _UNAVAILABLE)
 
 
 class AppDatabaseError(Exception):
-    """The app database refused or failed an operation; the message holds no values."""
+    """The app database refused or failed an operation; the message holds no values.
+    ``unavailable``: it could not be reached or answered in time (retry later)."""
+
+    def __init__(self, message: str, *, unavailable: bool = False):
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 def describe_database_error(error: BaseException) -> str:
@@ -44,7 +67,10 @@ def safe_database_errors(action: str) -> Iterator[None]:
     try:
         yield
     except SQLAlchemyError as error:
-        raise AppDatabaseError(f"{action} failed: {describe_database_error(error)}") from None
+        raise AppDatabaseError(
+            f"{action} failed: {describe_database_error(error)}",
+            unavailable=is_unavailable(error),
+        ) from None
 
 
 class MigrationRefused(AppDatabaseError):

@@ -9,12 +9,13 @@ Delivery is at least once: a 2xx marks the row delivered. Connection errors, tim
 5xx, 408 and 429 are retried with exponential backoff (1 s, 2 s, 4 s ... at most 60 s
 apart) until 24 h after the job ended, then abandoned; any other answer abandons at
 once. Should recording a 2xx fail, the next tick sends the same body again with the same
-``X-VoiceSurvey-Delivery`` id, which receivers use to drop the duplicate. Nothing here
-changes an export job.
+``webhook-id`` (Standard Webhooks, docs/webhooks.md), which receivers use to drop the
+duplicate. Nothing here changes an export job.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import hmac
@@ -35,9 +36,17 @@ from sqlalchemy import Engine
 
 from ..app_db import notifications
 from ..app_db.notifications import Notification
-from ..settings import Settings, redact_url
+from ..settings import Settings, redact_url, webhook_signing_keys
 from .resources import AppDatabase
 
+# Standard Webhooks (standardwebhooks.com): the delivery id (the same on every attempt),
+# this attempt's time in unix seconds, and "v1,<base64 HMAC-SHA256 of id.timestamp.body>"
+# once per secret, separated by spaces.
+ID_HEADER = "webhook-id"
+TIMESTAMP_HEADER = "webhook-timestamp"
+STANDARD_SIGNATURE_HEADER = "webhook-signature"
+# The seed's headers, kept for one more release (docs/webhooks.md) so that receivers can
+# move to the standard ones first; the signature is keyed with the first secret only.
 SIGNATURE_HEADER = "X-VoiceSurvey-Signature"
 EVENT_HEADER = "X-VoiceSurvey-Event"
 DELIVERY_HEADER = "X-VoiceSurvey-Delivery"
@@ -67,9 +76,32 @@ def _user_agent() -> str:
 USER_AGENT = _user_agent()
 
 
-def sign(body: bytes, secret: str) -> str:
-    """The X-VoiceSurvey-Signature value: HMAC-SHA256 of the raw body, keyed by the secret."""
-    return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
+def sign(body: bytes, key: bytes) -> str:
+    """The X-VoiceSurvey-Signature value (deprecated): HMAC-SHA256 of the raw body."""
+    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def standard_signature(delivery_id: str, timestamp: int, body: bytes, keys: list[bytes]) -> str:
+    """The webhook-signature value: ``v1,<base64>`` per key, separated by spaces."""
+    signed = f"{delivery_id}.{timestamp}.".encode() + body
+    return " ".join(
+        "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        for key in keys
+    )
+
+
+def signed_headers(notification: Notification, body: bytes, secret: str, now: float) -> dict:
+    """Every header that identifies and signs one attempt at the notification."""
+    keys = webhook_signing_keys(secret)
+    delivery_id, timestamp = str(notification.id), int(now)
+    return {
+        ID_HEADER: delivery_id,
+        TIMESTAMP_HEADER: str(timestamp),
+        STANDARD_SIGNATURE_HEADER: standard_signature(delivery_id, timestamp, body, keys),
+        SIGNATURE_HEADER: sign(body, keys[0]),
+        EVENT_HEADER: notification.event,
+        DELIVERY_HEADER: delivery_id,
+    }
 
 
 def backoff(attempts: int) -> timedelta:
@@ -197,19 +229,17 @@ def post(url: str, secret: str, notification: Notification, timeout: float = TIM
     """POST the notification's stored body, signed, once, and wait at most ``timeout``
     seconds in all for the answer's status; never raises for network trouble."""
     body = notification.body.encode("utf-8")  # exactly the bytes that are signed
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "User-Agent": USER_AGENT,
-            SIGNATURE_HEADER: sign(body, secret),
-            EVENT_HEADER: notification.event,
-            DELIVERY_HEADER: str(notification.id),
-        },
-    )
     try:
+        request = urllib.request.Request(
+            url,
+            data=body,
+            method="POST",
+            headers={
+                "Content-Type": "application/json",
+                "User-Agent": USER_AGENT,
+                **signed_headers(notification, body, secret, time.time()),
+            },
+        )
         deadline = time.monotonic() + timeout
         with _opener(deadline).open(request, timeout=timeout) as response:
             return Answer(response.status)
@@ -232,8 +262,9 @@ def post(url: str, secret: str, notification: Notification, timeout: float = TIM
 
 def _scrub(text: str, url: str, secret: str) -> str:
     # Exception texts do not normally hold either, but a log line must never show them.
-    if secret:
-        text = text.replace(secret, "***")
+    for part in sorted(secret.split(" "), key=len, reverse=True) if secret else ():
+        if part:
+            text = text.replace(part, "***")
     text = text.replace(url, redact_url(url))
     netloc = urllib.parse.urlsplit(url).netloc
     if "@" in netloc:  # settings refuse user info; should one slip through, not its password

@@ -1,7 +1,9 @@
 """The ``voicesurvey-exports`` command: schema upgrades and the request API from a shell.
 
 Success exits 0 and prints on stdout: one line of text for the ``db`` commands, JSON
-for the others. Any error prints one ``error:`` line on stderr and exits 1.
+for the others. Any error prints one ``error:`` line on stderr and exits with the code
+of its kind (EXIT_CODES; docs/cli.md), so that a script can tell "retry later" from
+"will never work".
 """
 
 from __future__ import annotations
@@ -9,31 +11,157 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import uuid
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..app_db.engine import DatabaseUrlError, get_engine
-from ..app_db.errors import AppDatabaseError, describe_database_error
+from ..app_db.errors import AppDatabaseError, describe_database_error, is_unavailable
 from ..settings import Settings, SettingsError
-from .requests import ExportRequestError, ExportRequests
+from .requests import (
+    ExportRequestError,
+    ExportRequests,
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    StorageUnavailable,
+)
 
 if TYPE_CHECKING:
     from ..app_db.migrations import UpgradeReport
 
+# The exit codes, one per kind of outcome (docs/cli.md has the same table). 2 is
+# argparse's; 75 and 78 are sysexits.h's EX_TEMPFAIL and EX_CONFIG, which supervisors
+# and shell scripts already read as "try again later" and "fix the configuration".
+EXIT_OK = 0
+EXIT_FAILED = 1  # the database refused the operation (e.g. a schema from a newer release)
+EXIT_USAGE = 2  # bad arguments: argparse's own exit code
+EXIT_NOT_PERMITTED = 3  # the user may not use exports (viewer, unknown user)
+EXIT_NOT_FOUND = 4  # no such campaign or job (or, under the owner policy, not theirs)
+EXIT_WRONG_STATE = 5  # the HTTP API's 409s: not completed, file gone, already ended
+EXIT_RATE_LIMITED = 6  # EXPORT_REQUESTS_PER_MINUTE reached: retry after the time said
+EXIT_UNAVAILABLE = 75  # the database or S3 could not be reached: retry later
+EXIT_CONFIG = 78  # a setting breaks its rule: nothing was done
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "the database refused the operation",
+    EXIT_USAGE: "usage error (bad or missing arguments)",
+    EXIT_NOT_PERMITTED: "not permitted (the user may not use exports)",
+    EXIT_NOT_FOUND: "not found (campaign or export job)",
+    EXIT_WRONG_STATE: "wrong state (not completed, file gone, already ended)",
+    EXIT_RATE_LIMITED: "rate limited (EXPORT_REQUESTS_PER_MINUTE): retry after the time said",
+    EXIT_UNAVAILABLE: "unavailable (database or S3 down): retry later",
+    EXIT_CONFIG: "configuration error (a setting breaks its rule)",
+}
+
+# What each command reads from the environment (its --help lists them). Every command
+# but openapi validates all settings first, so any bad variable stops it (exit 78).
+_DATABASE = ("DATABASE_URL",)
+_REQUESTS = (*_DATABASE, "EXPORT_ACCESS_POLICY")
+_S3 = (
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN or AWS_PROFILE",
+    "EXPORT_URL_EXPIRATION_SECONDS",
+)
+_AUTH = ("AUTH_ISSUER", "AUTH_AUDIENCE", "AUTH_JWKS_URL, AUTH_JWKS_FILE or AUTH_JWT_SECRET")
+ENVIRONMENT = {
+    "db upgrade": _DATABASE,
+    "db status": _DATABASE,
+    "request": (*_REQUESTS, "EXPORT_REQUESTS_PER_MINUTE"),
+    "status": _REQUESTS,
+    "list": _REQUESTS,
+    "refresh-url": (*_REQUESTS, *_S3),
+    "cancel": _REQUESTS,
+    "serve": (
+        *_REQUESTS,
+        "EXPORT_REQUESTS_PER_MINUTE",
+        *_S3,
+        *_AUTH,
+        "EXPORT_HTTP_MAX_BODY_BYTES",
+        "LOG_FORMAT",
+    ),
+    "openapi": (),
+}
+
+
+def version() -> str:
+    try:
+        return metadata.version("voicesurvey-exports")
+    except metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "unknown"
+
+
+def _uuid(what: str):
+    def parse(value: str) -> str:
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} {value!r} is not a valid UUID") from None
+        return value
+
+    parse.__name__ = what  # argparse names the argument's type in its errors
+    return parse
+
+
+def _epilog(command: str) -> str:
+    names = ENVIRONMENT[command]
+    if not names:
+        read = "environment: none (needs no configuration)"
+    else:
+        read = "environment (every setting is validated first; docs/cli.md):\n" + "\n".join(
+            f"  {name}" for name in names
+        )
+    return read + "\n\nexit codes: see voicesurvey-exports --help, or docs/cli.md"
+
+
+def _exit_codes_epilog() -> str:
+    return "exit codes:\n" + "\n".join(
+        f"  {code:>2}  {meaning}" for code, meaning in EXIT_CODES.items()
+    )
+
 
 def _parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="voicesurvey-exports",
         description="Campaign CSV exports: request, inspect and refresh export jobs.",
+        epilog=_exit_codes_epilog(),
+        formatter_class=formatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    db = commands.add_parser("db", help="manage the app database schema")
-    db_commands = db.add_subparsers(dest="db_command", required=True)
-    db_commands.add_parser("upgrade", help="create or upgrade the schema in DATABASE_URL")
-    db_commands.add_parser("status", help="show the schema revision of DATABASE_URL")
+    def add(name: str, help_text: str, *, epilog_of: str | None = None, **options):
+        return commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_epilog(epilog_of or name),
+            formatter_class=formatter,
+            **options,
+        )
 
+    db = add("db", "manage the app database schema", epilog_of="db upgrade")
+    db_commands = db.add_subparsers(dest="db_command", required=True)
+    for name, help_text in (
+        ("upgrade", "create or upgrade the schema in DATABASE_URL"),
+        ("status", "show the schema revision of DATABASE_URL"),
+    ):
+        db_commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_epilog(f"db {name}"),
+            formatter_class=formatter,
+        )
+
+    user_help = "the acting user's id (a UUID); their role is read from the database"
+    campaign_help = "the campaign's id (a UUID)"
+    job_help = "the export job's id (a UUID)"
     # The request API's operations: each acts as the user given by --user-id.
     for name, help_text, subject in (
         ("request", "request an export of a campaign", "--campaign-id"),
@@ -42,9 +170,16 @@ def _parser() -> argparse.ArgumentParser:
         ("refresh-url", "re-sign a completed export's download URL", "job_id"),
         ("cancel", "cancel a pending or running export", "job_id"),
     ):
-        command = commands.add_parser(name, help=help_text)
-        command.add_argument(subject, **({"required": True} if subject.startswith("-") else {}))
-        command.add_argument("--user-id", required=True)
+        command = add(name, help_text)
+        if subject.startswith("-"):
+            command.add_argument(
+                subject, required=True, type=_uuid("campaign id"), help=campaign_help
+            )
+        else:
+            command.add_argument(
+                subject, metavar="JOB_ID", type=_uuid("export job id"), help=job_help
+            )
+        command.add_argument("--user-id", required=True, type=_uuid("user id"), help=user_help)
         if name == "request":
             command.add_argument(
                 "--bom",
@@ -55,11 +190,11 @@ def _parser() -> argparse.ArgumentParser:
                 "--gzip", action="store_true", help="store the file gzipped (.csv.gz)"
             )
 
-    serve = commands.add_parser("serve", help="serve the export HTTP API (uvicorn)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve = add("serve", "serve the export HTTP API (uvicorn)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
 
-    commands.add_parser("openapi", help="print the HTTP API's OpenAPI document")
+    add("openapi", "print the HTTP API's OpenAPI document")
     return parser
 
 
@@ -121,9 +256,32 @@ def _serve(host: str, port: int) -> None:
     import uvicorn
 
     from .http.app import create_app
+    from .http.observability import log_config
 
     app = create_app()  # validates every setting, token keys included, before listening
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    log_format = Settings.from_env().log_format
+    uvicorn.run(app, host=host, port=port, log_level="info", log_config=log_config(log_format))
+
+
+def exit_code(error: Exception) -> int:
+    """The exit code of an error main() reports (EXIT_CODES)."""
+    if isinstance(error, (SettingsError, DatabaseUrlError)):
+        return EXIT_CONFIG
+    if isinstance(error, PermissionDenied):
+        return EXIT_NOT_PERMITTED
+    if isinstance(error, NotFound):
+        return EXIT_NOT_FOUND
+    if isinstance(error, RateLimited):
+        return EXIT_RATE_LIMITED
+    if isinstance(error, InvalidRequest):
+        # Bad ids and options are argparse's (exit 2) before anything runs; what the
+        # service still refuses is the job's state: not completed, file gone, ended.
+        return EXIT_WRONG_STATE
+    if isinstance(error, StorageUnavailable):
+        return EXIT_UNAVAILABLE
+    if isinstance(error, (AppDatabaseError, SQLAlchemyError)):
+        return EXIT_UNAVAILABLE if is_unavailable(error) else EXIT_FAILED
+    return EXIT_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,20 +290,20 @@ def main(argv: list[str] | None = None) -> int:
         result = _run(args)
     except (ExportRequestError, SettingsError, DatabaseUrlError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return exit_code(error)
     except AppDatabaseError as error:
         print(f"error: database: {error}", file=sys.stderr)
-        return 1
+        return exit_code(error)
     except SQLAlchemyError as error:
         # The server's primary message only: DETAIL lines and parameters may hold row values.
         print(f"error: database: {describe_database_error(error)}", file=sys.stderr)
-        return 1
+        return exit_code(error)
     if isinstance(result, str):
         print(result)
     elif result is not None:
         json.dump(result, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Connection, Engine, select
 
-from ..app_db import export_jobs
+from ..app_db import export_jobs, request_rate
 from ..app_db.campaigns import Campaign, get_campaign, get_user_role
 from ..app_db.engine import get_engine
 from ..app_db.errors import safe_database_errors
@@ -33,7 +33,7 @@ from ..app_db.export_jobs import ExportJob
 from ..app_db.job_status import JobStatus
 from ..app_db.schema import COMPRESSIONS, EXPORT_ROLES, campaigns
 from ..export_file.s3_object import BucketUnreachable, ExportObjects
-from ..settings import ACCESS_POLICIES, Settings
+from ..settings import ACCESS_POLICIES, DEFAULTS, Settings
 
 FILE_MISSING_MESSAGE = "the file no longer exists in S3; request a new export"
 
@@ -60,6 +60,15 @@ class NotCancellable(InvalidRequest):
 
 class FileGone(InvalidRequest):
     """The completed export's file is no longer in S3 (deleted, or replaced meanwhile)."""
+
+
+class RateLimited(ExportRequestError):
+    """The user started EXPORT_REQUESTS_PER_MINUTE exports in the last minute: the next
+    one is accepted after ``retry_after_seconds``."""
+
+    def __init__(self, message: str, retry_after_seconds: int):
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class StorageUnavailable(ExportRequestError):
@@ -101,6 +110,8 @@ class ExportRequests:
     engine: Engine
     objects: ExportObjects
     access_policy: str
+    # Exports one user may start in any 60 s (EXPORT_REQUESTS_PER_MINUTE).
+    requests_per_minute: int = int(DEFAULTS["EXPORT_REQUESTS_PER_MINUTE"])
 
     def __post_init__(self) -> None:
         if self.access_policy not in ACCESS_POLICIES:
@@ -117,6 +128,7 @@ class ExportRequests:
             engine=engine if engine is not None else get_engine(settings.database_url),
             objects=ExportObjects.from_settings(settings, client=s3_client),
             access_policy=settings.export_access_policy,
+            requests_per_minute=settings.export_requests_per_minute,
         )
 
     def request_export(
@@ -130,7 +142,8 @@ class ExportRequests:
         """Record a pending export request; the sensor picks it up within seconds.
 
         The file options are stored on the job: `bom` starts the file with the UTF-8
-        byte-order mark, `compression` "gzip" stores the gzip of the CSV.
+        byte-order mark, `compression` "gzip" stores the gzip of the CSV. A user who
+        started ``requests_per_minute`` exports in the last 60 s is refused (RateLimited).
         """
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
@@ -138,6 +151,7 @@ class ExportRequests:
         with self._database("recording the export request", write=True) as conn:
             role = self._authorize(conn, user_id)
             self._campaign(conn, campaign_id, user_id, role)
+            self._within_rate_limit(conn, user_id)
             return export_jobs.insert_job(
                 conn, campaign_id, requested_by_user_id=user_id, bom=bom, compression=compression
             )
@@ -256,6 +270,17 @@ class ExportRequests:
             self.engine.begin() if write else self.engine.connect() as conn,
         ):
             yield conn
+
+    def _within_rate_limit(self, conn: Connection, user_id: uuid.UUID) -> None:
+        recent = request_rate.lock_and_count(conn, user_id)
+        if recent.count >= self.requests_per_minute:
+            wait = recent.retry_after_seconds()
+            raise RateLimited(
+                f"user {user_id} started {recent.count} exports in the last 60 s, the most "
+                f"EXPORT_REQUESTS_PER_MINUTE={self.requests_per_minute} allows: try again "
+                f"in {wait} s",
+                wait,
+            )
 
     @staticmethod
     def _authorize(conn: Connection, user_id: uuid.UUID) -> str:

@@ -7,7 +7,7 @@ imports it (tests/test_layout.py). It is switched on by the instance file
 deploy/dagster-single-node.yaml (ForkingRunLauncher, FileComputeLogManager) and the
 daemon command `voicesurvey-exports-daemon run` (daemon.py); without both, Dagster's own
 launcher, compute-log manager and `dagster-daemon run` do the same work, more slowly
-(docs/instances.md).
+(docs/operations.md, "Instance files").
 
 Private modules change in Dagster's minor releases, so importing this package on any
 Dagster version but those listed refuses to start, in one line naming the fallback.

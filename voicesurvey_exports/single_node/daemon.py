@@ -1,7 +1,8 @@
 """`voicesurvey-exports-daemon`: `dagster-daemon` with loops that keep up with people.
 
 The fast path's daemon command (opt-in, with deploy/dagster-single-node.yaml); Dagster's
-own `dagster-daemon run` runs every feature too, at Dagster's pace (docs/instances.md). On a Dagster version this folder was not verified with, it refuses to start
+own `dagster-daemon run` runs every feature too, at Dagster's pace (docs/operations.md,
+"Instance files"). On a Dagster version this folder was not verified with, it refuses to start
 (single_node/__init__.py).
 
 Dagster 1.13 has two loop periods that are module constants, not settings:

@@ -23,8 +23,10 @@ from ..requests import (
     InvalidRequest,
     NotFound,
     PermissionDenied,
+    RateLimited,
     StorageUnavailable,
 )
+from . import observability
 from .auth import AuthSettings, InvalidToken, TokenVerifier
 from .body_guard import INVALID_TOKEN_DETAIL, MISSING_TOKEN_DETAIL, BodyGuard
 from .schemas import (
@@ -49,6 +51,14 @@ ERRORS = {
         "model": ErrorResponse,
         "description": "the app database or S3 is unavailable; try again later",
     },
+}
+
+
+RATE_LIMITED = {
+    "model": ErrorResponse,
+    "description": "the user started EXPORT_REQUESTS_PER_MINUTE exports in the last 60 s; "
+    "Retry-After says in how many seconds to try again",
+    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
 }
 
 
@@ -135,6 +145,9 @@ def build_export_router(
             raise HTTPException(status.HTTP_403_FORBIDDEN, str(error)) from None
         except NotFound as error:
             raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
+        except RateLimited as error:
+            retry_after = {"Retry-After": str(error.retry_after_seconds)}
+            raise HTTPException(429, str(error), headers=retry_after) from None
         except InvalidRequest as error:
             raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
 
@@ -204,6 +217,7 @@ def build_export_router(
             summary="Request a CSV export of the campaign",
             description=descriptions[method],
             operation_id=f"initiate_export_{method.lower()}",
+            responses={429: RATE_LIMITED},
         )
 
     @router.get("/campaigns/{campaign_id}/exports", response_model=list[ExportJobResponse])
@@ -274,11 +288,8 @@ def create_app(
     # Outside every route: the token is checked, and the body's size bounded, before
     # FastAPI reads a body (it does so before it runs a route's dependencies).
     app.add_middleware(BodyGuard, verifier=verifier, max_body_bytes=max_body_bytes)
-
-    @app.get("/healthz", include_in_schema=False)
-    def health() -> dict:
-        return {"status": "ok"}
-
+    # Last: its middleware wraps every other (docs/operations.md).
+    observability.install(app, api.engine)
     return app
 
 
