@@ -85,9 +85,8 @@ def test_cli_creates_lists_and_deletes_a_schedule(run_cli, app_data):
         "schedule", "list", "--campaign-id", str(campaign), "--user-id", str(manager)
     )
     assert [s["schedule_id"] for s in json.loads(out)] == [created["schedule_id"]]
-    code, out, err = run_cli(
-        "schedule", "delete", created["schedule_id"], "--user-id", str(manager)
-    )
+    deleting = ("schedule", "delete", created["schedule_id"], "--user-id", str(manager))
+    code, out, err = run_cli(*deleting)
     assert code == 0, err
     code, out, _ = run_cli(
         "schedule", "list", "--campaign-id", str(campaign), "--user-id", str(manager)
