@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select, text, update
 
 from voicesurvey_exports.app_db.engine import get_engine
+from voicesurvey_exports.app_db.export_jobs import get_job
 from voicesurvey_exports.app_db.schema import (
     contacts,
     export_jobs,
@@ -19,6 +20,7 @@ from voicesurvey_exports.app_db.schema import (
     survey_responses,
     users,
 )
+from voicesurvey_exports.app_db.times import iso_utc
 from voicesurvey_exports.pipeline.schedule_sensor import (
     build_export_schedules_sensor,
     record_due_deliveries,
@@ -263,6 +265,10 @@ def test_incremental_deliveries_hold_exactly_what_changed_since_the_last(deliver
     third, third_job = deliveries.delivered()
     assert third == sorted([str(recalled), str(waiting), str(answered)])
     assert third_job["changed_since"] == second_job["snapshot_at"]
+    with deliveries.engine.connect() as conn:  # as the CLI, the HTTP API show the job
+        shown = get_job(conn, third_job["id"]).to_json()
+    assert shown["changed_since"] == iso_utc(second_job["snapshot_at"])
+    assert shown["schedule_id"] == str(deliveries.schedule)
 
 
 def test_a_change_committed_while_an_export_runs_is_in_the_next_delivery(deliveries):
