@@ -115,7 +115,8 @@ def test_every_minute_schedule_delivers_all_then_what_changed_across_a_restart(s
     for previous, job in zip(windows, windows[1:], strict=False):
         assert job["changed_since"] == previous["snapshot_at"]
 
-    deleted = requests.delete(created.headers["location"], headers=headers, timeout=10)
+    location = stack.api + created.headers["location"]
+    deleted = requests.delete(location, headers=headers, timeout=10)
     assert deleted.status_code == 204
     made = deliveries(app, schedule_id)
     # One job per due time, each a minute after the last.

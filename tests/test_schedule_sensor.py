@@ -150,6 +150,21 @@ def test_a_schedule_whose_creator_lost_the_role_fails_its_due_time_and_is_disabl
     assert record_due_deliveries(engine, "role", datetime(2026, 1, 3, 6, 1, tzinfo=UTC)) == []
 
 
+def test_a_schedule_whose_stored_cron_is_not_valid_fails_and_others_still_run(engine, app_data):
+    manager, campaign = app_data.user(), app_data.campaign()
+    broken = app_data.schedule(campaign, manager, cron="0 6 * *", created_at=LONG_AGO)
+    working = app_data.schedule(campaign, manager, created_at=LONG_AGO)
+    record_due_deliveries(engine, "role", datetime(2026, 1, 2, 6, 1, 30, tzinfo=UTC))
+    [failed] = jobs_of(engine, broken)
+    assert failed["status"] == "failed"
+    assert failed["error_message"] == (
+        f"export schedule {broken} can no longer run: cron '0 6 * *' must have five fields: "
+        "minute hour day-of-month month day-of-week"
+    )
+    assert schedule_row(engine, broken)["enabled"] is False
+    assert [job["status"] for job in jobs_of(engine, working)] == ["pending"]
+
+
 def test_under_the_owner_policy_a_schedule_of_someone_elses_campaign_is_disabled(engine, app_data):
     owner, other = app_data.user(), app_data.user()
     campaign = app_data.campaign(created_by_user_id=owner)

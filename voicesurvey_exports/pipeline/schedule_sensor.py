@@ -14,8 +14,13 @@ import dagster as dg
 from sqlalchemy import Engine
 
 from ..app_db import export_schedules
-from ..service.requests import ExportRequests
-from ..service.schedules import ExportSchedules, latest_due_time
+from ..service.requests import ExportRequests, InvalidRequest
+from ..service.schedules import (
+    ExportSchedules,
+    check_cron,
+    check_time_zone,
+    latest_due_time,
+)
 from ..settings import Settings
 from .resources import AppDatabase
 
@@ -34,7 +39,15 @@ def record_due_deliveries(engine: Engine, access_policy: str, now: datetime) -> 
     with engine.connect() as conn:
         schedules = export_schedules.enabled_schedules(conn)
     for schedule in schedules:
-        due_at = latest_due_time(schedule.cron, schedule.time_zone, now)
+        unusable = None
+        try:
+            # (Rows written by SQL skip the API's checks: check again, per schedule.)
+            due_at = latest_due_time(
+                check_cron(schedule.cron), check_time_zone(schedule.time_zone), now
+            )
+        except InvalidRequest as error:
+            unusable = f"export schedule {schedule.id} can no longer run: {error}"
+            due_at = now.replace(second=0, microsecond=0)
         # A due time before the schedule existed, or that made its job already, is not due.
         if due_at <= (schedule.last_due_at or schedule.created_at):
             continue
@@ -43,7 +56,7 @@ def record_due_deliveries(engine: Engine, access_policy: str, now: datetime) -> 
             if current is None or not current.enabled:  # deleted or disabled meanwhile
                 continue
             job = export_schedules.record_due_time(
-                conn, current, due_at, refusal=access.refusal(conn, current)
+                conn, current, due_at, refusal=unusable or access.refusal(conn, current)
             )
         if job is not None:
             made.append(
