@@ -92,12 +92,27 @@ def test_a_due_time_makes_one_job_however_often_it_is_evaluated(engine, schedule
 def test_after_downtime_only_the_latest_missed_due_time_is_delivered(engine, scheduled):
     _, _, schedule = scheduled
     record_due_deliveries(engine, "role", datetime(2026, 1, 2, 6, 1, tzinfo=UTC))
+    with engine.begin() as conn:
+        conn.execute(update(export_jobs).values(status="completed"))
     # Down from the 2nd to the 5th at 07:00: the 3rd's, 4th's and 5th's due times passed.
     record_due_deliveries(engine, "role", datetime(2026, 1, 5, 7, 0, tzinfo=UTC))
     assert [utc(job["due_at"]).day for job in jobs_of(engine, schedule)] == [2, 5]
     assert utc(schedule_row(engine, schedule)["last_due_at"]) == datetime(
         2026, 1, 5, 6, 0, tzinfo=UTC
     )
+
+
+def test_a_due_time_waits_while_the_previous_delivery_is_open(engine, scheduled):
+    _, _, schedule = scheduled
+    record_due_deliveries(engine, "role", datetime(2026, 1, 2, 6, 1, tzinfo=UTC))
+    [first] = jobs_of(engine, schedule)
+    with engine.begin() as conn:  # its run is still at work a day later
+        conn.execute(update(export_jobs).values(status="running"))
+    assert record_due_deliveries(engine, "role", datetime(2026, 1, 3, 6, 1, tzinfo=UTC)) == []
+    with engine.begin() as conn:
+        conn.execute(update(export_jobs).values(status="completed"))
+    record_due_deliveries(engine, "role", datetime(2026, 1, 3, 7, 0, tzinfo=UTC))
+    assert [utc(job["due_at"]).day for job in jobs_of(engine, schedule)] == [2, 3]
 
 
 def test_the_cron_is_read_in_the_schedules_time_zone(engine, app_data):

@@ -97,8 +97,10 @@ def count_terminal_contacts(
 # transaction still open then, or begun later, and its updated_at (its writer's now(), or
 # any later clock) is not before that start: the next delivery, which takes rows changed
 # at or after this time, has it. See docs/recurring-exports.md.
+# (Client sessions only: autovacuum and other background workers change no updated_at.)
 WINDOW_END_SQL = text(
-    "SELECT min(xact_start) FROM pg_stat_activity WHERE datname = current_database()"
+    "SELECT min(xact_start) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND backend_type = 'client backend'"
 )
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from . import export_jobs as jobs
-from .job_status import JobStatus
+from .job_status import OPEN_JOB_STATUSES, JobStatus
 from .schema import export_jobs, export_schedules
 from .times import as_utc, iso_utc, utcnow
 
@@ -171,6 +171,14 @@ def record_due_time(
         jobs.mark_failed(conn, row.id, refusal)  # its webhook says so too
         disable_schedule(conn, schedule.id, refusal)
     return jobs.get_job(conn, row.id)
+
+
+def has_open_delivery(conn: Connection, schedule_id: uuid.UUID) -> bool:
+    """Whether a delivery of the schedule is still pending or running."""
+    query = select(export_jobs.c.id).where(
+        export_jobs.c.schedule_id == schedule_id, export_jobs.c.status.in_(OPEN_JOB_STATUSES)
+    )
+    return conn.execute(query.limit(1)).first() is not None
 
 
 def disable_schedule(conn: Connection, schedule_id: uuid.UUID, reason: str) -> bool:

@@ -32,8 +32,9 @@ SCHEDULES_SENSOR_INTERVAL_SECONDS = 15
 def record_due_deliveries(engine: Engine, access_policy: str, now: datetime) -> list[str]:
     """Make the job of each enabled schedule's latest due time at or before ``now`` that has
     none yet; a schedule whose creator may no longer export its campaign gets a failed job
-    saying why and is disabled. Only the latest due time counts: after downtime the missed
-    ones before it are not delivered. Returns one line per job made."""
+    saying why and is disabled. Only the latest due time counts: after downtime, or while
+    the schedule's previous delivery is still open, the missed ones before it are not
+    delivered. Returns one line per job made."""
     access = ExportSchedules(ExportRequests(engine, objects=None, access_policy=access_policy))
     made = []
     with engine.connect() as conn:
@@ -54,6 +55,11 @@ def record_due_deliveries(engine: Engine, access_policy: str, now: datetime) -> 
         with engine.begin() as conn:
             current = export_schedules.get_schedule(conn, schedule.id)
             if current is None or not current.enabled:  # deleted or disabled meanwhile
+                continue
+            if export_schedules.has_open_delivery(conn, schedule.id):
+                # Deliveries of a schedule never overlap (two would start from the same
+                # window and repeat each other's rows): the due time waits for the open
+                # one to end, and then the latest due time is delivered.
                 continue
             job = export_schedules.record_due_time(
                 conn, current, due_at, refusal=unusable or access.refusal(conn, current)
