@@ -253,6 +253,15 @@ class AppData:
             s3_client.put_object(Bucket=TEST_BUCKET, Key=values["s3_key"], Body=b"campaign_id\r\n")
         return self.export_job(campaign_id, user_id, status="completed", **values)
 
+    def schedule(self, campaign_id: uuid.UUID, user_id: uuid.UUID, **values) -> uuid.UUID:
+        """A recurring export of the campaign (every morning at 6, UTC, unless given)."""
+        values.setdefault("cron", "0 6 * * *")
+        values.setdefault("time_zone", "UTC")
+        values.setdefault("options", {"bom": False, "compression": "none"})
+        return self._insert(
+            schema.export_schedules, campaign_id=campaign_id, created_by_user_id=user_id, **values
+        )
+
     def job_row(self, job_id: uuid.UUID) -> dict:
         with self.engine.connect() as conn:
             row = conn.execute(

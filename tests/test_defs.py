@@ -38,6 +38,7 @@ def test_definitions_load_without_deprecated_calls(monkeypatch, strict_warnings)
     assert repository.has_job("campaign_export_job")
     assert {s.name for s in repository.sensor_defs} == {
         "export_requests_sensor",
+        "export_schedules_sensor",
         "campaign_partitions_sensor",
         "export_run_failure_sensor",
         "export_run_canceled_sensor",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from typing import BinaryIO
 
 import pandas as pd
@@ -21,11 +22,12 @@ import psycopg2
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
-from sqlalchemy import Connection, Engine, Select, func, select, text
+from sqlalchemy import ColumnElement, Connection, Engine, Select, func, or_, select, text
 from sqlalchemy.dialects import postgresql
 
 from .engine import is_postgres
 from .schema import TERMINAL_CONTACT_STATES, contacts, survey_responses
+from .times import as_utc, utcnow
 
 # Every spool timestamp is in UTC.
 SPOOL_UTC_SUFFIX = "+00"
@@ -36,9 +38,20 @@ SQLITE_CHUNK_ROWS = 50_000
 COPY_CHUNK_BYTES = 1024 * 1024
 
 
-def terminal_contacts_query(campaign_id: uuid.UUID) -> Select:
-    """Rows in CSV column order, ordered by contact id (no phone numbers or emails)."""
-    return (
+def _changed_since(changed_since: datetime) -> ColumnElement:
+    """An incremental delivery's rows: the contact row or its survey response changed at
+    or after the time (survey_responses has no updated_at: its completed_at)."""
+    return or_(
+        contacts.c.updated_at >= changed_since, survey_responses.c.completed_at >= changed_since
+    )
+
+
+def terminal_contacts_query(
+    campaign_id: uuid.UUID, changed_since: datetime | None = None
+) -> Select:
+    """Rows in CSV column order, ordered by contact id (no phone numbers or emails); with
+    ``changed_since``, only those changed since then."""
+    query = (
         select(
             contacts.c.campaign_id,
             contacts.c.id.label("contact_id"),
@@ -60,16 +73,35 @@ def terminal_contacts_query(campaign_id: uuid.UUID) -> Select:
         )
         .order_by(contacts.c.id)
     )
+    return query if changed_since is None else query.where(_changed_since(changed_since))
 
 
-def count_terminal_contacts(conn: Connection, campaign_id: uuid.UUID) -> int:
+def count_terminal_contacts(
+    conn: Connection, campaign_id: uuid.UUID, changed_since: datetime | None = None
+) -> int:
     """How many rows the export of the campaign will have (ix_contacts_campaign_id_state)."""
-    return conn.execute(
-        select(func.count()).where(
-            contacts.c.campaign_id == campaign_id,
-            contacts.c.state.in_(TERMINAL_CONTACT_STATES),
-        )
-    ).scalar_one()
+    query = select(func.count()).where(
+        contacts.c.campaign_id == campaign_id,
+        contacts.c.state.in_(TERMINAL_CONTACT_STATES),
+    )
+    if changed_since is not None:
+        query = query.select_from(
+            contacts.outerjoin(survey_responses, survey_responses.c.contact_id == contacts.c.id)
+        ).where(_changed_since(changed_since))
+    return conn.execute(query).scalar_one()
+
+
+# Where an incremental delivery's rows end, read just before the COPY takes its snapshot
+# (READ COMMITTED: each statement has its own): the start of the oldest transaction open
+# in this database, ours included. A row that the COPY does not see was written by a
+# transaction still open then, or begun later, and its updated_at (its writer's now(), or
+# any later clock) is not before that start: the next delivery, which takes rows changed
+# at or after this time, has it. See docs/recurring-exports.md.
+# (Client sessions only: autovacuum and other background workers change no updated_at.)
+WINDOW_END_SQL = text(
+    "SELECT min(xact_start) FROM pg_stat_activity "
+    "WHERE datname = current_database() AND backend_type = 'client backend'"
+)
 
 
 def copy_terminal_contacts(
@@ -77,6 +109,9 @@ def copy_terminal_contacts(
     campaign_id: uuid.UUID,
     spool: BinaryIO,
     on_progress: Callable[[int], None] | None = None,
+    *,
+    changed_since: datetime | None = None,
+    on_window_end: Callable[[datetime], None] | None = None,
 ) -> int:
     """Write the query's rows to a raw CSV spool (see csv_format.SPOOL_COLUMN_TYPES);
     return how many rows the database sent (the export's row-count check compares them).
@@ -87,16 +122,23 @@ def copy_terminal_contacts(
     ``on_progress(rows_so_far)`` is called per chunk. On PostgreSQL the count is of line
     ends, so answers with newlines make it run ahead of the rows; the return value is
     exact. Whatever it raises stops the export.
+
+    ``changed_since`` keeps the rows changed since then; ``on_window_end(time)`` is told,
+    before any row, the time from which the rows this call cannot see are changed (the
+    next incremental delivery's ``changed_since``).
     """
-    query = terminal_contacts_query(campaign_id)
+    query = terminal_contacts_query(campaign_id, changed_since)
     if is_postgres(engine):
-        # The campaign id is a uuid.UUID, so binding it literally is injection-safe.
+        # The campaign id is a uuid.UUID and changed_since a datetime, so binding them
+        # literally is injection-safe.
         sql = query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
         counter = None
         if on_progress is not None:
             counter = _ChunkCounter(spool, on_progress)
             spool = io.BufferedWriter(counter, COPY_CHUNK_BYTES)
         with engine.begin() as conn:
+            if on_window_end is not None:  # first: before the COPY's snapshot
+                on_window_end(as_utc(conn.execute(WINDOW_END_SQL).scalar_one()))
             # ISO timestamps in UTC: the spool's documented format.
             conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
             conn.execute(text("SET LOCAL DateStyle = 'ISO, YMD'"))
@@ -120,6 +162,9 @@ def copy_terminal_contacts(
                     counter.stopped = True
             return cursor.rowcount  # the server's own count of the rows COPY sent
     rows = 0
+    if on_window_end is not None:
+        # SQLite (the demo) has one writer at a time; its rows carry the app's clock.
+        on_window_end(utcnow())
     with engine.connect() as conn:
         for chunk in pd.read_sql(query, conn, chunksize=SQLITE_CHUNK_ROWS):
             write_spool_rows(chunk, spool)

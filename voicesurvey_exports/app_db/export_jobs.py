@@ -24,6 +24,16 @@ from .job_status import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES, JobStatus
 from .schema import COMPRESSIONS, campaigns, export_jobs
 from .times import as_utc, iso_utc, utcnow
 
+_TIMES = (
+    "url_expires_at",
+    "created_at",
+    "completed_at",
+    "cancel_requested_at",
+    "due_at",
+    "changed_since",
+    "snapshot_at",
+)
+
 
 @dataclass(frozen=True)
 class ExportJob:
@@ -47,6 +57,13 @@ class ExportJob:
     cancel_requested_at: datetime | None = None
     # The bucket of s3_key (revision V0006); None on rows recorded before: the configured one.
     s3_bucket: str | None = None
+    # A recurring export's delivery (revision V0009): its schedule and due time; for an
+    # incremental one the window's start (None: every terminal contact) and, once
+    # extracted, the database snapshot's time its rows reach (the next window's start).
+    schedule_id: uuid.UUID | None = None
+    due_at: datetime | None = None
+    changed_since: datetime | None = None
+    snapshot_at: datetime | None = None
 
     @property
     def options(self) -> dict:
@@ -56,7 +73,7 @@ class ExportJob:
     @classmethod
     def from_row(cls, row) -> ExportJob:
         values = dict(row._mapping)
-        for name in ("url_expires_at", "created_at", "completed_at", "cancel_requested_at"):
+        for name in _TIMES:
             values[name] = as_utc(values[name])
         return cls(**{name: values[name] for name in cls.__dataclass_fields__})
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     DDL,
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     false,
     func,
     text,
+    true,
 )
 
 from .job_status import JobStatus
@@ -158,6 +160,27 @@ survey_responses = Table(
     _timestamptz(name="completed_at", nullable=False, server_default=func.now()),
 )
 
+# Recurring exports (revision V0009): each due time of an enabled schedule becomes one
+# export_jobs row, requested by created_by_user_id; deleted ones are kept (deleted_at) for
+# the jobs that name them.
+export_schedules = Table(
+    "export_schedules",
+    metadata,
+    _id(),
+    _campaign_id(),
+    Column("created_by_user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("cron", Text, nullable=False),  # five fields, minute resolution
+    Column("time_zone", Text, nullable=False, server_default="UTC"),  # IANA name
+    Column("options", JSON, nullable=False),  # the export options, as a request takes them
+    Column("incremental", Boolean, nullable=False, server_default=false()),
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    Column("disabled_reason", Text),
+    # The latest due time that made its job: the sensor makes one for a later one only.
+    _timestamptz(name="last_due_at"),
+    _created_at(),
+    _timestamptz(name="deleted_at"),
+)
+
 export_jobs = Table(
     "export_jobs",
     metadata,
@@ -189,6 +212,19 @@ export_jobs = Table(
     # S3_BUCKET_NAME never loses a file. NULL on rows recorded before V0006: the
     # configured bucket.
     Column("s3_bucket", String(BUCKET_NAME_LENGTH)),
+    # A recurring export's delivery (revision V0009): its schedule and due time, one job
+    # per due time (the unique constraint); `changed_since` the window's start of an
+    # incremental delivery (NULL: every terminal contact), `snapshot_at` where the rows
+    # it extracted end, the next incremental delivery's `changed_since` once completed.
+    Column(
+        "schedule_id",
+        Uuid,
+        ForeignKey("export_schedules.id", name="fk_export_jobs_schedule_id"),
+    ),
+    _timestamptz(name="due_at"),
+    _timestamptz(name="changed_since"),
+    _timestamptz(name="snapshot_at"),
+    UniqueConstraint("schedule_id", "due_at", name="uq_export_jobs_schedule_due_at"),
     *_export_job_rules(),
     # The sensor asks for "pending jobs, oldest first" every few seconds.
     Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
@@ -223,7 +259,15 @@ export_notifications = Table(
 )
 
 # Rows inserted by hand or by other tools get an id on PostgreSQL (the app sets its own).
-for _table in (users, campaigns, contacts, survey_responses, export_jobs, export_notifications):
+for _table in (
+    users,
+    campaigns,
+    contacts,
+    survey_responses,
+    export_schedules,
+    export_jobs,
+    export_notifications,
+):
     event.listen(
         _table,
         "after_create",

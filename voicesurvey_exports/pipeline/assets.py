@@ -24,7 +24,7 @@ import uuid
 
 import dagster as dg
 
-from ..app_db import export_jobs
+from ..app_db import export_jobs, export_schedules
 from ..app_db.campaigns import get_campaign
 from ..app_db.job_status import JobStatus
 from ..app_db.times import iso_utc
@@ -92,6 +92,7 @@ def _start(
         campaign = get_campaign(conn, campaign_id)
         if campaign is None:
             raise permanent_failure(f"campaign {campaign_id} does not exist")
+        schedule = export_schedules.schedule_of_job(conn, job) if job is not None else None
         if job is not None:
             # (Unless this run claimed it already: a retry of this op.)
             if (job.status, job.dagster_run_id) != (JobStatus.RUNNING, context.run_id):
@@ -124,6 +125,8 @@ def _start(
         partition_key,
         bom=job.bom,
         compression=job.compression,
+        schedule_id=job.schedule_id,
+        incremental=schedule is not None and schedule.incremental,
     )
 
 

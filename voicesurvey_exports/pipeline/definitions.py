@@ -8,6 +8,7 @@ from ..settings import Settings
 from .assets import campaign_export, campaign_export_job
 from .resources import build_resources
 from .retention import export_retention_job, export_retention_schedule
+from .schedule_sensor import build_export_schedules_sensor
 from .sensors import (
     build_export_requests_sensor,
     build_stuck_requests_sensor,
@@ -27,6 +28,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         sensors=[
             build_export_requests_sensor(settings),
             build_stuck_requests_sensor(settings),
+            build_export_schedules_sensor(settings),
             campaign_partitions_sensor,
             export_run_failure_sensor,
             export_run_canceled_sensor,

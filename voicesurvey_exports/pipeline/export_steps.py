@@ -15,7 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..app_db import export_jobs
+from ..app_db import export_jobs, export_schedules
 from ..app_db.contacts import copy_terminal_contacts, count_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
 from ..export_file.csv_format import render_spool
@@ -41,6 +41,10 @@ class ExportTarget:
     # The request's file options, from its job row (a UI or backfill run's: the defaults).
     bom: bool = False
     compression: str = "none"
+    # A delivery of an incremental recurring export: only the contacts changed since the
+    # schedule's latest completed delivery.
+    schedule_id: uuid.UUID | None = None
+    incremental: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,18 +100,40 @@ def extract_contacts(
     context, app_db: AppDatabase, spool: SpoolStorage, target: ExportTarget
 ) -> ExtractedContacts:
     spool_path = spool.new_run_dir(context.run_id) / "contacts.spool.csv"
+    changed_since, window_end = None, []
+    if target.incremental:
+        # Read now, not when the job was made: a delivery that completed meanwhile counts.
+        with app_db.engine.connect() as conn:
+            changed_since = export_schedules.delivered_through(conn, target.schedule_id)
 
     def count_rows() -> int:
         # At the first report, beside the running COPY: an export done within a second
         # never counts, and the count cannot hold up a COPY that waits on a lock.
         with app_db.engine.connect() as conn:
-            return count_terminal_contacts(conn, target.campaign_id)
+            return count_terminal_contacts(conn, target.campaign_id, changed_since)
 
     progress = progress_of(context, target.export_job_id, count_rows)
     with open(spool_path, "wb") as spool_file:
         database_rows = copy_terminal_contacts(
-            app_db.engine, target.campaign_id, spool_file, on_progress=progress.extracted
+            app_db.engine,
+            target.campaign_id,
+            spool_file,
+            on_progress=progress.extracted,
+            changed_since=changed_since,
+            on_window_end=window_end.append if target.incremental else None,
         )
+    if target.incremental:
+        with app_db.engine.begin() as conn:
+            if not export_schedules.record_window(
+                conn,
+                target.export_job_id,
+                context.run_id,
+                changed_since=changed_since,
+                snapshot_at=window_end[0],
+            ):
+                raise permanent_failure(
+                    f"export job {target.export_job_id} is no longer owned by run {context.run_id}"
+                )
     progress.finished(EXTRACT)
     return ExtractedContacts(target.export_job_id, str(spool_path), context.run_id, database_rows)
 

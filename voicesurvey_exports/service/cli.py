@@ -84,6 +84,7 @@ ENVIRONMENT = {
         "EXPORT_HTTP_MAX_BODY_BYTES",
         "LOG_FORMAT",
     ),
+    "schedule": _REQUESTS,
     "openapi": (),
 }
 
@@ -190,12 +191,95 @@ def _parser() -> argparse.ArgumentParser:
                 "--gzip", action="store_true", help="store the file gzipped (.csv.gz)"
             )
 
+    _add_schedule_commands(add)
+
     serve = add("serve", "serve the export HTTP API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (8000)")
 
     add("openapi", "print the HTTP API's OpenAPI document")
     return parser
+
+
+def _argument_check(check):
+    """An argparse type from a service check: a bad value is a usage error naming it."""
+
+    def checked(value: str) -> str:
+        try:
+            return check(value)
+        except ExportRequestError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    checked.__name__ = check.__name__.removeprefix("check_")
+    return checked
+
+
+def _add_schedule_commands(add) -> None:
+    from .schedules import check_cron, check_time_zone
+
+    schedule = add("schedule", "manage a campaign's recurring exports (docs/recurring-exports.md)")
+    actions = schedule.add_subparsers(dest="schedule_command", required=True)
+
+    def action(name: str, help_text: str):
+        return actions.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_epilog("schedule"),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    campaign = {"required": True, "type": _uuid("campaign id"), "help": "the campaign's id"}
+    user = {"required": True, "type": _uuid("user id"), "help": "the acting user's id"}
+    create = action("create", "export a campaign on a cron schedule")
+    create.add_argument("--campaign-id", **campaign)
+    create.add_argument("--user-id", **user)
+    create.add_argument(
+        "--cron", required=True, type=_argument_check(check_cron), help='e.g. "0 6 * * *"'
+    )
+    create.add_argument(
+        "--time-zone",
+        default="UTC",
+        type=_argument_check(check_time_zone),
+        help="IANA zone the cron is read in (default UTC)",
+    )
+    create.add_argument(
+        "--incremental",
+        action="store_true",
+        help="after the first delivery, only contacts changed since the last completed one",
+    )
+    create.add_argument("--bom", action="store_true", help="start each file with a UTF-8 BOM")
+    create.add_argument(
+        "--compression", choices=("none", "gzip"), default="none", help="store files gzipped"
+    )
+    listing = action("list", "list a campaign's export schedules")
+    listing.add_argument("--campaign-id", **campaign)
+    listing.add_argument("--user-id", **user)
+    delete = action("delete", "delete an export schedule")
+    delete.add_argument(
+        "schedule_id", metavar="SCHEDULE_ID", type=_uuid("schedule id"), help="the schedule's id"
+    )
+    delete.add_argument("--user-id", **user)
+
+
+def _run_schedule(args: argparse.Namespace, api: ExportRequests) -> object:
+    from .schedules import ExportSchedules
+
+    schedules = ExportSchedules(api)
+    if args.schedule_command == "create":
+        return schedules.create_schedule(
+            args.campaign_id,
+            args.user_id,
+            cron=args.cron,
+            time_zone=args.time_zone,
+            incremental=args.incremental,
+            bom=args.bom,
+            compression=args.compression,
+        ).to_json()
+    if args.schedule_command == "list":
+        return [s.to_json() for s in schedules.list_schedules(args.campaign_id, args.user_id)]
+    schedules.delete_schedule(args.schedule_id, args.user_id)
+    return {"schedule_id": args.schedule_id, "deleted": True}
 
 
 def _run(args: argparse.Namespace) -> object:
@@ -215,6 +299,8 @@ def _run(args: argparse.Namespace) -> object:
     if args.command == "serve":
         return _serve(args.host, args.port)
     api = ExportRequests.from_settings(Settings.from_env())
+    if args.command == "schedule":
+        return _run_schedule(args, api)
     if args.command == "request":
         return api.request_export(
             args.campaign_id,

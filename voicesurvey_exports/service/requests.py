@@ -248,6 +248,21 @@ class ExportRequests:
             "cancelled"
         )
 
+    # The access rules, for the schedule API (service/schedules.py): one place for both.
+    def database(self, action: str, write: bool = False):
+        return self._database(action, write)
+
+    def authorize(self, conn: Connection, user_id: uuid.UUID) -> str:
+        return self._authorize(conn, user_id)
+
+    def campaign(
+        self, conn: Connection, campaign_id: uuid.UUID, user_id: uuid.UUID, role: str
+    ) -> Campaign:
+        return self._campaign(conn, campaign_id, user_id, role)
+
+    def owners_only(self, role: str) -> bool:
+        return self._owners_only(role)
+
     @staticmethod
     def _file_exists(objects: ExportObjects, key: str) -> bool:
         try:

@@ -26,9 +26,11 @@ from ..requests import (
     RateLimited,
     StorageUnavailable,
 )
+from ..schedules import ExportSchedules
 from . import observability
 from .auth import AuthSettings, InvalidToken, TokenVerifier
 from .body_guard import INVALID_TOKEN_DETAIL, MISSING_TOKEN_DETAIL, BodyGuard
+from .schedules import build_schedule_router
 from .schemas import (
     ErrorResponse,
     ExportJobCreateResponse,
@@ -97,13 +99,8 @@ def _refuse_repeated_query_parameters(request: Request) -> None:
         raise RequestValidationError(repeated)
 
 
-def build_export_router(
-    api: ExportRequests | None = None, verifier: TokenVerifier | None = None
-) -> APIRouter:
-    """The router; by default configured from the environment (see docs/configuration.md)."""
-    api = api or ExportRequests.from_settings(Settings.from_env())
-    verifier = verifier or TokenVerifier(AuthSettings.from_env())
-    router = APIRouter(prefix="/api", tags=["exports"], responses=ERRORS)
+def user_dependency(api: ExportRequests, verifier: TokenVerifier):
+    """The dependency that turns the bearer token into the app user's id (401, 403)."""
 
     def current_user(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -135,6 +132,18 @@ def build_export_router(
             raise HTTPException(status.HTTP_403_FORBIDDEN, f"no user with subject {subject!r}")
         return user_id
 
+    return current_user
+
+
+def build_export_router(
+    api: ExportRequests | None = None, verifier: TokenVerifier | None = None
+) -> APIRouter:
+    """The router; by default configured from the environment (see docs/configuration.md)."""
+    api = api or ExportRequests.from_settings(Settings.from_env())
+    verifier = verifier or TokenVerifier(AuthSettings.from_env())
+    router = APIRouter(prefix="/api", tags=["exports"], responses=ERRORS)
+
+    current_user = user_dependency(api, verifier)
     User = Annotated[uuid.UUID, Depends(current_user)]
 
     def call(operation, *args, **options):
@@ -285,6 +294,11 @@ def create_app(
         description="Campaign CSV exports (REQ-018): request, list, read, refresh and cancel.",
     )
     app.include_router(build_export_router(api, verifier))
+    app.include_router(
+        build_schedule_router(
+            ExportSchedules(api), user_dependency(api, verifier), _unavailable_as_503, ERRORS
+        )
+    )
     # Outside every route: the token is checked, and the body's size bounded, before
     # FastAPI reads a body (it does so before it runs a route's dependencies).
     app.add_middleware(BodyGuard, verifier=verifier, max_body_bytes=max_body_bytes)

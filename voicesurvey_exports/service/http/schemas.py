@@ -91,6 +91,20 @@ class ExportJobResponse(BaseModel):
         description="SHA-256 (hex) of the stored file's bytes, exactly as downloaded; also "
         "the object's x-amz-meta-sha256.",
     )
+    schedule_id: uuid.UUID | None = Field(
+        None, description="The recurring export this job is a delivery of (null: a request)."
+    )
+    due_at: datetime | None = Field(None, description="The schedule's due time it delivers.")
+    changed_since: datetime | None = Field(
+        None,
+        description="An incremental delivery holds the terminal contacts changed since this "
+        "time (null: every terminal contact).",
+    )
+    snapshot_at: datetime | None = Field(
+        None,
+        description="An incremental delivery's rows reach this time: the next delivery's "
+        "changed_since once this one completed.",
+    )
 
     @classmethod
     def of(cls, job: ExportJob) -> ExportJobResponse:
@@ -110,6 +124,10 @@ class ExportJobResponse(BaseModel):
             completed_at=job.completed_at,
             size_bytes=job.size_bytes,
             sha256=job.sha256,
+            schedule_id=job.schedule_id,
+            due_at=job.due_at,
+            changed_since=job.changed_since,
+            snapshot_at=job.snapshot_at,
         )
 
 
