@@ -17,6 +17,7 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import export_jobs, users
 from voicesurvey_exports.service.http.app import create_app, openapi_document
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
+from voicesurvey_exports.service.http.deps import export_requests
 from voicesurvey_exports.settings import SettingsError
 
 from .conftest import TEST_BUCKET, AppData, request_api
@@ -521,11 +522,17 @@ def test_rs256_tokens_verify_against_a_jwks_url(postgres_url, s3_client, app_dat
         server.shutdown()
 
 
+def with_request_api(client: TestClient, api) -> TestClient:
+    """The client's app, its routes using another request API."""
+    client.app.dependency_overrides[export_requests] = lambda: api
+    return client
+
+
 def test_refresh_without_s3_credentials_is_503_naming_the_cause(
-    postgres_url, app_data, completed_job
+    client, postgres_url, app_data, completed_job
 ):
     _, job = completed_job
-    client = service(get_engine(postgres_url), s3_client_without_credentials())
+    with_request_api(client, request_api(get_engine(postgres_url), s3_client_without_credentials()))
     _, headers = user_with_token(app_data, "admin")
     before = app_data.job_row(job)
     response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
@@ -554,11 +561,11 @@ def test_refresh_of_a_file_gone_from_s3_is_409_and_the_job_says_so(
 
 
 def test_refresh_racing_retention_is_409_without_a_link(
-    postgres_url, app_data, completed_job, s3_client
+    client, postgres_url, app_data, completed_job, s3_client
 ):
     _, job = completed_job
     engine = get_engine(postgres_url)
-    client = service(engine, RetentionRacesTheRefresh(s3_client, engine))
+    with_request_api(client, request_api(engine, RetentionRacesTheRefresh(s3_client, engine)))
     _, headers = user_with_token(app_data, "admin")
     response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
     assert response.status_code == 409 and "X-Amz" not in response.text

@@ -36,7 +36,8 @@ class BodyGuard:
     (chunked), else handed on whole. The server discards what a refused client still sends.
     Requests without a body go straight on: their routes check the token as always."""
 
-    def __init__(self, app: ASGIApp, verifier: TokenVerifier, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, verifier: TokenVerifier | None = None):
+        # No verifier: the application's (app.state.token_verifier, as create_app sets it).
         self.app, self.verifier, self.max_body_bytes = app, verifier, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -49,7 +50,8 @@ class BodyGuard:
         ):
             await self.app(scope, receive, send)
             return
-        refusal = self._token_refusal(headers.get("authorization"))
+        verifier = self.verifier or scope["app"].state.token_verifier
+        refusal = self._token_refusal(verifier, headers.get("authorization"))
         if refusal is None:
             refusal = self._declared_size_refusal(headers.get("content-length"))
         if refusal is not None:
@@ -63,13 +65,14 @@ class BodyGuard:
             return  # the client went away
         await self.app(scope, _replay(body, receive), send)
 
-    def _token_refusal(self, authorization: str | None) -> JSONResponse | None:
+    @staticmethod
+    def _token_refusal(verifier: TokenVerifier, authorization: str | None) -> JSONResponse | None:
         # As the routes' HTTPBearer dependency reads the header.
         scheme, token = get_authorization_scheme_param(authorization)
         if not (authorization and scheme and token) or scheme.lower() != "bearer":
             return _unauthorized(MISSING_TOKEN_DETAIL)
         try:
-            self.verifier.subject(token)  # logs why a token is rejected
+            verifier.subject(token)  # logs why a token is rejected
         except InvalidToken:
             return _unauthorized(INVALID_TOKEN_DETAIL)
         return None
