@@ -221,7 +221,7 @@ def test_an_unknown_option_or_value_is_422_and_nothing_is_written(
 
     assert response.status_code == 422, response.text
     if field is not None:  # FastAPI's validation error names the offending field
-        assert field in [error["loc"][-1] for error in response.json()["detail"]]
+        assert field in [error["loc"][-1] for error in response.json()["errors"]]
     assert app_data.count(export_jobs) == 0
 
 
@@ -232,7 +232,7 @@ def test_a_repeated_query_parameter_is_422_naming_it_and_its_values(client, app_
         f"/api/campaigns/{campaign}/export?compression=gzip&compression=none", headers=headers
     )
     assert response.status_code == 422, response.text
-    [error] = response.json()["detail"]
+    [error] = response.json()["errors"]
     assert error["loc"] == ["query", "compression"]
     assert error["msg"] == "query parameter compression is given 2 times: give it once"
     assert error["input"] == ["gzip", "none"]
@@ -328,7 +328,13 @@ def test_invalid_tokens_get_401(client, app_data, completed_job, bad):
     headers = {"Authorization": f"Bearer {tokens[bad]}"} if tokens[bad] else {}
     response = client.get(f"/api/campaigns/{campaign}/exports", headers=headers)
     assert response.status_code == 401, response.text
-    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.headers["Content-Type"] == "application/problem+json"
+    if bad == "missing":
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert response.json()["code"] == "unauthenticated"
+    else:  # RFC 6750: a token was sent, and it is not good
+        assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        assert response.json()["code"] == "invalid_token"
 
 
 def test_tokens_get_30_seconds_of_clock_skew(client, app_data, completed_job):
@@ -366,9 +372,15 @@ def test_a_rejected_token_gets_a_fixed_body_and_the_reason_is_only_logged(
         assert response.status_code == 401
         bodies.add(response.text)
         assert reason in caplog.text, caplog.text
-    assert bodies == {
-        json.dumps({"detail": "invalid or expired bearer token"}, separators=(",", ":"))
-    }
+    assert [json.loads(body) for body in bodies] == [
+        {
+            "type": "https://voicesurvey.example/problems/invalid_token",
+            "title": "Invalid bearer token",
+            "status": 401,
+            "detail": "invalid or expired bearer token",
+            "code": "invalid_token",
+        }
+    ]
 
 
 def test_an_unknown_key_id_is_logged_but_never_echoed(
@@ -393,7 +405,7 @@ def test_an_unknown_key_id_is_logged_but_never_echoed(
             headers={"Authorization": f"Bearer {forged}"},
         )
     assert response.status_code == 401
-    assert response.json() == {"detail": "invalid or expired bearer token"}
+    assert response.json()["detail"] == "invalid or expired bearer token"
     assert "probe-kid" in caplog.text and "no key with id" in caplog.text
 
 
@@ -536,11 +548,10 @@ def test_refresh_without_s3_credentials_is_503_naming_the_cause(
     _, headers = user_with_token(app_data, "admin")
     before = app_data.job_row(job)
     response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
-    assert response.status_code == 503
-    assert response.json() == {
-        "detail": "cannot check the export file in S3: NoCredentialsError: "
-        "Unable to locate credentials"
-    }
+    assert (response.status_code, response.json()["code"]) == (503, "unavailable")
+    assert response.json()["detail"] == (
+        "cannot check the export file in S3: NoCredentialsError: Unable to locate credentials"
+    )
     assert app_data.job_row(job) == before
 
 

@@ -21,6 +21,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Connection, Engine, select
@@ -36,6 +37,10 @@ from ..export_file.s3_object import BucketUnreachable, ExportObjects
 from ..settings import ACCESS_POLICIES, Settings
 
 FILE_MISSING_MESSAGE = "the file no longer exists in S3; request a new export"
+# A new export's first poll: the sensor's next tick (about a second) and a small export's
+# run, plus a few seconds for each export requested before it that has not ended; capped,
+# so that a long queue never makes a client wait minutes before it looks again.
+FIRST_POLL_SECONDS, SECONDS_PER_EXPORT_AHEAD, MAX_FIRST_POLL_SECONDS = 2, 3, 60
 
 
 class ExportRequestError(Exception):
@@ -56,6 +61,22 @@ class NotFound(ExportRequestError):
 
 class NotCancellable(InvalidRequest):
     """The export has ended already (completed, failed or cancelled)."""
+
+
+class NotCompleted(InvalidRequest):
+    """The export has no download link to refresh: it is not completed."""
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    """The Idempotency-Key was used by the same user for a request with other options."""
+
+
+class RateLimited(ExportRequestError):
+    """The user started too many exports lately; they may try again in a while."""
+
+    def __init__(self, message: str, retry_after_seconds: int):
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class FileGone(InvalidRequest):

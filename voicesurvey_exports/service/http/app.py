@@ -8,41 +8,38 @@ calling user) comes through the dependencies in deps.py.
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, FastAPI, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, FastAPI, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 
 from ...settings import DEFAULTS, Settings
-from ..requests import (
-    ExportRequests,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-)
+from ..requests import ExportRequests
 from .auth import AuthSettings, TokenVerifier
 from .body_guard import BodyGuard
-from .deps import CurrentUser, Requests, unavailable_as_503
+from .deps import CurrentUser, Requests
+from .problems import (
+    Problem,
+    install_problem_handlers,
+    problem_responses,
+    serve_problems_as_problem_json,
+)
 from .schemas import (
-    ErrorResponse,
     ExportJobCreateResponse,
     ExportJobResponse,
     ExportOptions,
     ExportQueryOptions,
 )
 
-ERRORS = {
-    401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
-    403: {"model": ErrorResponse, "description": "the user may not use exports"},
-    404: {
-        "model": ErrorResponse,
-        "description": "no such campaign or export job (with EXPORT_ACCESS_POLICY=owner, "
-        "also one of a campaign the user did not create)",
-    },
-    503: {
-        "model": ErrorResponse,
-        "description": "the app database or S3 is unavailable; try again later",
-    },
-}
-router = APIRouter(prefix="/api", tags=["exports"], responses=ERRORS)
+# Every route may answer these; each route adds its own below.
+COMMON_PROBLEMS = (
+    "unauthenticated",
+    "invalid_token",
+    "unknown_user",
+    "forbidden",
+    "not_found",
+    "validation_failed",
+    "unavailable",
+)
+router = APIRouter(prefix="/api", tags=["exports"], responses=problem_responses(*COMMON_PROBLEMS))
 
 
 def _refuse_repeated_query_parameters(request: Request) -> None:
@@ -65,30 +62,11 @@ def _refuse_repeated_query_parameters(request: Request) -> None:
         raise RequestValidationError(repeated)
 
 
-def _call(operation, *args, **options):
-    """The request API's refusals as HTTP answers."""
-    try:
-        with unavailable_as_503():
-            return operation(*args, **options)
-    except PermissionDenied as error:
-        raise HTTPException(status.HTTP_403_FORBIDDEN, str(error)) from None
-    except NotFound as error:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-    except InvalidRequest as error:
-        raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
-
-
 def _initiate_export(
     api: ExportRequests, campaign_id: uuid.UUID, user_id: uuid.UUID, options: ExportOptions | None
 ) -> ExportJobCreateResponse:
     options = options or ExportOptions()
-    job = _call(
-        api.request_export,
-        campaign_id,
-        user_id,
-        bom=options.bom,
-        compression=options.compression,
-    )
+    job = api.request_export(campaign_id, user_id, bom=options.bom, compression=options.compression)
     return ExportJobCreateResponse(
         job_id=job.id,
         campaign_id=job.campaign_id,
@@ -142,12 +120,16 @@ def initiate_export_post(
 ) -> ExportJobCreateResponse:
     if request.query_params:
         # `POST ...?compression=gzip` would otherwise export a plain CSV without a word.
-        names = ", ".join(sorted(set(request.query_params.keys())))
-        raise HTTPException(
-            status.HTTP_422_UNPROCESSABLE_CONTENT,
-            f"query parameters {names} are not taken by POST: send the options as the "
-            'JSON body, e.g. {"bom": true, "compression": "gzip"}',
+        names = sorted(set(request.query_params.keys()))
+        detail = (
+            f"query parameters {', '.join(names)} are not taken by POST: send the options as "
+            'the JSON body, e.g. {"bom": true, "compression": "gzip"}'
         )
+        errors = [
+            {"loc": ["query", name], "msg": "not taken by POST", "type": "extra_forbidden"}
+            for name in names
+        ]
+        raise Problem("validation_failed", detail, errors=errors)
     return _initiate_export(api, campaign_id, user_id, options)
 
 
@@ -156,45 +138,35 @@ def list_exports(
     campaign_id: uuid.UUID, user_id: CurrentUser, api: Requests
 ) -> list[ExportJobResponse]:
     """The campaign's export jobs, newest first."""
-    return [ExportJobResponse.of(job) for job in _call(api.list_exports, campaign_id, user_id)]
+    return [ExportJobResponse.of(job) for job in api.list_exports(campaign_id, user_id)]
 
 
 @router.get("/exports/{job_id}", response_model=ExportJobResponse)
 def get_export(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> ExportJobResponse:
     """One export job: its status and, once completed, its download URL."""
-    return ExportJobResponse.of(_call(api.get_export, job_id, user_id))
+    return ExportJobResponse.of(api.get_export(job_id, user_id))
 
 
 @router.post(
     "/exports/{job_id}/refresh-url",
     response_model=ExportJobResponse,
-    responses={
-        409: {
-            "model": ErrorResponse,
-            "description": "the export is not completed, or its file no longer exists",
-        }
-    },
+    responses=problem_responses("export_not_completed", "file_gone"),
 )
 def refresh_url(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> ExportJobResponse:
     """Re-sign a completed export's file with a fresh expiry."""
-    return ExportJobResponse.of(_call(api.refresh_download_url, job_id, user_id))
+    return ExportJobResponse.of(api.refresh_download_url(job_id, user_id))
 
 
 @router.post(
     "/exports/{job_id}/cancel",
     response_model=ExportJobResponse,
     status_code=status.HTTP_202_ACCEPTED,
-    responses={
-        409: {
-            "model": ErrorResponse,
-            "description": "the export has ended already (completed, failed or cancelled)",
-        }
-    },
+    responses=problem_responses("already_ended"),
 )
 def cancel_export(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> ExportJobResponse:
     """Cancel an export: a pending one is `cancelled` at once; a running one shows
     `cancel_requested_at` and ends `cancelled` within seconds, its file deleted."""
-    return ExportJobResponse.of(_call(api.cancel_export, job_id, user_id))
+    return ExportJobResponse.of(api.cancel_export(job_id, user_id))
 
 
 def create_app(
@@ -222,6 +194,8 @@ def create_app(
     app.state.export_requests = api or ExportRequests.from_settings(settings)
     app.state.token_verifier = verifier or TokenVerifier(AuthSettings.from_env())
     app.include_router(router)
+    install_problem_handlers(app)
+    serve_problems_as_problem_json(app)
     # Outside every route: the token is checked, and the body's size bounded, before
     # FastAPI reads a body (it does so before it runs a route's dependencies).
     app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes)

@@ -14,18 +14,15 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import InvalidToken, TokenVerifier
+from .problems import problem_response, unauthorized
 
 MISSING_TOKEN_DETAIL = "a bearer token is required"
 # One answer for every rejected token: which check failed (and the key id) is logged only.
 INVALID_TOKEN_DETAIL = "invalid or expired bearer token"
 
 
-def _unauthorized(detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, 401, headers={"WWW-Authenticate": "Bearer"})
-
-
 def _too_large(detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, 413)
+    return problem_response("payload_too_large", detail)
 
 
 class BodyGuard:
@@ -70,11 +67,11 @@ class BodyGuard:
         # As the routes' HTTPBearer dependency reads the header.
         scheme, token = get_authorization_scheme_param(authorization)
         if not (authorization and scheme and token) or scheme.lower() != "bearer":
-            return _unauthorized(MISSING_TOKEN_DETAIL)
+            return unauthorized("unauthenticated", MISSING_TOKEN_DETAIL)
         try:
             verifier.subject(token)  # logs why a token is rejected
         except InvalidToken:
-            return _unauthorized(INVALID_TOKEN_DETAIL)
+            return unauthorized("invalid_token", INVALID_TOKEN_DETAIL)
         return None
 
     def _declared_size_refusal(self, content_length: str | None) -> JSONResponse | None:
