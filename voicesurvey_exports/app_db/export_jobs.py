@@ -16,7 +16,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, case, cast, func, or_, select
+from sqlalchemy import Connection, and_, case, cast, func, or_, select, tuple_
 
 from . import notifications
 from .errors import safe_database_errors
@@ -127,13 +127,36 @@ def get_job(conn: Connection, job_id: uuid.UUID) -> ExportJob | None:
     return None if row is None else ExportJob.from_row(row)
 
 
-def list_jobs(conn: Connection, campaign_id: uuid.UUID) -> list[ExportJob]:
-    rows = conn.execute(
+def list_jobs(
+    conn: Connection,
+    campaign_id: uuid.UUID,
+    limit: int | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[ExportJob]:
+    """The campaign's jobs newest first; a page of at most `limit` of them, those
+    after (older than) the keyset `before` = (created_at, id) of the previous page's last."""
+    query = (
         select(export_jobs)
         .where(export_jobs.c.campaign_id == campaign_id)
         .order_by(export_jobs.c.created_at.desc(), export_jobs.c.id.desc())
     )
-    return [ExportJob.from_row(row) for row in rows]
+    if before is not None:
+        query = query.where(tuple_(export_jobs.c.created_at, export_jobs.c.id) < tuple_(*before))
+    if limit is not None:
+        query = query.limit(limit)
+    return [ExportJob.from_row(row) for row in conn.execute(query)]
+
+
+def waiting_ahead(conn: Connection, job: ExportJob) -> int:
+    """How many pending or running jobs were requested before this one."""
+    return conn.execute(
+        select(func.count())
+        .select_from(export_jobs)
+        .where(
+            export_jobs.c.status.in_(OPEN_JOB_STATUSES),
+            tuple_(export_jobs.c.created_at, export_jobs.c.id) < tuple_(job.created_at, job.id),
+        )
+    ).scalar_one()
 
 
 def still_pending(conn: Connection, job_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:

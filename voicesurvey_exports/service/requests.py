@@ -164,15 +164,27 @@ class ExportRequests:
             )
 
     def list_exports(
-        self, campaign_id: str | uuid.UUID, user_id: str | uuid.UUID
+        self,
+        campaign_id: str | uuid.UUID,
+        user_id: str | uuid.UUID,
+        *,
+        limit: int | None = None,
+        before: tuple[datetime, uuid.UUID] | None = None,
     ) -> list[ExportJob]:
-        """The campaign's export jobs, newest first."""
+        """The campaign's export jobs, newest first: all of them, or a page of at most
+        `limit` older than the keyset `before` (the last listed job's created_at and id)."""
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
         with self._database("listing export jobs") as conn:
             role = self._authorize(conn, user_id)
             self._campaign(conn, campaign_id, user_id, role)
-            return export_jobs.list_jobs(conn, campaign_id)
+            return export_jobs.list_jobs(conn, campaign_id, limit=limit, before=before)
+
+    def first_poll_seconds(self, job: ExportJob) -> int:
+        """When polling a new job is first worth it, from the exports queued ahead of it."""
+        with self._database("counting the exports ahead") as conn:
+            ahead = export_jobs.waiting_ahead(conn, job)
+        return min(FIRST_POLL_SECONDS + SECONDS_PER_EXPORT_AHEAD * ahead, MAX_FIRST_POLL_SECONDS)
 
     def get_export(self, job_id: str | uuid.UUID, user_id: str | uuid.UUID) -> ExportJob:
         job_id = parse_uuid(job_id, "export job id")
@@ -193,7 +205,7 @@ class ExportRequests:
             role = self._authorize(conn, user_id)
             job = self._job(conn, job_id, user_id, role)
             if job.status != JobStatus.COMPLETED:
-                raise InvalidRequest(
+                raise NotCompleted(
                     f"export job {job_id} is {job.status}: only a completed export has a "
                     "download URL to refresh"
                 )

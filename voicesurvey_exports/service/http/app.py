@@ -5,12 +5,16 @@ the Dagster pipeline does the exporting. What a route needs (the request API, th
 calling user) comes through the dependencies in deps.py.
 """
 
+import base64
 import uuid
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, FastAPI, Query, Request, status
+from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
+from ...app_db.export_jobs import ExportJob
+from ...app_db.job_status import JobStatus
 from ...settings import DEFAULTS, Settings
 from ..requests import ExportRequests
 from .auth import AuthSettings, TokenVerifier
@@ -39,7 +43,23 @@ COMMON_PROBLEMS = (
     "validation_failed",
     "unavailable",
 )
-router = APIRouter(prefix="/api", tags=["exports"], responses=problem_responses(*COMMON_PROBLEMS))
+# Defaults and bounds of the list's page size (`?limit=`).
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+# A running export asked to cancel ends within seconds (the cancel sensor's interval).
+CANCEL_POLL_SECONDS = 5
+
+
+def _no_store(response: Response) -> None:
+    """Bodies of the API may carry signed links: no cache keeps them."""
+    response.headers["Cache-Control"] = "no-store"
+
+
+router = APIRouter(
+    prefix="/api",
+    tags=["exports"],
+    responses=problem_responses(*COMMON_PROBLEMS),
+    dependencies=[Depends(_no_store)],
+)
 
 
 def _refuse_repeated_query_parameters(request: Request) -> None:
@@ -62,11 +82,22 @@ def _refuse_repeated_query_parameters(request: Request) -> None:
         raise RequestValidationError(repeated)
 
 
+def _accepted(response: Response, job_id: uuid.UUID, retry_after_seconds: int) -> None:
+    """A 202's headers: where the job is, and when polling it is first worth it."""
+    response.headers["Location"] = f"/api/exports/{job_id}"
+    response.headers["Retry-After"] = str(retry_after_seconds)
+
+
 def _initiate_export(
-    api: ExportRequests, campaign_id: uuid.UUID, user_id: uuid.UUID, options: ExportOptions | None
+    api: ExportRequests,
+    response: Response,
+    campaign_id: uuid.UUID,
+    user_id: uuid.UUID,
+    options: ExportOptions | None,
 ) -> ExportJobCreateResponse:
     options = options or ExportOptions()
     job = api.request_export(campaign_id, user_id, bom=options.bom, compression=options.compression)
+    _accepted(response, job.id, api.first_poll_seconds(job))
     return ExportJobCreateResponse(
         job_id=job.id,
         campaign_id=job.campaign_id,
@@ -77,6 +108,30 @@ def _initiate_export(
     )
 
 
+ACCEPTED_HEADERS = {
+    "Location": {
+        "description": "The job: `/api/exports/{job_id}`.",
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "Seconds until polling the job is first worth it: 2, plus 3 for "
+        "each export requested before it that has not ended, at most 60.",
+        "schema": {"type": "integer"},
+    },
+    "Cache-Control": {"description": "`no-store`.", "schema": {"type": "string"}},
+}
+NO_STORE_HEADERS = {
+    "Cache-Control": {
+        "description": "`no-store`: the body may carry a signed download link.",
+        "schema": {"type": "string"},
+    }
+}
+CREATE_RESPONSES = {
+    **problem_responses("payload_too_large"),
+    202: {"headers": ACCEPTED_HEADERS},
+}
+
+
 # GET as the app's client calls it (options as query parameters, each once; an unknown
 # one is refused: ExportQueryOptions forbids extra fields); POST as it should be (options as
 # an optional JSON body; none, or an empty body, means the defaults).
@@ -84,21 +139,23 @@ def _initiate_export(
     "/campaigns/{campaign_id}/export",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExportJobCreateResponse,
-    summary="Request a CSV export of the campaign",
+    summary="Request a CSV export of the campaign (options in the query)",
     description="Options as query parameters, each at most once: `bom` exactly `true` or "
     "`false`, `compression` `none` or `gzip`. Any other parameter or value, or a "
     "repeated parameter, is 422 and nothing is recorded.",
-    operation_id="initiate_export_get",
+    operation_id="createExportViaGet",
+    responses={202: {"headers": ACCEPTED_HEADERS}},
 )
 def initiate_export_get(
     campaign_id: uuid.UUID,
     user_id: CurrentUser,
     api: Requests,
     request: Request,
+    response: Response,
     options: Annotated[ExportQueryOptions, Query()],
 ) -> ExportJobCreateResponse:
     _refuse_repeated_query_parameters(request)
-    return _initiate_export(api, campaign_id, user_id, options.options())
+    return _initiate_export(api, response, campaign_id, user_id, options.options())
 
 
 @router.post(
@@ -109,13 +166,15 @@ def initiate_export_get(
     description="Options as an optional JSON body: `bom` a JSON boolean, `compression` "
     '`none` or `gzip`. Any other key or value (1, "true"), or any query parameter, is '
     "422 and nothing is recorded.",
-    operation_id="initiate_export_post",
+    operation_id="createExport",
+    responses=CREATE_RESPONSES,
 )
 def initiate_export_post(
     campaign_id: uuid.UUID,
     user_id: CurrentUser,
     api: Requests,
     request: Request,
+    response: Response,
     options: Annotated[ExportOptions | None, Body()] = None,
 ) -> ExportJobCreateResponse:
     if request.query_params:
@@ -130,18 +189,83 @@ def initiate_export_post(
             for name in names
         ]
         raise Problem("validation_failed", detail, errors=errors)
-    return _initiate_export(api, campaign_id, user_id, options)
+    return _initiate_export(api, response, campaign_id, user_id, options)
 
 
-@router.get("/campaigns/{campaign_id}/exports", response_model=list[ExportJobResponse])
+def _cursor_of(job: ExportJob) -> str:
+    """Opaque to clients: the keyset (created_at, id) of a page's last job."""
+    text = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _keyset_of(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, job_id = text.split("|")
+        keyset = datetime.fromisoformat(created_at), uuid.UUID(job_id)
+        if keyset[0].tzinfo is None:
+            raise ValueError("no time zone")
+        return keyset
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise Problem(
+            "validation_failed",
+            f"cursor {cursor[:80]!r} is not one this service gave: take the Link header's "
+            "next URL as it is",
+            errors=[{"loc": ["query", "cursor"], "msg": "not a cursor", "type": "value_error"}],
+        ) from None
+
+
+@router.get(
+    "/campaigns/{campaign_id}/exports",
+    response_model=list[ExportJobResponse],
+    operation_id="listExports",
+    responses={
+        200: {
+            "headers": {
+                **NO_STORE_HEADERS,
+                "Link": {
+                    "description": 'The next page, `<URL>; rel="next"`, while there is one.',
+                    "schema": {"type": "string"},
+                },
+            }
+        }
+    },
+)
 def list_exports(
-    campaign_id: uuid.UUID, user_id: CurrentUser, api: Requests
+    campaign_id: uuid.UUID,
+    user_id: CurrentUser,
+    api: Requests,
+    request: Request,
+    response: Response,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page, at most 200.")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Where the page starts: only from the previous page's `Link` header.",
+        ),
+    ] = None,
 ) -> list[ExportJobResponse]:
-    """The campaign's export jobs, newest first."""
-    return [ExportJobResponse.of(job) for job in api.list_exports(campaign_id, user_id)]
+    """The campaign's export jobs, newest first, a page at a time; the `Link` header names
+    the next page while there is one."""
+    _refuse_repeated_query_parameters(request)
+    before = _keyset_of(cursor) if cursor is not None else None
+    jobs = api.list_exports(campaign_id, user_id, limit=limit + 1, before=before)
+    if len(jobs) > limit:
+        jobs = jobs[:limit]
+        following = request.url.include_query_params(limit=limit, cursor=_cursor_of(jobs[-1]))
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return [ExportJobResponse.of(job) for job in jobs]
 
 
-@router.get("/exports/{job_id}", response_model=ExportJobResponse)
+@router.get(
+    "/exports/{job_id}",
+    response_model=ExportJobResponse,
+    operation_id="getExport",
+    responses={200: {"headers": NO_STORE_HEADERS}},
+)
 def get_export(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> ExportJobResponse:
     """One export job: its status and, once completed, its download URL."""
     return ExportJobResponse.of(api.get_export(job_id, user_id))
@@ -150,7 +274,11 @@ def get_export(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> Export
 @router.post(
     "/exports/{job_id}/refresh-url",
     response_model=ExportJobResponse,
-    responses=problem_responses("export_not_completed", "file_gone"),
+    operation_id="refreshExportUrl",
+    responses={
+        **problem_responses("export_not_completed", "file_gone"),
+        200: {"headers": NO_STORE_HEADERS},
+    },
 )
 def refresh_url(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> ExportJobResponse:
     """Re-sign a completed export's file with a fresh expiry."""
@@ -161,12 +289,52 @@ def refresh_url(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> Expor
     "/exports/{job_id}/cancel",
     response_model=ExportJobResponse,
     status_code=status.HTTP_202_ACCEPTED,
-    responses=problem_responses("already_ended"),
+    operation_id="cancelExport",
+    responses={
+        **problem_responses("already_ended"),
+        202: {
+            "headers": {
+                **ACCEPTED_HEADERS,
+                "Retry-After": {
+                    "description": "Seconds until the job is worth reading again: 0 once "
+                    f"`cancelled`, {CANCEL_POLL_SECONDS} while it is still `running`.",
+                    "schema": {"type": "integer"},
+                },
+            }
+        },
+    },
 )
-def cancel_export(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> ExportJobResponse:
+def cancel_export(
+    job_id: uuid.UUID, user_id: CurrentUser, api: Requests, response: Response
+) -> ExportJobResponse:
     """Cancel an export: a pending one is `cancelled` at once; a running one shows
     `cancel_requested_at` and ends `cancelled` within seconds, its file deleted."""
-    return ExportJobResponse.of(api.cancel_export(job_id, user_id))
+    job = api.cancel_export(job_id, user_id)
+    _accepted(response, job.id, 0 if job.status == JobStatus.CANCELLED else CANCEL_POLL_SECONDS)
+    return ExportJobResponse.of(job)
+
+
+def _options_route(methods: list[str]):
+    allow = ", ".join([*methods, "OPTIONS"])
+
+    def options() -> Response:
+        return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Allow": allow})
+
+    return options
+
+
+# OPTIONS names every method of a path (FastAPI alone answers it 405, naming one).
+_methods_by_path: dict[str, list[str]] = {}
+for _route in router.routes:
+    _methods_by_path.setdefault(_route.path, []).extend(sorted(_route.methods))
+for _path, _methods in _methods_by_path.items():
+    router.add_api_route(
+        _path.removeprefix(router.prefix),
+        _options_route(sorted(set(_methods))),
+        methods=["OPTIONS"],
+        include_in_schema=False,
+        status_code=status.HTTP_204_NO_CONTENT,
+    )
 
 
 def create_app(

@@ -194,13 +194,21 @@ def validation_detail(errors: list[dict]) -> str:
 
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route of the application takes at the request's path."""
+    return sorted(_methods_at(request.app.router.routes, {**request.scope, "method": "OPTIONS"}))
+
+
+def _methods_at(routes, scope: dict) -> set[str]:
     methods: set[str] = set()
-    scope = {**request.scope, "method": "OPTIONS"}
-    for route in request.app.router.routes:
-        match, _ = route.matches(scope)
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    for route in routes:
+        match, child_scope = route.matches(scope)
+        if match == Match.NONE:
+            continue
+        if getattr(route, "methods", None):
+            methods |= route.methods
+        else:  # an included router (FastAPI's wrapper around it) or a mount
+            router = getattr(route, "original_router", route)
+            methods |= _methods_at(getattr(router, "routes", ()), {**scope, **child_scope})
+    return methods
 
 
 def _service_error(request: Request, error: ExportRequestError) -> JSONResponse:
@@ -231,6 +239,16 @@ def _http_error(request: Request, error: StarletteHTTPException) -> JSONResponse
             "method_not_allowed",
             f"{request.method} is not allowed on {request.url.path}: use {headers['Allow']}",
             headers=headers,
+        )
+    if error.status_code == 400:
+        # FastAPI's answer to a body it cannot parse at all (not UTF-8, say): malformed
+        # input, as any other.
+        errors = [{"loc": ["body"], "msg": str(error.detail), "type": "body_undecodable"}]
+        return problem_response(
+            "validation_failed",
+            "the body cannot be read: send UTF-8 JSON (or no body)",
+            headers=headers,
+            errors=errors,
         )
     if error.status_code == 404:
         return problem_response("not_found", f"no such path: {request.url.path}", headers=headers)
