@@ -250,3 +250,19 @@ def test_a_failed_link_write_is_one_line_without_the_link(
     assert (code, out) == (1, "")
     assert err.startswith("error: database: storing the new link") and err.count("\n") == 1
     assert "short_links" in err and "X-Amz" not in err
+
+
+def test_request_with_an_idempotency_key_prints_the_first_job_again(
+    in_process_env, postgres_url, capsys
+):
+    in_process_env(postgres_url)
+    data = AppData(get_engine(postgres_url))
+    campaign, manager = str(data.campaign()), str(data.user("campaign_manager"))
+    request = ["request", "--campaign-id", campaign, "--user-id", manager]
+    jobs = []
+    for _ in range(2):
+        assert cli_module.main([*request, "--idempotency-key", "nightly-2026-12-07"]) == 0
+        jobs.append(json.loads(capsys.readouterr().out)["job_id"])
+    assert jobs[0] == jobs[1]
+    assert cli_module.main([*request, "--gzip", "--idempotency-key", "nightly-2026-12-07"]) == 1
+    assert "Idempotency-Key 'nightly-2026-12-07' was used at" in capsys.readouterr().err

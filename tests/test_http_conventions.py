@@ -1,13 +1,19 @@
 """The conventions an app team integrates against without asking (docs/http-api.md):
 problem details with a code per cause, 202 headers, no-store, Allow, pages."""
 
+import importlib.metadata
+import json
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import export_jobs
+from voicesurvey_exports.service.http.app import openapi_document
 from voicesurvey_exports.service.http.deps import export_requests
 from voicesurvey_exports.service.http.problems import PROBLEMS
 from voicesurvey_exports.service.requests import ExportRequests, RateLimited
@@ -88,7 +94,7 @@ def test_an_unknown_path_and_an_outage_are_problems_too(s3_client, client):
 
 def test_a_rate_limited_request_is_429_with_retry_after(client, app_data, postgres_url, s3_client):
     class Limited(ExportRequests):
-        def request_export(self, *args, **options):
+        def request_export_once(self, *args, **options):
             raise RateLimited("user x started 10 exports in the last minute", 17)
 
     api = request_api(get_engine(postgres_url), s3_client)
@@ -215,3 +221,116 @@ def test_at_most_200_jobs_a_page_and_50_by_default(client, app_data):
     largest = client.get(f"/api/campaigns/{campaign}/exports?limit=200", headers=headers)
     assert (len(default.json()), len(largest.json())) == (50, 200)
     assert 'rel="next"' in default.headers["Link"] and 'rel="next"' in largest.headers["Link"]
+
+
+def test_the_same_idempotency_key_answers_the_first_job_again(client, app_data):
+    campaign = app_data.campaign()
+    _, headers = user_with_token(app_data, "campaign_manager")
+    keyed = {**headers, "Idempotency-Key": "order-4711 retry"}
+    export = f"/api/campaigns/{campaign}/export"
+
+    first = client.post(export, headers=keyed, json={"compression": "gzip"})
+    again = client.post(export, headers=keyed, json={"compression": "gzip"})
+    via_get = client.get(f"{export}?compression=gzip", headers=keyed)
+
+    assert [a.status_code for a in (first, again, via_get)] == [202] * 3
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.json() == first.json() == via_get.json()
+    for replay in (again, via_get):
+        assert replay.headers["Idempotent-Replayed"] == "true"
+        assert replay.headers["Location"] == first.headers["Location"]
+    assert app_data.count(export_jobs) == 1
+    unkeyed = client.post(export, headers=headers, json={"compression": "gzip"})
+    assert unkeyed.json()["job_id"] != first.json()["job_id"]
+
+
+def test_the_same_key_for_another_request_is_409_and_records_nothing(client, app_data):
+    campaign, other_campaign = app_data.campaign(), app_data.campaign()
+    _, headers = user_with_token(app_data, "campaign_manager")
+    keyed = {**headers, "Idempotency-Key": "k-1"}
+    first = client.post(f"/api/campaigns/{campaign}/export", headers=keyed)
+    for other in (
+        client.post(f"/api/campaigns/{campaign}/export", headers=keyed, json={"bom": True}),
+        client.get(f"/api/campaigns/{campaign}/export?compression=gzip", headers=keyed),
+        client.post(f"/api/campaigns/{other_campaign}/export", headers=keyed),
+    ):
+        detail = assert_problem(other, "idempotency_key_reused")["detail"]
+        assert "'k-1'" in detail and first.json()["job_id"] in detail
+    assert app_data.count(export_jobs) == 1
+
+
+def test_a_key_is_per_user_and_stands_for_24_hours(client, app_data):
+    campaign = app_data.campaign()
+    _, alice = user_with_token(app_data, "campaign_manager")
+    _, bob = user_with_token(app_data, "campaign_manager")
+    export = f"/api/campaigns/{campaign}/export"
+    first = client.post(export, headers={**alice, "Idempotency-Key": "k"}).json()["job_id"]
+    bobs = client.post(export, headers={**bob, "Idempotency-Key": "k"}).json()["job_id"]
+    assert bobs != first
+    with app_data.engine.begin() as conn:
+        conn.execute(
+            export_jobs.update()
+            .where(export_jobs.c.id == uuid.UUID(first))
+            .values(created_at=export_jobs.c.created_at - timedelta(hours=24, minutes=1))
+        )
+    # Its 24 hours are over: the key starts a new export, even with other options.
+    later = client.post(export, headers={**alice, "Idempotency-Key": "k"}, json={"bom": True})
+    assert later.status_code == 202 and later.json()["job_id"] not in (first, bobs)
+    assert app_data.count(export_jobs) == 3
+
+
+@pytest.mark.parametrize("key", [b"", b"x" * 256, b"caf\xc3\xa9", b"tab\there", b"\x7f"], ids=str)
+def test_a_malformed_idempotency_key_is_422_naming_the_header(client, app_data, key):
+    _, headers = user_with_token(app_data, "campaign_manager")
+    answer = client.post(
+        f"/api/campaigns/{app_data.campaign()}/export",
+        headers=[*headers.items(), ("Idempotency-Key", key)],
+    )
+    [error] = assert_problem(answer, "validation_failed")["errors"]
+    assert error["loc"] == ["header", "Idempotency-Key"]
+    assert app_data.count(export_jobs) == 0
+
+
+def test_concurrent_requests_with_one_key_record_one_job(postgres_url, s3_client, app_data):
+    api = request_api(get_engine(postgres_url), s3_client)
+    campaign, user = app_data.campaign(), app_data.user("campaign_manager")
+    start = threading.Barrier(8)
+
+    def request(_):
+        start.wait()
+        return api.request_export_once(campaign, user, idempotency_key="double-click")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(request, range(8)))
+    assert len({job.id for job, _ in answers}) == 1
+    assert sorted(replayed for _, replayed in answers) == [False] + [True] * 7
+    assert app_data.count(export_jobs) == 1
+
+
+def test_openapi_names_each_operation_its_version_headers_and_problem_codes():
+    document = openapi_document()
+    assert document["info"]["version"] == importlib.metadata.version("voicesurvey-exports")
+    operations = {
+        operation["operationId"]: operation
+        for path in document["paths"].values()
+        for operation in path.values()
+    }
+    assert set(operations) == {
+        "createExport",
+        "createExportViaGet",
+        "listExports",
+        "getExport",
+        "refreshExportUrl",
+        "cancelExport",
+    }
+    described = json.dumps(document)
+    for code in set(PROBLEMS) - {"internal_error", "method_not_allowed"}:
+        assert f"`{code}`" in described, code
+    for answer in (operations["createExport"], operations["cancelExport"]):
+        assert {"Location", "Retry-After"} <= set(answer["responses"]["202"]["headers"])
+    assert "Link" in operations["listExports"]["responses"]["200"]["headers"]
+    assert "Idempotency-Key" in [p["name"] for p in operations["createExport"]["parameters"]]
+    for operation in operations.values():
+        for status, answer in operation["responses"].items():
+            if status >= "400":
+                assert list(answer["content"]) == ["application/problem+json"]

@@ -1,13 +1,20 @@
 """schemathesis against the OpenAPI document: no generated request makes the API fail
 with a server error, with a campaign manager's token and without one."""
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, find, settings
 from hypothesis.errors import NoSuchExample
 
 from voicesurvey_exports.app_db.engine import get_engine
-from voicesurvey_exports.service.http.app import create_app
+from voicesurvey_exports.app_db.export_jobs import get_job
+from voicesurvey_exports.app_db.migrations import upgrade
+from voicesurvey_exports.service.http.app import _cursor_of, create_app
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
 
 from .conftest import AppData, request_api
@@ -56,3 +63,52 @@ def test_no_generated_request_causes_a_server_error(served):
     assert len(operations) == 6
     for operation in operations:
         fuzz(operation, bearer)
+
+
+@pytest.fixture
+def serve(create_postgres_database, tmp_path):
+    """The real `voicesurvey-exports serve`, with a campaign and its manager's token."""
+    from .test_http_body_limits import start_server
+
+    database = create_postgres_database("schemathesis")
+    upgrade(get_engine(database))
+    servers = start_server(database, tmp_path)
+    server = next(servers)
+    manager = server.app.user("campaign_manager")
+    campaign = server.app.campaign()
+    jobs = [server.app.export_job(campaign, manager) for _ in range(3)]
+    with server.app.engine.connect() as conn:
+        oldest = get_job(conn, jobs[0])
+    # Known ids and a cursor this service gave, so that generated requests reach past 404.
+    known = {"campaign_id": str(campaign), "job_id": str(jobs[-1]), "cursor": _cursor_of(oldest)}
+    yield server, token(oidc_subject(server.app, manager), exp=int(time.time()) + 3600), known
+    next(servers, None)
+
+
+@pytest.mark.soak
+def test_schemathesis_with_every_check_passes_against_the_real_service(serve, tmp_path):
+    server, bearer, known = serve
+    (tmp_path / "schemathesis.toml").write_text(
+        "[parameters]\n" + "".join(f'"{name}" = "{value}"\n' for name, value in known.items())
+    )
+    run = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("st")),
+            "run",
+            f"http://127.0.0.1:{server.port}/openapi.json",
+            "--checks",
+            "all",
+            "--header",
+            f"Authorization: Bearer {bearer}",
+            "--max-examples",
+            "30",
+            "--seed",
+            "24",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

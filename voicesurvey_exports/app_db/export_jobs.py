@@ -104,11 +104,13 @@ def insert_job(
     *,
     bom: bool = False,
     compression: str = "none",
+    idempotency_key: str | None = None,
 ) -> ExportJob:
     row = conn.execute(
         export_jobs.insert()
         .values(
             id=job_id or uuid.uuid4(),
+            idempotency_key=idempotency_key,
             campaign_id=campaign_id,
             requested_by_user_id=requested_by_user_id,
             status=status,
@@ -120,6 +122,25 @@ def insert_job(
         .returning(*export_jobs.c)
     ).one()
     return ExportJob.from_row(row)
+
+
+def job_of_idempotency_key(
+    conn: Connection, user_id: uuid.UUID, idempotency_key: str
+) -> ExportJob | None:
+    row = conn.execute(
+        select(export_jobs).where(
+            export_jobs.c.requested_by_user_id == user_id,
+            export_jobs.c.idempotency_key == idempotency_key,
+        )
+    ).one_or_none()
+    return None if row is None else ExportJob.from_row(row)
+
+
+def forget_idempotency_key(conn: Connection, job_id: uuid.UUID) -> None:
+    """The key is free again (its 24 hours are over); the job stays as it is."""
+    conn.execute(
+        export_jobs.update().where(export_jobs.c.id == job_id).values(idempotency_key=None)
+    )
 
 
 def get_job(conn: Connection, job_id: uuid.UUID) -> ExportJob | None:

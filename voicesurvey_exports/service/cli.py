@@ -54,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--gzip", action="store_true", help="store the file gzipped (.csv.gz)"
             )
+            command.add_argument(
+                "--idempotency-key",
+                help="the same key from the same user within 24 h prints the first "
+                "request's job instead of recording another (as the HTTP API's header)",
+            )
 
     serve = commands.add_parser("serve", help="serve the export HTTP API (uvicorn)")
     serve.add_argument("--host", default="127.0.0.1")
@@ -86,6 +91,7 @@ def _run(args: argparse.Namespace) -> object:
             args.user_id,
             bom=args.bom,
             compression="gzip" if args.gzip else "none",
+            idempotency_key=args.idempotency_key,
         ).to_json()
     if args.command == "status":
         return api.get_export(args.job_id, args.user_id).to_json()

@@ -6,15 +6,17 @@ calling user) comes through the dependencies in deps.py.
 """
 
 import base64
+import importlib.metadata
 import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, FastAPI, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from ...app_db.export_jobs import ExportJob
 from ...app_db.job_status import JobStatus
+from ...app_db.schema import IDEMPOTENCY_KEY_LENGTH
 from ...settings import DEFAULTS, Settings
 from ..requests import ExportRequests
 from .auth import AuthSettings, TokenVerifier
@@ -88,16 +90,40 @@ def _accepted(response: Response, job_id: uuid.UUID, retry_after_seconds: int) -
     response.headers["Retry-After"] = str(retry_after_seconds)
 
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_LENGTH,
+        pattern=r"^[ -~]+$",
+        description="1-255 printable ASCII characters (a UUID, say). The same key from the "
+        "same user within 24 hours answers the first request's job again (one job, one run; "
+        "`Idempotent-Replayed: true`) if it asked for the same campaign and options, and 409 "
+        "`idempotency_key_reused` otherwise.",
+    ),
+]
+
+
 def _initiate_export(
     api: ExportRequests,
     response: Response,
     campaign_id: uuid.UUID,
     user_id: uuid.UUID,
     options: ExportOptions | None,
+    idempotency_key: str | None,
 ) -> ExportJobCreateResponse:
     options = options or ExportOptions()
-    job = api.request_export(campaign_id, user_id, bom=options.bom, compression=options.compression)
+    job, replayed = api.request_export_once(
+        campaign_id,
+        user_id,
+        bom=options.bom,
+        compression=options.compression,
+        idempotency_key=idempotency_key,
+    )
     _accepted(response, job.id, api.first_poll_seconds(job))
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     return ExportJobCreateResponse(
         job_id=job.id,
         campaign_id=job.campaign_id,
@@ -120,16 +146,21 @@ ACCEPTED_HEADERS = {
     },
     "Cache-Control": {"description": "`no-store`.", "schema": {"type": "string"}},
 }
+CREATED_HEADERS = {
+    **ACCEPTED_HEADERS,
+    "Idempotent-Replayed": {
+        "description": "`true` when the answer is an earlier request's job, for the same "
+        "`Idempotency-Key`.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
 NO_STORE_HEADERS = {
     "Cache-Control": {
         "description": "`no-store`: the body may carry a signed download link.",
         "schema": {"type": "string"},
     }
 }
-CREATE_RESPONSES = {
-    **problem_responses("payload_too_large"),
-    202: {"headers": ACCEPTED_HEADERS},
-}
+CREATE_PROBLEMS = ("idempotency_key_reused", "rate_limited")
 
 
 # GET as the app's client calls it (options as query parameters, each once; an unknown
@@ -144,7 +175,7 @@ CREATE_RESPONSES = {
     "`false`, `compression` `none` or `gzip`. Any other parameter or value, or a "
     "repeated parameter, is 422 and nothing is recorded.",
     operation_id="createExportViaGet",
-    responses={202: {"headers": ACCEPTED_HEADERS}},
+    responses={**problem_responses(*CREATE_PROBLEMS), 202: {"headers": CREATED_HEADERS}},
 )
 def initiate_export_get(
     campaign_id: uuid.UUID,
@@ -153,9 +184,10 @@ def initiate_export_get(
     request: Request,
     response: Response,
     options: Annotated[ExportQueryOptions, Query()],
+    idempotency_key: IdempotencyKey = None,
 ) -> ExportJobCreateResponse:
     _refuse_repeated_query_parameters(request)
-    return _initiate_export(api, response, campaign_id, user_id, options.options())
+    return _initiate_export(api, response, campaign_id, user_id, options.options(), idempotency_key)
 
 
 @router.post(
@@ -167,7 +199,10 @@ def initiate_export_get(
     '`none` or `gzip`. Any other key or value (1, "true"), or any query parameter, is '
     "422 and nothing is recorded.",
     operation_id="createExport",
-    responses=CREATE_RESPONSES,
+    responses={
+        **problem_responses(*CREATE_PROBLEMS, "payload_too_large"),
+        202: {"headers": CREATED_HEADERS},
+    },
 )
 def initiate_export_post(
     campaign_id: uuid.UUID,
@@ -176,6 +211,7 @@ def initiate_export_post(
     request: Request,
     response: Response,
     options: Annotated[ExportOptions | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> ExportJobCreateResponse:
     if request.query_params:
         # `POST ...?compression=gzip` would otherwise export a plain CSV without a word.
@@ -189,7 +225,7 @@ def initiate_export_post(
             for name in names
         ]
         raise Problem("validation_failed", detail, errors=errors)
-    return _initiate_export(api, response, campaign_id, user_id, options)
+    return _initiate_export(api, response, campaign_id, user_id, options, idempotency_key)
 
 
 def _cursor_of(job: ExportJob) -> str:
@@ -276,7 +312,7 @@ def get_export(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> Export
     response_model=ExportJobResponse,
     operation_id="refreshExportUrl",
     responses={
-        **problem_responses("export_not_completed", "file_gone"),
+        **problem_responses("export_not_completed", "file_gone", "payload_too_large"),
         200: {"headers": NO_STORE_HEADERS},
     },
 )
@@ -291,7 +327,7 @@ def refresh_url(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> Expor
     status_code=status.HTTP_202_ACCEPTED,
     operation_id="cancelExport",
     responses={
-        **problem_responses("already_ended"),
+        **problem_responses("already_ended", "payload_too_large"),
         202: {
             "headers": {
                 **ACCEPTED_HEADERS,
@@ -356,7 +392,7 @@ def create_app(
         )
     app = FastAPI(
         title="voicesurvey-exports",
-        version="1.0.0",
+        version=importlib.metadata.version("voicesurvey-exports"),
         description="Campaign CSV exports (REQ-018): request, list, read, refresh and cancel.",
     )
     app.state.export_requests = api or ExportRequests.from_settings(settings)
