@@ -168,7 +168,7 @@ def test_options_and_405_name_every_method_of_the_path(client, path, allowed):
     assert (answer.status_code, answer.headers["Allow"]) == (204, allowed)
     refused = client.put(path)
     assert_problem(refused, "method_not_allowed")
-    assert sorted(refused.headers["Allow"].split(", ")) == sorted(allowed.split(", "))
+    assert refused.headers["Allow"] == allowed
 
 
 def test_the_list_comes_in_pages_newest_first_linked_by_an_opaque_cursor(client, app_data):

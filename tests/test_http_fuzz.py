@@ -1,5 +1,6 @@
 """schemathesis against the OpenAPI document: no generated request makes the API fail
-with a server error, with a campaign manager's token and without one."""
+with a server error, with a campaign manager's token and without one; and, against the
+real `serve` process, every Schemathesis check and the documented headers."""
 
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 import schemathesis
 from hypothesis import HealthCheck, find, settings
 from hypothesis.errors import NoSuchExample
@@ -85,7 +87,6 @@ def serve(create_postgres_database, tmp_path):
     next(servers, None)
 
 
-@pytest.mark.soak
 def test_schemathesis_with_every_check_passes_against_the_real_service(serve, tmp_path):
     server, bearer, known = serve
     (tmp_path / "schemathesis.toml").write_text(
@@ -112,3 +113,31 @@ def test_schemathesis_with_every_check_passes_against_the_real_service(serve, tm
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+
+
+def test_the_real_service_answers_with_the_documented_headers(serve):
+    server, bearer, known = serve
+    base = f"http://127.0.0.1:{server.port}"
+    auth = {"Authorization": f"Bearer {bearer}"}
+    export = f"{base}/api/campaigns/{known['campaign_id']}/export"
+    keyed = {**auth, "Idempotency-Key": "real-http-1"}
+
+    first = requests.post(export, headers=keyed, json={"bom": True}, timeout=10)
+    again = requests.post(export, headers=keyed, json={"bom": True}, timeout=10)
+    reused = requests.post(export, headers=keyed, json={"bom": False}, timeout=10)
+    unauthenticated = requests.get(f"{base}/api/exports/{known['job_id']}", timeout=10)
+    options = requests.options(export, timeout=10)
+    page = requests.get(
+        f"{base}/api/campaigns/{known['campaign_id']}/exports?limit=1", headers=auth, timeout=10
+    )
+
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json() == first.json() and again.headers["Idempotent-Replayed"] == "true"
+    assert first.headers["Location"] == f"/api/exports/{first.json()['job_id']}"
+    assert int(first.headers["Retry-After"]) == 2 + 3 * 3  # three pending jobs ahead
+    assert first.headers["Cache-Control"] == page.headers["Cache-Control"] == "no-store"
+    assert (reused.status_code, reused.json()["code"]) == (409, "idempotency_key_reused")
+    assert unauthenticated.headers["Content-Type"] == "application/problem+json"
+    assert unauthenticated.headers["WWW-Authenticate"] == "Bearer"
+    assert (options.status_code, options.headers["Allow"]) == (204, "GET, POST, OPTIONS")
+    assert page.links["next"]["url"].startswith(f"{base}/api/campaigns/")

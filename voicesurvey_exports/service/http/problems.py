@@ -194,7 +194,9 @@ def validation_detail(errors: list[dict]) -> str:
 
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route of the application takes at the request's path."""
-    return sorted(_methods_at(request.app.router.routes, {**request.scope, "method": "OPTIONS"}))
+    methods = _methods_at(request.app.router.routes, {**request.scope, "method": "OPTIONS"})
+    # As OPTIONS lists them: the path's own methods, then OPTIONS.
+    return sorted(methods - {"OPTIONS"}) + sorted(methods & {"OPTIONS"})
 
 
 def _methods_at(routes, scope: dict) -> set[str]:
