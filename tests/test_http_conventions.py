@@ -7,6 +7,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -334,3 +335,9 @@ def test_openapi_names_each_operation_its_version_headers_and_problem_codes():
         for status, answer in operation["responses"].items():
             if status >= "400":
                 assert list(answer["content"]) == ["application/problem+json"]
+
+
+def test_the_docs_list_every_problem_code_with_its_status():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "http-api.md").read_text()
+    for code, kind in PROBLEMS.items():
+        assert f"| {kind.status} | `{code}` |" in docs, code
