@@ -34,8 +34,10 @@ def cli_env(create_postgres_database, aws_credentials):
 def test_db_upgrade_then_request_status_and_list(cli_env):
     first = cli("db", "upgrade", env=cli_env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout == "app schema at V0006: applied V0001, V0002, V0003, V0004, V0005, V0006\n"
-    assert cli("db", "upgrade", env=cli_env).stdout == "app schema at V0006: nothing to apply\n"
+    assert first.stdout == (
+        "app schema at V0007: applied V0001, V0002, V0003, V0004, V0005, V0006, V0007\n"
+    )
+    assert cli("db", "upgrade", env=cli_env).stdout == "app schema at V0007: nothing to apply\n"
 
     data = AppData(get_engine(cli_env["DATABASE_URL"]))
     campaign, manager = data.campaign(), data.user("campaign_manager")
@@ -71,24 +73,27 @@ def test_db_status_and_adoption_of_an_old_database_are_one_line_each(cli_env):
         return result.stdout
 
     to_apply = "to apply (run: voicesurvey-exports db upgrade)"
-    assert db("status") == f"no app schema: V0001, V0002, V0003, V0004, V0005, V0006 {to_apply}\n"
+    assert (
+        db("status")
+        == f"no app schema: V0001, V0002, V0003, V0004, V0005, V0006, V0007 {to_apply}\n"
+    )
     engine = get_engine(cli_env["DATABASE_URL"])
     old_runner_database(engine, (1, 2))
-    assert db("status") == f"app schema at V0002: V0003, V0004, V0005, V0006 {to_apply}\n"
+    assert db("status") == f"app schema at V0002: V0003, V0004, V0005, V0006, V0007 {to_apply}\n"
     assert db("upgrade") == (
-        "app schema at V0006: adopted at V0002 from app_schema_migrations version 2; "
-        "applied V0003, V0004, V0005, V0006\n"
+        "app schema at V0007: adopted at V0002 from app_schema_migrations version 2; "
+        "applied V0003, V0004, V0005, V0006, V0007\n"
     )
-    assert db("status") == "app schema at V0006: up to date\n"
+    assert db("status") == "app schema at V0007: up to date\n"
 
     with engine.begin() as conn:  # as a later release would leave it
         conn.exec_driver_sql("UPDATE voicesurvey_exports_alembic_version SET version_num = 'V0099'")
-    assert db("status") == "app schema at V0099: newer than this release (its latest is V0006)\n"
+    assert db("status") == "app schema at V0099: newer than this release (its latest is V0007)\n"
     refused = cli("db", "upgrade", env=cli_env)
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr == (
         "error: database: the app schema is at revision 'V0099', which this release does not "
-        "know (its latest is V0006): use a release that ships V0099\n"
+        "know (its latest is V0007): use a release that ships V0099\n"
     )
 
 
