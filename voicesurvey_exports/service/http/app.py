@@ -66,7 +66,7 @@ router = APIRouter(
 
 def _refuse_repeated_query_parameters(request: Request) -> None:
     """`?compression=gzip&compression=none` would otherwise silently take the last value:
-    422, in FastAPI's validation-error shape, naming the parameter and its values."""
+    422 validation_failed, naming the parameter and its values in `errors`."""
     given: dict[str, list[str]] = {}
     for name, value in request.query_params.multi_items():
         given.setdefault(name, []).append(value)
