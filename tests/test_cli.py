@@ -40,7 +40,7 @@ def test_db_upgrade_then_request_status_and_list(cli_env):
     assert first.returncode == 0, first.stderr
     assert (
         first.stdout
-        == "app schema at V0009: applied V0001, V0002, V0003, V0004, V0005, V0006, V0009\n"
+        == "app schema at V0009: applied V0001, V0002, V0003, V0004, V0005, V0006, V0007, V0009\n"
     )
     assert cli("db", "upgrade", env=cli_env).stdout == "app schema at V0009: nothing to apply\n"
 
@@ -80,14 +80,17 @@ def test_db_status_and_adoption_of_an_old_database_are_one_line_each(cli_env):
     to_apply = "to apply (run: voicesurvey-exports db upgrade)"
     assert (
         db("status")
-        == f"no app schema: V0001, V0002, V0003, V0004, V0005, V0006, V0009 {to_apply}\n"
+        == f"no app schema: V0001, V0002, V0003, V0004, V0005, V0006, V0007, V0009 {to_apply}\n"
     )
     engine = get_engine(cli_env["DATABASE_URL"])
     old_runner_database(engine, (1, 2))
-    assert db("status") == f"app schema at V0002: V0003, V0004, V0005, V0006, V0009 {to_apply}\n"
+    assert (
+        db("status")
+        == f"app schema at V0002: V0003, V0004, V0005, V0006, V0007, V0009 {to_apply}\n"
+    )
     assert db("upgrade") == (
         "app schema at V0009: adopted at V0002 from app_schema_migrations version 2; "
-        "applied V0003, V0004, V0005, V0006, V0009\n"
+        "applied V0003, V0004, V0005, V0006, V0007, V0009\n"
     )
     assert db("status") == "app schema at V0009: up to date\n"
 
@@ -363,3 +366,19 @@ KNOWN_VARIABLES = {
     "AWS_SESSION_TOKEN",
     "AWS_PROFILE",
 }
+
+
+def test_request_with_an_idempotency_key_prints_the_first_job_again(
+    in_process_env, postgres_url, capsys
+):
+    in_process_env(postgres_url)
+    data = AppData(get_engine(postgres_url))
+    campaign, manager = str(data.campaign()), str(data.user("campaign_manager"))
+    request = ["request", "--campaign-id", campaign, "--user-id", manager]
+    jobs = []
+    for _ in range(2):
+        assert cli_module.main([*request, "--idempotency-key", "nightly-2026-12-07"]) == 0
+        jobs.append(json.loads(capsys.readouterr().out)["job_id"])
+    assert jobs[0] == jobs[1]
+    assert cli_module.main([*request, "--gzip", "--idempotency-key", "nightly-2026-12-07"]) == 5
+    assert "Idempotency-Key 'nightly-2026-12-07' was used at" in capsys.readouterr().err

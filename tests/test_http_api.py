@@ -17,6 +17,7 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import export_jobs, users
 from voicesurvey_exports.service.http.app import create_app, openapi_document
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
+from voicesurvey_exports.service.http.deps import export_requests
 from voicesurvey_exports.settings import SettingsError
 
 from .conftest import TEST_BUCKET, AppData, request_api
@@ -220,7 +221,7 @@ def test_an_unknown_option_or_value_is_422_and_nothing_is_written(
 
     assert response.status_code == 422, response.text
     if field is not None:  # FastAPI's validation error names the offending field
-        assert field in [error["loc"][-1] for error in response.json()["detail"]]
+        assert field in [error["loc"][-1] for error in response.json()["errors"]]
     assert app_data.count(export_jobs) == 0
 
 
@@ -231,7 +232,7 @@ def test_a_repeated_query_parameter_is_422_naming_it_and_its_values(client, app_
         f"/api/campaigns/{campaign}/export?compression=gzip&compression=none", headers=headers
     )
     assert response.status_code == 422, response.text
-    [error] = response.json()["detail"]
+    [error] = response.json()["errors"]
     assert error["loc"] == ["query", "compression"]
     assert error["msg"] == "query parameter compression is given 2 times: give it once"
     assert error["input"] == ["gzip", "none"]
@@ -327,7 +328,13 @@ def test_invalid_tokens_get_401(client, app_data, completed_job, bad):
     headers = {"Authorization": f"Bearer {tokens[bad]}"} if tokens[bad] else {}
     response = client.get(f"/api/campaigns/{campaign}/exports", headers=headers)
     assert response.status_code == 401, response.text
-    assert response.headers["WWW-Authenticate"] == "Bearer"
+    assert response.headers["Content-Type"] == "application/problem+json"
+    if bad == "missing":
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert response.json()["code"] == "unauthenticated"
+    else:  # RFC 6750: a token was sent, and it is not good
+        assert response.headers["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        assert response.json()["code"] == "invalid_token"
 
 
 def test_tokens_get_30_seconds_of_clock_skew(client, app_data, completed_job):
@@ -365,9 +372,15 @@ def test_a_rejected_token_gets_a_fixed_body_and_the_reason_is_only_logged(
         assert response.status_code == 401
         bodies.add(response.text)
         assert reason in caplog.text, caplog.text
-    assert bodies == {
-        json.dumps({"detail": "invalid or expired bearer token"}, separators=(",", ":"))
-    }
+    assert [json.loads(body) for body in bodies] == [
+        {
+            "type": "https://voicesurvey.example/problems/invalid_token",
+            "title": "Invalid bearer token",
+            "status": 401,
+            "detail": "invalid or expired bearer token",
+            "code": "invalid_token",
+        }
+    ]
 
 
 def test_an_unknown_key_id_is_logged_but_never_echoed(
@@ -392,7 +405,7 @@ def test_an_unknown_key_id_is_logged_but_never_echoed(
             headers={"Authorization": f"Bearer {forged}"},
         )
     assert response.status_code == 401
-    assert response.json() == {"detail": "invalid or expired bearer token"}
+    assert response.json()["detail"] == "invalid or expired bearer token"
     assert "probe-kid" in caplog.text and "no key with id" in caplog.text
 
 
@@ -521,19 +534,24 @@ def test_rs256_tokens_verify_against_a_jwks_url(postgres_url, s3_client, app_dat
         server.shutdown()
 
 
+def with_request_api(client: TestClient, api) -> TestClient:
+    """The client's app, its routes using another request API."""
+    client.app.dependency_overrides[export_requests] = lambda: api
+    return client
+
+
 def test_refresh_without_s3_credentials_is_503_naming_the_cause(
-    postgres_url, app_data, completed_job
+    client, postgres_url, app_data, completed_job
 ):
     _, job = completed_job
-    client = service(get_engine(postgres_url), s3_client_without_credentials())
+    with_request_api(client, request_api(get_engine(postgres_url), s3_client_without_credentials()))
     _, headers = user_with_token(app_data, "admin")
     before = app_data.job_row(job)
     response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
-    assert response.status_code == 503
-    assert response.json() == {
-        "detail": "cannot check the export file in S3: NoCredentialsError: "
-        "Unable to locate credentials"
-    }
+    assert (response.status_code, response.json()["code"]) == (503, "unavailable")
+    assert response.json()["detail"] == (
+        "cannot check the export file in S3: NoCredentialsError: Unable to locate credentials"
+    )
     assert app_data.job_row(job) == before
 
 
@@ -554,11 +572,11 @@ def test_refresh_of_a_file_gone_from_s3_is_409_and_the_job_says_so(
 
 
 def test_refresh_racing_retention_is_409_without_a_link(
-    postgres_url, app_data, completed_job, s3_client
+    client, postgres_url, app_data, completed_job, s3_client
 ):
     _, job = completed_job
     engine = get_engine(postgres_url)
-    client = service(engine, RetentionRacesTheRefresh(s3_client, engine))
+    with_request_api(client, request_api(engine, RetentionRacesTheRefresh(s3_client, engine)))
     _, headers = user_with_token(app_data, "admin")
     response = client.post(f"/api/exports/{job}/refresh-url", headers=headers)
     assert response.status_code == 409 and "X-Amz" not in response.text

@@ -286,10 +286,8 @@ def test_the_service_takes_its_limit_from_the_environment(postgres_url, monkeypa
 
     assert client.post(path, headers=headers, content=json_body(2048)).status_code == 202
     refused = client.post(path, headers=headers, content=json_body(2049))
-    assert (refused.status_code, refused.json()) == (
-        413,
-        {
-            "detail": "request body of 2049 bytes is over the limit of 2048 bytes "
-            "(EXPORT_HTTP_MAX_BODY_BYTES)"
-        },
+    assert (refused.status_code, refused.json()["code"]) == (413, "payload_too_large")
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert refused.json()["detail"] == (
+        "request body of 2049 bytes is over the limit of 2048 bytes (EXPORT_HTTP_MAX_BODY_BYTES)"
     )

@@ -39,7 +39,7 @@ from voicesurvey_exports.app_db.migrations import (
 
 from .conftest import AppData
 
-ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005", "V0006", "V0009"]
+ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005", "V0006", "V0007", "V0009"]
 APP_TABLES = {
     "users",
     "campaigns",
@@ -161,6 +161,7 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
                 "progress_percent",
                 "cancel_requested_at",
                 "s3_bucket",
+                "idempotency_key",
                 "schedule_id",
                 "due_at",
                 "changed_since",
@@ -197,8 +198,8 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
 @pytest.mark.parametrize(
     ("recorded_versions", "expected_applied"),
     [
-        ((1, 2), ["V0003", "V0004", "V0005", "V0006", "V0009"]),
-        ((1, 2, 3), ["V0004", "V0005", "V0006", "V0009"]),
+        ((1, 2), ["V0003", "V0004", "V0005", "V0006", "V0007", "V0009"]),
+        ((1, 2, 3), ["V0004", "V0005", "V0006", "V0007", "V0009"]),
     ],
 )
 def test_old_runner_database_is_adopted_and_keeps_every_row(
@@ -262,12 +263,13 @@ def test_app_tables_at_v0002_without_a_record_get_v0003(new_database):
             text(
                 "ALTER TABLE export_jobs DROP COLUMN bom, DROP COLUMN compression, "
                 "DROP COLUMN progress_percent, DROP COLUMN cancel_requested_at, "
-                "DROP COLUMN s3_bucket, DROP COLUMN schedule_id, DROP COLUMN due_at, "
+                "DROP COLUMN s3_bucket, DROP COLUMN idempotency_key, DROP COLUMN schedule_id, "
+                "DROP COLUMN due_at, "
                 "DROP COLUMN changed_since, DROP COLUMN snapshot_at"
             )
         )
         conn.execute(text("DROP TABLE export_schedules"))
-    assert upgrade(engine) == ["V0003", "V0004", "V0005", "V0006", "V0009"]
+    assert upgrade(engine) == ["V0003", "V0004", "V0005", "V0006", "V0007", "V0009"]
     assert "dagster_run_id" in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
 
 
@@ -332,7 +334,7 @@ def test_downgrade_to_base_then_upgrade_rebuilds_the_schema(kind, new_database):
     with engine.begin() as conn:  # a cancelled job reads as failed in the older release
         job = AppData(engine).export_job(AppData(engine).campaign())
         conn.execute(jobs.update().where(jobs.c.id == job).values(status="cancelled"))
-    assert downgrade(engine, "V0004") == ["V0009", "V0006", "V0005"]
+    assert downgrade(engine, "V0004") == ["V0009", "V0007", "V0006", "V0005"]
     assert "progress_percent" not in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
     assert "export_notifications" not in inspect(engine).get_table_names()
     with engine.begin() as conn:
@@ -361,7 +363,7 @@ def test_pending_jobs_index_exists(migrated_postgres_url):
 def at_v0005(engine: Engine) -> Engine:
     """A database at revision V0005 (before V0006's rules and bucket column)."""
     upgrade(engine)
-    assert downgrade(engine, "V0005") == ["V0009", "V0006"]
+    assert downgrade(engine, "V0005") == ["V0009", "V0007", "V0006"]
     return engine
 
 
@@ -462,7 +464,7 @@ def test_v0006_replaces_finished_jobs_values_outside_its_rules_and_says_what_the
             )
         )
 
-    assert upgrade(engine) == ["V0006", "V0009"]
+    assert upgrade(engine) == ["V0006", "V0007", "V0009"]
 
     for job_id, (column, value) in jobs.items():
         rule, replacement = V0006_RULES[column]
@@ -504,7 +506,7 @@ def test_downgrade_below_v0005_is_refused_while_a_job_has_file_options(kind, new
         )
         with engine.begin() as conn:
             conn.execute(schema.export_jobs.delete().where(schema.export_jobs.c.id == job))
-    assert downgrade(engine, "V0004") == ["V0009", "V0006", "V0005"]
+    assert downgrade(engine, "V0004") == ["V0009", "V0007", "V0006", "V0005"]
     with engine.connect() as conn:  # the plain job, kept
         assert conn.execute(text("SELECT status FROM export_jobs")).scalars().all() == ["completed"]
 
@@ -528,6 +530,6 @@ def test_downgrade_below_v0006_is_refused_while_a_file_lies_in_another_bucket(
         downgrade(engine, "V0005")
 
     monkeypatch.setenv("S3_BUCKET_NAME", "old-exports")
-    assert downgrade(engine, "V0005") == ["V0009", "V0006"]
+    assert downgrade(engine, "V0005") == ["V0009", "V0007", "V0006"]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(s3_key) FROM export_jobs")).scalar_one() == 2

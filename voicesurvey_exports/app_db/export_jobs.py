@@ -16,7 +16,7 @@ from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, case, cast, func, or_, select
+from sqlalchemy import Connection, and_, case, cast, func, or_, select, tuple_
 
 from . import notifications
 from .errors import safe_database_errors
@@ -121,11 +121,13 @@ def insert_job(
     *,
     bom: bool = False,
     compression: str = "none",
+    idempotency_key: str | None = None,
 ) -> ExportJob:
     row = conn.execute(
         export_jobs.insert()
         .values(
             id=job_id or uuid.uuid4(),
+            idempotency_key=idempotency_key,
             campaign_id=campaign_id,
             requested_by_user_id=requested_by_user_id,
             status=status,
@@ -139,18 +141,60 @@ def insert_job(
     return ExportJob.from_row(row)
 
 
+def job_of_idempotency_key(
+    conn: Connection, user_id: uuid.UUID, idempotency_key: str
+) -> ExportJob | None:
+    row = conn.execute(
+        select(export_jobs).where(
+            export_jobs.c.requested_by_user_id == user_id,
+            export_jobs.c.idempotency_key == idempotency_key,
+        )
+    ).one_or_none()
+    return None if row is None else ExportJob.from_row(row)
+
+
+def forget_idempotency_key(conn: Connection, job_id: uuid.UUID) -> None:
+    """The key is free again (its 24 hours are over); the job stays as it is."""
+    conn.execute(
+        export_jobs.update().where(export_jobs.c.id == job_id).values(idempotency_key=None)
+    )
+
+
 def get_job(conn: Connection, job_id: uuid.UUID) -> ExportJob | None:
     row = conn.execute(select(export_jobs).where(export_jobs.c.id == job_id)).one_or_none()
     return None if row is None else ExportJob.from_row(row)
 
 
-def list_jobs(conn: Connection, campaign_id: uuid.UUID) -> list[ExportJob]:
-    rows = conn.execute(
+def list_jobs(
+    conn: Connection,
+    campaign_id: uuid.UUID,
+    limit: int | None = None,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[ExportJob]:
+    """The campaign's jobs newest first; a page of at most `limit` of them, those
+    after (older than) the keyset `before` = (created_at, id) of the previous page's last."""
+    query = (
         select(export_jobs)
         .where(export_jobs.c.campaign_id == campaign_id)
         .order_by(export_jobs.c.created_at.desc(), export_jobs.c.id.desc())
     )
-    return [ExportJob.from_row(row) for row in rows]
+    if before is not None:
+        query = query.where(tuple_(export_jobs.c.created_at, export_jobs.c.id) < tuple_(*before))
+    if limit is not None:
+        query = query.limit(limit)
+    return [ExportJob.from_row(row) for row in conn.execute(query)]
+
+
+def waiting_ahead(conn: Connection, job: ExportJob) -> int:
+    """How many pending or running jobs were requested before this one."""
+    return conn.execute(
+        select(func.count())
+        .select_from(export_jobs)
+        .where(
+            export_jobs.c.status.in_(OPEN_JOB_STATUSES),
+            tuple_(export_jobs.c.created_at, export_jobs.c.id) < tuple_(job.created_at, job.id),
+        )
+    ).scalar_one()
 
 
 def still_pending(conn: Connection, job_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:

@@ -45,7 +45,14 @@ LEGACY_VERSION_TABLE = "app_schema_migrations"
 _LEGACY_REVISIONS = {1: "V0001", 2: "V0002", 3: "V0003"}
 # What the tables themselves amount to (tables the app made from schema.py may be newer
 # than anything the old runner recorded).
-_REVISION_OF_LEVEL = {**_LEGACY_REVISIONS, 4: "V0004", 5: "V0005", 6: "V0006", 9: "V0009"}
+_REVISION_OF_LEVEL = {
+    **_LEGACY_REVISIONS,
+    4: "V0004",
+    5: "V0005",
+    6: "V0006",
+    7: "V0007",
+    9: "V0009",
+}
 _V0001_TABLES = ("users", "campaigns", "contacts", "survey_responses")
 
 
@@ -210,7 +217,7 @@ def _legacy_recorded_version(conn: Connection) -> int | None:
 
 
 def _level_of_tables(conn: Connection) -> int:
-    """Which version (0..6, 9) the app tables present in the database amount to."""
+    """Which version (0..7, 9) the app tables present in the database amount to."""
     inspector = inspect(conn)
     tables = set(inspector.get_table_names())
     present = [name for name in _V0001_TABLES if name in tables]
@@ -227,6 +234,8 @@ def _level_of_tables(conn: Connection) -> int:
     columns = {column["name"] for column in inspector.get_columns("export_jobs")}
     if "schedule_id" in columns and "export_schedules" in tables:
         return 9
+    if "idempotency_key" in columns and "export_notifications" in tables:
+        return 7
     if "s3_bucket" in columns and "export_notifications" in tables:
         return 6
     if "progress_percent" in columns and "export_notifications" in tables:

@@ -47,6 +47,8 @@ EXPORT_JOB_STATUSES = tuple(status.value for status in JobStatus)
 COMPRESSIONS = ("none", "gzip")
 # S3 bucket names are 3 to 63 characters.
 BUCKET_NAME_LENGTH = 63
+# An Idempotency-Key: 1-255 printable ASCII characters (as Stripe takes them).
+IDEMPOTENCY_KEY_LENGTH = 255
 
 # The contacts an export contains: those whose calling is over, one way or another.
 TERMINAL_CONTACT_STATES = ("completed", "refused", "not_reached", "excluded")
@@ -212,6 +214,8 @@ export_jobs = Table(
     # S3_BUCKET_NAME never loses a file. NULL on rows recorded before V0006: the
     # configured bucket.
     Column("s3_bucket", String(BUCKET_NAME_LENGTH)),
+    # The request's Idempotency-Key (revision V0007): one job per user and key.
+    Column("idempotency_key", String(IDEMPOTENCY_KEY_LENGTH)),
     # A recurring export's delivery (revision V0009): its schedule and due time, one job
     # per due time (the unique constraint); `changed_since` the window's start of an
     # incremental delivery (NULL: every terminal contact), `snapshot_at` where the rows
@@ -228,6 +232,14 @@ export_jobs = Table(
     *_export_job_rules(),
     # The sensor asks for "pending jobs, oldest first" every few seconds.
     Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
+    Index(
+        "ux_export_jobs_idempotency",
+        "requested_by_user_id",
+        "idempotency_key",
+        unique=True,
+        postgresql_where=text("idempotency_key IS NOT NULL"),
+        sqlite_where=text("idempotency_key IS NOT NULL"),
+    ),
 )
 
 # The outbox of completion webhooks (revision V0005): one row per job and terminal state,

@@ -41,7 +41,7 @@ EXIT_FAILED = 1  # the database refused the operation (e.g. a schema from a newe
 EXIT_USAGE = 2  # bad arguments: argparse's own exit code
 EXIT_NOT_PERMITTED = 3  # the user may not use exports (viewer, unknown user)
 EXIT_NOT_FOUND = 4  # no such campaign or job (or, under the owner policy, not theirs)
-EXIT_WRONG_STATE = 5  # the HTTP API's 409s: not completed, file gone, already ended
+EXIT_WRONG_STATE = 5  # the HTTP API's 409s: not completed, file gone, already ended, key reused
 EXIT_RATE_LIMITED = 6  # EXPORT_REQUESTS_PER_MINUTE reached: retry after the time said
 EXIT_UNAVAILABLE = 75  # the database or S3 could not be reached: retry later
 EXIT_CONFIG = 78  # a setting breaks its rule: nothing was done
@@ -51,7 +51,7 @@ EXIT_CODES = {
     EXIT_USAGE: "usage error (bad or missing arguments)",
     EXIT_NOT_PERMITTED: "not permitted (the user may not use exports)",
     EXIT_NOT_FOUND: "not found (campaign or export job)",
-    EXIT_WRONG_STATE: "wrong state (not completed, file gone, already ended)",
+    EXIT_WRONG_STATE: "wrong state (not completed, file gone, already ended, idempotency key reused)",
     EXIT_RATE_LIMITED: "rate limited (EXPORT_REQUESTS_PER_MINUTE): retry after the time said",
     EXIT_UNAVAILABLE: "unavailable (database or S3 down): retry later",
     EXIT_CONFIG: "configuration error (a setting breaks its rule)",
@@ -190,6 +190,11 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(
                 "--gzip", action="store_true", help="store the file gzipped (.csv.gz)"
             )
+            command.add_argument(
+                "--idempotency-key",
+                help="the same key from the same user within 24 h prints the first "
+                "request's job instead of recording another (as the HTTP API's header)",
+            )
 
     _add_schedule_commands(add)
 
@@ -307,6 +312,7 @@ def _run(args: argparse.Namespace) -> object:
             args.user_id,
             bom=args.bom,
             compression="gzip" if args.gzip else "none",
+            idempotency_key=args.idempotency_key,
         ).to_json()
     if args.command == "status":
         return api.get_export(args.job_id, args.user_id).to_json()

@@ -17,13 +17,16 @@ AppDatabaseError (one line), S3 errors StorageUnavailable (one line, no URLs).
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import IntegrityError
 
 from ..app_db import export_jobs, request_rate
 from ..app_db.campaigns import Campaign, get_campaign, get_user_role
@@ -31,11 +34,18 @@ from ..app_db.engine import get_engine
 from ..app_db.errors import safe_database_errors
 from ..app_db.export_jobs import ExportJob
 from ..app_db.job_status import JobStatus
-from ..app_db.schema import COMPRESSIONS, EXPORT_ROLES, campaigns
+from ..app_db.schema import COMPRESSIONS, EXPORT_ROLES, IDEMPOTENCY_KEY_LENGTH, campaigns
+from ..app_db.times import utcnow
 from ..export_file.s3_object import BucketUnreachable, ExportObjects
 from ..settings import ACCESS_POLICIES, DEFAULTS, Settings
 
 FILE_MISSING_MESSAGE = "the file no longer exists in S3; request a new export"
+# A new export's first poll: the sensor's next tick (about a second) and a small export's
+# run, plus a few seconds for each export requested before it that has not ended; capped,
+# so that a long queue never makes a client wait minutes before it looks again.
+FIRST_POLL_SECONDS, SECONDS_PER_EXPORT_AHEAD, MAX_FIRST_POLL_SECONDS = 2, 3, 60
+# How long an Idempotency-Key stands for its first request (as Stripe keeps them).
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
 class ExportRequestError(Exception):
@@ -56,6 +66,14 @@ class NotFound(ExportRequestError):
 
 class NotCancellable(InvalidRequest):
     """The export has ended already (completed, failed or cancelled)."""
+
+
+class NotCompleted(InvalidRequest):
+    """The export has no download link to refresh: it is not completed."""
+
+
+class IdempotencyKeyReused(InvalidRequest):
+    """The Idempotency-Key was used by the same user for a request with other options."""
 
 
 class FileGone(InvalidRequest):
@@ -93,6 +111,19 @@ def parse_uuid(value: str | uuid.UUID, what: str) -> uuid.UUID:
         return uuid.UUID(str(value))
     except ValueError:
         raise InvalidRequest(f"{what} {value!r} is not a valid UUID") from None
+
+
+def check_idempotency_key(key: object) -> None:
+    """An Idempotency-Key: 1-255 printable ASCII characters, as Stripe takes them."""
+    if not (
+        isinstance(key, str)
+        and 1 <= len(key) <= IDEMPOTENCY_KEY_LENGTH
+        and all(" " <= char <= "~" for char in key)
+    ):
+        raise InvalidRequest(
+            f"Idempotency-Key {str(key)[:300]!r} must be 1 to {IDEMPOTENCY_KEY_LENGTH} "
+            "printable ASCII characters (space to ~)"
+        )
 
 
 def check_options(bom: object, compression: object) -> None:
@@ -138,34 +169,95 @@ class ExportRequests:
         *,
         bom: bool = False,
         compression: str = "none",
+        idempotency_key: str | None = None,
     ) -> ExportJob:
         """Record a pending export request; the sensor picks it up within seconds.
 
         The file options are stored on the job: `bom` starts the file with the UTF-8
         byte-order mark, `compression` "gzip" stores the gzip of the CSV. A user who
         started ``requests_per_minute`` exports in the last 60 s is refused (RateLimited).
+        With an `idempotency_key`, see request_export_once.
         """
+        job, _ = self.request_export_once(
+            campaign_id,
+            user_id,
+            bom=bom,
+            compression=compression,
+            idempotency_key=idempotency_key,
+        )
+        return job
+
+    def request_export_once(
+        self,
+        campaign_id: str | uuid.UUID,
+        user_id: str | uuid.UUID,
+        *,
+        bom: bool = False,
+        compression: str = "none",
+        idempotency_key: str | None = None,
+    ) -> tuple[ExportJob, bool]:
+        """request_export, and whether the job is an earlier request's: the same key from
+        the same user within 24 hours is the first request's job (one row, one run) if
+        it asked for the same campaign and options, and IdempotencyKeyReused otherwise.
+        Concurrent requests with one key record one job: the unique index decides."""
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
         check_options(bom, compression)
+        if idempotency_key is not None:
+            check_idempotency_key(idempotency_key)
+        request = (campaign_id, bom, compression)
         with self._database("recording the export request", write=True) as conn:
             role = self._authorize(conn, user_id)
             self._campaign(conn, campaign_id, user_id, role)
-            self._within_rate_limit(conn, user_id)
-            return export_jobs.insert_job(
-                conn, campaign_id, requested_by_user_id=user_id, bom=bom, compression=compression
+            insert = functools.partial(
+                export_jobs.insert_job,
+                conn,
+                campaign_id,
+                requested_by_user_id=user_id,
+                bom=bom,
+                compression=compression,
+                idempotency_key=idempotency_key,
             )
+            if idempotency_key is None:
+                self._within_rate_limit(conn, user_id)
+                return insert(), False
+            first = _first_request(conn, user_id, idempotency_key, request)
+            if first is not None:
+                return first, True  # a replay starts nothing, so it is not counted
+            self._within_rate_limit(conn, user_id)
+            try:
+                with conn.begin_nested():
+                    job = insert()
+            except IntegrityError:
+                # A concurrent request with the same key recorded its job first.
+                first = _first_request(conn, user_id, idempotency_key, request)
+                if first is None:
+                    raise
+                return first, True
+            return job, False
 
     def list_exports(
-        self, campaign_id: str | uuid.UUID, user_id: str | uuid.UUID
+        self,
+        campaign_id: str | uuid.UUID,
+        user_id: str | uuid.UUID,
+        *,
+        limit: int | None = None,
+        before: tuple[datetime, uuid.UUID] | None = None,
     ) -> list[ExportJob]:
-        """The campaign's export jobs, newest first."""
+        """The campaign's export jobs, newest first: all of them, or a page of at most
+        `limit` older than the keyset `before` (the last listed job's created_at and id)."""
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
         with self._database("listing export jobs") as conn:
             role = self._authorize(conn, user_id)
             self._campaign(conn, campaign_id, user_id, role)
-            return export_jobs.list_jobs(conn, campaign_id)
+            return export_jobs.list_jobs(conn, campaign_id, limit=limit, before=before)
+
+    def first_poll_seconds(self, job: ExportJob) -> int:
+        """When polling a new job is first worth it, from the exports queued ahead of it."""
+        with self._database("counting the exports ahead") as conn:
+            ahead = export_jobs.waiting_ahead(conn, job)
+        return min(FIRST_POLL_SECONDS + SECONDS_PER_EXPORT_AHEAD * ahead, MAX_FIRST_POLL_SECONDS)
 
     def get_export(self, job_id: str | uuid.UUID, user_id: str | uuid.UUID) -> ExportJob:
         job_id = parse_uuid(job_id, "export job id")
@@ -186,7 +278,7 @@ class ExportRequests:
             role = self._authorize(conn, user_id)
             job = self._job(conn, job_id, user_id, role)
             if job.status != JobStatus.COMPLETED:
-                raise InvalidRequest(
+                raise NotCompleted(
                     f"export job {job_id} is {job.status}: only a completed export has a "
                     "download URL to refresh"
                 )
@@ -335,6 +427,25 @@ class ExportRequests:
         elif job is None:
             raise NotFound(f"export job {job_id} does not exist")
         return job
+
+
+def _first_request(
+    conn: Connection, user_id: uuid.UUID, key: str, request: tuple
+) -> ExportJob | None:
+    """The job an Idempotency-Key stands for, if its 24 hours are not over."""
+    job = export_jobs.job_of_idempotency_key(conn, user_id, key)
+    if job is None:
+        return None
+    if job.created_at < utcnow() - IDEMPOTENCY_WINDOW:
+        export_jobs.forget_idempotency_key(conn, job.id)
+        return None
+    if (job.campaign_id, job.bom, job.compression) != request:
+        raise IdempotencyKeyReused(
+            f"Idempotency-Key {key!r} was used at {job.created_at.isoformat()} for export "
+            f"job {job.id} (campaign {job.campaign_id}, bom {str(job.bom).lower()}, "
+            f"compression {job.compression}): send a new key for another request"
+        )
+    return job
 
 
 def _created_by(conn: Connection, campaign_id: uuid.UUID, user_id: uuid.UUID) -> bool:

@@ -1,6 +1,6 @@
 """The seed's HTTP endpoints: a FastAPI router the app mounts, and a standalone service."""
 
-from .app import build_export_router, create_app
+from .app import create_app, router
 from .body_guard import BodyGuard
 
-__all__ = ["BodyGuard", "build_export_router", "create_app"]
+__all__ = ["BodyGuard", "create_app", "router"]

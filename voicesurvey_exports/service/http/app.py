@@ -1,87 +1,74 @@
-"""The four export endpoints of the seed, as a router the app mounts and as a service.
+"""The export endpoints: a module-level router, and the standalone service that mounts it.
 
 The endpoints only read and write export_jobs rows (through requests.ExportRequests);
-the Dagster pipeline does the exporting.
+the Dagster pipeline does the exporting. What a route needs (the request API, the
+calling user) comes through the dependencies in deps.py.
 """
 
-import contextlib
-import logging
+import base64
+import importlib.metadata
 import uuid
-from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Query, Request, Response, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select
 
-from ...app_db.errors import AppDatabaseError, safe_database_errors
-from ...app_db.schema import users
+from ...app_db.export_jobs import ExportJob
+from ...app_db.job_status import JobStatus
+from ...app_db.schema import IDEMPOTENCY_KEY_LENGTH
 from ...settings import DEFAULTS, Settings
-from ..requests import (
-    ExportRequests,
-    InvalidRequest,
-    NotFound,
-    PermissionDenied,
-    RateLimited,
-    StorageUnavailable,
-)
-from ..schedules import ExportSchedules
+from ..requests import ExportRequests
 from . import observability
-from .auth import AuthSettings, InvalidToken, TokenVerifier
-from .body_guard import INVALID_TOKEN_DETAIL, MISSING_TOKEN_DETAIL, BodyGuard
-from .schedules import build_schedule_router
+from .auth import AuthSettings, TokenVerifier
+from .body_guard import BodyGuard
+from .deps import CurrentUser, Requests
+from .problems import (
+    Problem,
+    install_problem_handlers,
+    problem_responses,
+    serve_problems_as_problem_json,
+)
+from .schedules import router as schedule_router
 from .schemas import (
-    ErrorResponse,
     ExportJobCreateResponse,
     ExportJobResponse,
     ExportOptions,
     ExportQueryOptions,
 )
 
-logger = logging.getLogger(__name__)
-_bearer = HTTPBearer(auto_error=False)
-ERRORS = {
-    401: {"model": ErrorResponse, "description": "missing or invalid bearer token"},
-    403: {"model": ErrorResponse, "description": "the user may not use exports"},
-    404: {
-        "model": ErrorResponse,
-        "description": "no such campaign or export job (with EXPORT_ACCESS_POLICY=owner, "
-        "also one of a campaign the user did not create)",
-    },
-    503: {
-        "model": ErrorResponse,
-        "description": "the app database or S3 is unavailable; try again later",
-    },
-}
+# Every route may answer these; each route adds its own below.
+COMMON_PROBLEMS = (
+    "unauthenticated",
+    "invalid_token",
+    "unknown_user",
+    "forbidden",
+    "not_found",
+    "validation_failed",
+    "unavailable",
+)
+# Defaults and bounds of the list's page size (`?limit=`).
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
+# A running export asked to cancel ends within seconds (the cancel sensor's interval).
+CANCEL_POLL_SECONDS = 5
 
 
-RATE_LIMITED = {
-    "model": ErrorResponse,
-    "description": "the user started EXPORT_REQUESTS_PER_MINUTE exports in the last 60 s; "
-    "Retry-After says in how many seconds to try again",
-    "headers": {"Retry-After": {"schema": {"type": "integer"}}},
-}
+def _no_store(response: Response) -> None:
+    """Bodies of the API may carry signed links: no cache keeps them."""
+    response.headers["Cache-Control"] = "no-store"
 
 
-@contextlib.contextmanager
-def _unavailable_as_503() -> Iterator[None]:
-    """Database and S3 outages answer 503 with a one-line detail (no links, no SQL values)."""
-    try:
-        yield
-    except AppDatabaseError as error:
-        logger.warning("export API: app database unavailable: %s", error)
-        raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"the app database is unavailable: {error}"
-        ) from None
-    except StorageUnavailable as error:
-        logger.warning("export API: S3 unavailable: %s", error)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(error)) from None
+router = APIRouter(
+    prefix="/api",
+    tags=["exports"],
+    responses=problem_responses(*COMMON_PROBLEMS),
+    dependencies=[Depends(_no_store)],
+)
 
 
 def _refuse_repeated_query_parameters(request: Request) -> None:
     """`?compression=gzip&compression=none` would otherwise silently take the last value:
-    422, in FastAPI's validation-error shape, naming the parameter and its values."""
+    422 validation_failed, naming the parameter and its values in `errors`."""
     given: dict[str, list[str]] = {}
     for name, value in request.query_params.multi_items():
         given.setdefault(name, []).append(value)
@@ -99,177 +86,293 @@ def _refuse_repeated_query_parameters(request: Request) -> None:
         raise RequestValidationError(repeated)
 
 
-def user_dependency(api: ExportRequests, verifier: TokenVerifier):
-    """The dependency that turns the bearer token into the app user's id (401, 403)."""
-
-    def current_user(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> uuid.UUID:
-        if credentials is None or credentials.scheme.lower() != "bearer":
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                MISSING_TOKEN_DETAIL,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        try:
-            subject = verifier.subject(credentials.credentials)
-        except InvalidToken:
-            raise HTTPException(
-                status.HTTP_401_UNAUTHORIZED,
-                INVALID_TOKEN_DETAIL,
-                headers={"WWW-Authenticate": "Bearer"},
-            ) from None
-        # The role comes from the database, never from the token.
-        with (
-            _unavailable_as_503(),
-            safe_database_errors("looking up the token's user"),
-            api.engine.connect() as conn,
-        ):
-            user_id = conn.execute(
-                select(users.c.id).where(users.c.oidc_subject == subject)
-            ).scalar_one_or_none()
-        if user_id is None:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, f"no user with subject {subject!r}")
-        return user_id
-
-    return current_user
+def _accepted(response: Response, job_id: uuid.UUID, retry_after_seconds: int) -> None:
+    """A 202's headers: where the job is, and when polling it is first worth it."""
+    response.headers["Location"] = f"/api/exports/{job_id}"
+    response.headers["Retry-After"] = str(retry_after_seconds)
 
 
-def build_export_router(
-    api: ExportRequests | None = None, verifier: TokenVerifier | None = None
-) -> APIRouter:
-    """The router; by default configured from the environment (see docs/configuration.md)."""
-    api = api or ExportRequests.from_settings(Settings.from_env())
-    verifier = verifier or TokenVerifier(AuthSettings.from_env())
-    router = APIRouter(prefix="/api", tags=["exports"], responses=ERRORS)
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=IDEMPOTENCY_KEY_LENGTH,
+        pattern=r"^[ -~]+$",
+        description="1-255 printable ASCII characters (a UUID, say). The same key from the "
+        "same user within 24 hours answers the first request's job again (one job, one run; "
+        "`Idempotent-Replayed: true`) if it asked for the same campaign and options, and 409 "
+        "`idempotency_key_reused` otherwise.",
+    ),
+]
 
-    current_user = user_dependency(api, verifier)
-    User = Annotated[uuid.UUID, Depends(current_user)]
 
-    def call(operation, *args, **options):
-        try:
-            with _unavailable_as_503():
-                return operation(*args, **options)
-        except PermissionDenied as error:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, str(error)) from None
-        except NotFound as error:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-        except RateLimited as error:
-            retry_after = {"Retry-After": str(error.retry_after_seconds)}
-            raise HTTPException(429, str(error), headers=retry_after) from None
-        except InvalidRequest as error:
-            raise HTTPException(status.HTTP_409_CONFLICT, str(error)) from None
+def _initiate_export(
+    api: ExportRequests,
+    response: Response,
+    campaign_id: uuid.UUID,
+    user_id: uuid.UUID,
+    options: ExportOptions | None,
+    idempotency_key: str | None,
+) -> ExportJobCreateResponse:
+    options = options or ExportOptions()
+    job, replayed = api.request_export_once(
+        campaign_id,
+        user_id,
+        bom=options.bom,
+        compression=options.compression,
+        idempotency_key=idempotency_key,
+    )
+    _accepted(response, job.id, api.first_poll_seconds(job))
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return ExportJobCreateResponse(
+        job_id=job.id,
+        campaign_id=job.campaign_id,
+        status=job.status,
+        options=ExportOptions(**job.options),
+        created_at=job.created_at,
+        message=f"export requested; poll GET /api/exports/{job.id} for the download URL",
+    )
 
-    def initiate_export(
-        campaign_id: uuid.UUID, user_id: uuid.UUID, options: ExportOptions | None
-    ) -> ExportJobCreateResponse:
-        options = options or ExportOptions()
-        job = call(
-            api.request_export,
-            campaign_id,
-            user_id,
-            bom=options.bom,
-            compression=options.compression,
-        )
-        return ExportJobCreateResponse(
-            job_id=job.id,
-            campaign_id=job.campaign_id,
-            status=job.status,
-            options=ExportOptions(**job.options),
-            created_at=job.created_at,
-            message=f"export requested; poll GET /api/exports/{job.id} for the download URL",
-        )
 
-    # GET as the app's client calls it (options as query parameters, each once; an unknown
-    # one is refused: ExportQueryOptions forbids extra fields); POST as it should be (options as an
-    # optional JSON body; none, or an empty body, means the defaults).
-    def initiate_export_get(
-        campaign_id: uuid.UUID,
-        user_id: User,
-        request: Request,
-        options: Annotated[ExportQueryOptions, Query()],
-    ) -> ExportJobCreateResponse:
-        _refuse_repeated_query_parameters(request)
-        return initiate_export(campaign_id, user_id, options.options())
-
-    def initiate_export_post(
-        campaign_id: uuid.UUID,
-        user_id: User,
-        request: Request,
-        options: Annotated[ExportOptions | None, Body()] = None,
-    ) -> ExportJobCreateResponse:
-        if request.query_params:
-            # `POST ...?compression=gzip` would otherwise export a plain CSV without a word.
-            names = ", ".join(sorted(set(request.query_params.keys())))
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
-                f"query parameters {names} are not taken by POST: send the options as the "
-                'JSON body, e.g. {"bom": true, "compression": "gzip"}',
-            )
-        return initiate_export(campaign_id, user_id, options)
-
-    descriptions = {
-        "GET": "Options as query parameters, each at most once: `bom` exactly `true` or "
-        "`false`, `compression` `none` or `gzip`. Any other parameter or value, or a "
-        "repeated parameter, is 422 and nothing is recorded.",
-        "POST": "Options as an optional JSON body: `bom` a JSON boolean, `compression` "
-        '`none` or `gzip`. Any other key or value (1, "true"), or any query parameter, is '
-        "422 and nothing is recorded.",
+ACCEPTED_HEADERS = {
+    "Location": {
+        "description": "The job: `/api/exports/{job_id}`.",
+        "schema": {"type": "string"},
+    },
+    "Retry-After": {
+        "description": "Seconds until polling the job is first worth it: 2, plus 3 for "
+        "each export requested before it that has not ended, at most 60.",
+        "schema": {"type": "integer"},
+    },
+    "Cache-Control": {"description": "`no-store`.", "schema": {"type": "string"}},
+}
+CREATED_HEADERS = {
+    **ACCEPTED_HEADERS,
+    "Idempotent-Replayed": {
+        "description": "`true` when the answer is an earlier request's job, for the same "
+        "`Idempotency-Key`.",
+        "schema": {"type": "string", "enum": ["true"]},
+    },
+}
+NO_STORE_HEADERS = {
+    "Cache-Control": {
+        "description": "`no-store`: the body may carry a signed download link.",
+        "schema": {"type": "string"},
     }
-    for method, endpoint in (("GET", initiate_export_get), ("POST", initiate_export_post)):
-        router.add_api_route(
-            "/campaigns/{campaign_id}/export",
-            endpoint,
-            methods=[method],
-            status_code=status.HTTP_202_ACCEPTED,
-            response_model=ExportJobCreateResponse,
-            summary="Request a CSV export of the campaign",
-            description=descriptions[method],
-            operation_id=f"initiate_export_{method.lower()}",
-            responses={429: RATE_LIMITED},
+}
+CREATE_PROBLEMS = ("idempotency_key_reused", "rate_limited")
+
+
+# GET as the app's client calls it (options as query parameters, each once; an unknown
+# one is refused: ExportQueryOptions forbids extra fields); POST as it should be (options as
+# an optional JSON body; none, or an empty body, means the defaults).
+@router.get(
+    "/campaigns/{campaign_id}/export",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExportJobCreateResponse,
+    summary="Request a CSV export of the campaign (options in the query)",
+    description="Options as query parameters, each at most once: `bom` exactly `true` or "
+    "`false`, `compression` `none` or `gzip`. Any other parameter or value, or a "
+    "repeated parameter, is 422 and nothing is recorded.",
+    operation_id="createExportViaGet",
+    responses={**problem_responses(*CREATE_PROBLEMS), 202: {"headers": CREATED_HEADERS}},
+)
+def initiate_export_get(
+    campaign_id: uuid.UUID,
+    user_id: CurrentUser,
+    api: Requests,
+    request: Request,
+    response: Response,
+    options: Annotated[ExportQueryOptions, Query()],
+    idempotency_key: IdempotencyKey = None,
+) -> ExportJobCreateResponse:
+    _refuse_repeated_query_parameters(request)
+    return _initiate_export(api, response, campaign_id, user_id, options.options(), idempotency_key)
+
+
+@router.post(
+    "/campaigns/{campaign_id}/export",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ExportJobCreateResponse,
+    summary="Request a CSV export of the campaign",
+    description="Options as an optional JSON body: `bom` a JSON boolean, `compression` "
+    '`none` or `gzip`. Any other key or value (1, "true"), or any query parameter, is '
+    "422 and nothing is recorded.",
+    operation_id="createExport",
+    responses={
+        **problem_responses(*CREATE_PROBLEMS, "payload_too_large"),
+        202: {"headers": CREATED_HEADERS},
+    },
+)
+def initiate_export_post(
+    campaign_id: uuid.UUID,
+    user_id: CurrentUser,
+    api: Requests,
+    request: Request,
+    response: Response,
+    options: Annotated[ExportOptions | None, Body()] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> ExportJobCreateResponse:
+    if request.query_params:
+        # `POST ...?compression=gzip` would otherwise export a plain CSV without a word.
+        names = sorted(set(request.query_params.keys()))
+        detail = (
+            f"query parameters {', '.join(names)} are not taken by POST: send the options as "
+            'the JSON body, e.g. {"bom": true, "compression": "gzip"}'
         )
+        errors = [
+            {"loc": ["query", name], "msg": "not taken by POST", "type": "extra_forbidden"}
+            for name in names
+        ]
+        raise Problem("validation_failed", detail, errors=errors)
+    return _initiate_export(api, response, campaign_id, user_id, options, idempotency_key)
 
-    @router.get("/campaigns/{campaign_id}/exports", response_model=list[ExportJobResponse])
-    def list_exports(campaign_id: uuid.UUID, user_id: User) -> list[ExportJobResponse]:
-        """The campaign's export jobs, newest first."""
-        return [ExportJobResponse.of(job) for job in call(api.list_exports, campaign_id, user_id)]
 
-    @router.get("/exports/{job_id}", response_model=ExportJobResponse)
-    def get_export(job_id: uuid.UUID, user_id: User) -> ExportJobResponse:
-        """One export job: its status and, once completed, its download URL."""
-        return ExportJobResponse.of(call(api.get_export, job_id, user_id))
+def _cursor_of(job: ExportJob) -> str:
+    """Opaque to clients: the keyset (created_at, id) of a page's last job."""
+    text = f"{job.created_at.isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
-    @router.post(
-        "/exports/{job_id}/refresh-url",
-        response_model=ExportJobResponse,
-        responses={
-            409: {
-                "model": ErrorResponse,
-                "description": "the export is not completed, or its file no longer exists",
+
+def _keyset_of(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created_at, job_id = text.split("|")
+        keyset = datetime.fromisoformat(created_at), uuid.UUID(job_id)
+        if keyset[0].tzinfo is None:
+            raise ValueError("no time zone")
+        return keyset
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise Problem(
+            "validation_failed",
+            f"cursor {cursor[:80]!r} is not one this service gave: take the Link header's "
+            "next URL as it is",
+            errors=[{"loc": ["query", "cursor"], "msg": "not a cursor", "type": "value_error"}],
+        ) from None
+
+
+@router.get(
+    "/campaigns/{campaign_id}/exports",
+    response_model=list[ExportJobResponse],
+    operation_id="listExports",
+    responses={
+        200: {
+            "headers": {
+                **NO_STORE_HEADERS,
+                "Link": {
+                    "description": 'The next page, `<URL>; rel="next"`, while there is one.',
+                    "schema": {"type": "string"},
+                },
+            }
+        }
+    },
+)
+def list_exports(
+    campaign_id: uuid.UUID,
+    user_id: CurrentUser,
+    api: Requests,
+    request: Request,
+    response: Response,
+    limit: Annotated[
+        int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page, at most 200.")
+    ] = DEFAULT_PAGE_SIZE,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=200,
+            description="Where the page starts: only from the previous page's `Link` header.",
+        ),
+    ] = None,
+) -> list[ExportJobResponse]:
+    """The campaign's export jobs, newest first, a page at a time; the `Link` header names
+    the next page while there is one."""
+    _refuse_repeated_query_parameters(request)
+    before = _keyset_of(cursor) if cursor is not None else None
+    jobs = api.list_exports(campaign_id, user_id, limit=limit + 1, before=before)
+    if len(jobs) > limit:
+        jobs = jobs[:limit]
+        following = request.url.include_query_params(limit=limit, cursor=_cursor_of(jobs[-1]))
+        response.headers["Link"] = f'<{following}>; rel="next"'
+    return [ExportJobResponse.of(job) for job in jobs]
+
+
+@router.get(
+    "/exports/{job_id}",
+    response_model=ExportJobResponse,
+    operation_id="getExport",
+    responses={200: {"headers": NO_STORE_HEADERS}},
+)
+def get_export(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> ExportJobResponse:
+    """One export job: its status and, once completed, its download URL."""
+    return ExportJobResponse.of(api.get_export(job_id, user_id))
+
+
+@router.post(
+    "/exports/{job_id}/refresh-url",
+    response_model=ExportJobResponse,
+    operation_id="refreshExportUrl",
+    responses={
+        **problem_responses("export_not_completed", "file_gone", "payload_too_large"),
+        200: {"headers": NO_STORE_HEADERS},
+    },
+)
+def refresh_url(job_id: uuid.UUID, user_id: CurrentUser, api: Requests) -> ExportJobResponse:
+    """Re-sign a completed export's file with a fresh expiry."""
+    return ExportJobResponse.of(api.refresh_download_url(job_id, user_id))
+
+
+@router.post(
+    "/exports/{job_id}/cancel",
+    response_model=ExportJobResponse,
+    status_code=status.HTTP_202_ACCEPTED,
+    operation_id="cancelExport",
+    responses={
+        **problem_responses("already_ended", "payload_too_large"),
+        202: {
+            "headers": {
+                **ACCEPTED_HEADERS,
+                "Retry-After": {
+                    "description": "Seconds until the job is worth reading again: 0 once "
+                    f"`cancelled`, {CANCEL_POLL_SECONDS} while it is still `running`.",
+                    "schema": {"type": "integer"},
+                },
             }
         },
-    )
-    def refresh_url(job_id: uuid.UUID, user_id: User) -> ExportJobResponse:
-        """Re-sign a completed export's file with a fresh expiry."""
-        return ExportJobResponse.of(call(api.refresh_download_url, job_id, user_id))
+    },
+)
+def cancel_export(
+    job_id: uuid.UUID, user_id: CurrentUser, api: Requests, response: Response
+) -> ExportJobResponse:
+    """Cancel an export: a pending one is `cancelled` at once; a running one shows
+    `cancel_requested_at` and ends `cancelled` within seconds, its file deleted."""
+    job = api.cancel_export(job_id, user_id)
+    _accepted(response, job.id, 0 if job.status == JobStatus.CANCELLED else CANCEL_POLL_SECONDS)
+    return ExportJobResponse.of(job)
 
-    @router.post(
-        "/exports/{job_id}/cancel",
-        response_model=ExportJobResponse,
-        status_code=status.HTTP_202_ACCEPTED,
-        responses={
-            409: {
-                "model": ErrorResponse,
-                "description": "the export has ended already (completed, failed or cancelled)",
-            }
-        },
-    )
-    def cancel_export(job_id: uuid.UUID, user_id: User) -> ExportJobResponse:
-        """Cancel an export: a pending one is `cancelled` at once; a running one shows
-        `cancel_requested_at` and ends `cancelled` within seconds, its file deleted."""
-        return ExportJobResponse.of(call(api.cancel_export, job_id, user_id))
 
-    return router
+def _options_route(methods: list[str]):
+    allow = ", ".join([*methods, "OPTIONS"])
+
+    def options() -> Response:
+        return Response(status_code=status.HTTP_204_NO_CONTENT, headers={"Allow": allow})
+
+    return options
+
+
+# OPTIONS names every method of a path (FastAPI alone answers it 405, naming one).
+_methods_by_path: dict[str, list[str]] = {}
+for _route in router.routes:
+    _methods_by_path.setdefault(_route.path, []).extend(sorted(_route.methods))
+for _path, _methods in _methods_by_path.items():
+    router.add_api_route(
+        _path.removeprefix(router.prefix),
+        _options_route(sorted(set(_methods))),
+        methods=["OPTIONS"],
+        include_in_schema=False,
+        status_code=status.HTTP_204_NO_CONTENT,
+    )
 
 
 def create_app(
@@ -278,10 +381,11 @@ def create_app(
     max_body_bytes: int | None = None,
 ) -> FastAPI:
     """The standalone service (`voicesurvey-exports serve`); by default configured from
-    the environment. With its own api, the body limit is the default unless given."""
+    the environment, every setting validated before it listens. Tests and tools may hand
+    in their own request API and verifier (and swap either later through
+    `app.dependency_overrides`); with its own api, the body limit is the default unless
+    given."""
     settings = Settings.from_env() if api is None else None
-    api = api or ExportRequests.from_settings(settings)
-    verifier = verifier or TokenVerifier(AuthSettings.from_env())
     if max_body_bytes is None:
         max_body_bytes = (
             settings.http_max_body_bytes
@@ -290,20 +394,21 @@ def create_app(
         )
     app = FastAPI(
         title="voicesurvey-exports",
-        version="1.0.0",
+        version=importlib.metadata.version("voicesurvey-exports"),
         description="Campaign CSV exports (REQ-018): request, list, read, refresh and cancel.",
     )
-    app.include_router(build_export_router(api, verifier))
-    app.include_router(
-        build_schedule_router(
-            ExportSchedules(api), user_dependency(api, verifier), _unavailable_as_503, ERRORS
-        )
-    )
+    app.state.export_requests = api or ExportRequests.from_settings(settings)
+    app.state.token_verifier = verifier or TokenVerifier(AuthSettings.from_env())
+    app.include_router(router)
+    app.include_router(schedule_router)
+    install_problem_handlers(app)
+    serve_problems_as_problem_json(app)
     # Outside every route: the token is checked, and the body's size bounded, before
     # FastAPI reads a body (it does so before it runs a route's dependencies).
-    app.add_middleware(BodyGuard, verifier=verifier, max_body_bytes=max_body_bytes)
-    # Last: its middleware wraps every other (docs/operations.md).
-    observability.install(app, api.engine)
+    app.add_middleware(BodyGuard, max_body_bytes=max_body_bytes)
+    # Last: its middleware wraps every other, so 401 and 413 answers are counted and
+    # carry the request id too (docs/operations.md).
+    observability.install(app, app.state.export_requests.engine)
     return app
 
 

@@ -14,18 +14,15 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import InvalidToken, TokenVerifier
+from .problems import problem_response, unauthorized
 
 MISSING_TOKEN_DETAIL = "a bearer token is required"
 # One answer for every rejected token: which check failed (and the key id) is logged only.
 INVALID_TOKEN_DETAIL = "invalid or expired bearer token"
 
 
-def _unauthorized(detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, 401, headers={"WWW-Authenticate": "Bearer"})
-
-
 def _too_large(detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, 413)
+    return problem_response("payload_too_large", detail)
 
 
 class BodyGuard:
@@ -36,7 +33,8 @@ class BodyGuard:
     (chunked), else handed on whole. The server discards what a refused client still sends.
     Requests without a body go straight on: their routes check the token as always."""
 
-    def __init__(self, app: ASGIApp, verifier: TokenVerifier, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int, verifier: TokenVerifier | None = None):
+        # No verifier: the application's (app.state.token_verifier, as create_app sets it).
         self.app, self.verifier, self.max_body_bytes = app, verifier, max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -49,7 +47,8 @@ class BodyGuard:
         ):
             await self.app(scope, receive, send)
             return
-        refusal = self._token_refusal(headers.get("authorization"))
+        verifier = self.verifier or scope["app"].state.token_verifier
+        refusal = self._token_refusal(verifier, headers.get("authorization"))
         if refusal is None:
             refusal = self._declared_size_refusal(headers.get("content-length"))
         if refusal is not None:
@@ -63,15 +62,16 @@ class BodyGuard:
             return  # the client went away
         await self.app(scope, _replay(body, receive), send)
 
-    def _token_refusal(self, authorization: str | None) -> JSONResponse | None:
+    @staticmethod
+    def _token_refusal(verifier: TokenVerifier, authorization: str | None) -> JSONResponse | None:
         # As the routes' HTTPBearer dependency reads the header.
         scheme, token = get_authorization_scheme_param(authorization)
         if not (authorization and scheme and token) or scheme.lower() != "bearer":
-            return _unauthorized(MISSING_TOKEN_DETAIL)
+            return unauthorized("unauthenticated", MISSING_TOKEN_DETAIL)
         try:
-            self.verifier.subject(token)  # logs why a token is rejected
+            verifier.subject(token)  # logs why a token is rejected
         except InvalidToken:
-            return _unauthorized(INVALID_TOKEN_DETAIL)
+            return unauthorized("invalid_token", INVALID_TOKEN_DETAIL)
         return None
 
     def _declared_size_refusal(self, content_length: str | None) -> JSONResponse | None:

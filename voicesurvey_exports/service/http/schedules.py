@@ -4,13 +4,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Response, status
+from fastapi import APIRouter, Body, Depends, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...app_db.export_schedules import ExportSchedule
-from ..requests import InvalidRequest, NotFound, PermissionDenied
 from ..schedules import ExportSchedules
-from .schemas import ErrorResponse, ExportOptions
+from .deps import CurrentUser, Requests
+from .problems import problem_responses
+from .schemas import ExportOptions
 
 
 class ExportScheduleCreate(BaseModel):
@@ -69,71 +70,90 @@ class ExportScheduleResponse(BaseModel):
         )
 
 
-def build_schedule_router(
-    schedules: ExportSchedules, current_user, unavailable, responses: dict
-) -> APIRouter:
-    """The router, mounted by the app with its own pieces: ``current_user`` (the token's
-    user), ``unavailable`` (outages as 503) and its common error ``responses``."""
-    router = APIRouter(prefix="/api", tags=["export schedules"], responses=responses)
-    User = Annotated[uuid.UUID, Depends(current_user)]
+def export_schedules(api: Requests) -> ExportSchedules:
+    return ExportSchedules(api)
 
-    def call(operation, *args, **options):
-        try:
-            with unavailable():
-                return operation(*args, **options)
-        except PermissionDenied as error:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, str(error)) from None
-        except NotFound as error:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, str(error)) from None
-        except InvalidRequest as error:  # a bad cron, zone or option: nothing recorded
-            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(error)) from None
 
-    @router.post(
-        "/campaigns/{campaign_id}/export-schedules",
-        response_model=ExportScheduleResponse,
-        status_code=status.HTTP_201_CREATED,
-        responses={422: {"model": ErrorResponse, "description": "a bad cron, zone or option"}},
+Schedules = Annotated[ExportSchedules, Depends(export_schedules)]
+
+# The service's refusals (PermissionDenied, NotFound, a bad cron, zone or option as
+# InvalidRequest) are answered as problem details by the app's handlers (problems.py).
+router = APIRouter(
+    prefix="/api",
+    tags=["export schedules"],
+    responses=problem_responses(
+        "unauthenticated",
+        "invalid_token",
+        "unknown_user",
+        "forbidden",
+        "not_found",
+        "validation_failed",
+        "unavailable",
+    ),
+)
+
+
+@router.post(
+    "/campaigns/{campaign_id}/export-schedules",
+    response_model=ExportScheduleResponse,
+    status_code=status.HTTP_201_CREATED,
+    operation_id="createExportSchedule",
+)
+def create_export_schedule(
+    campaign_id: uuid.UUID,
+    user_id: CurrentUser,
+    schedules: Schedules,
+    response: Response,
+    schedule: Annotated[ExportScheduleCreate, Body()],
+) -> ExportScheduleResponse:
+    """Export the campaign on a cron schedule: each due time becomes an export job.
+    A bad cron, zone or option is 422 `validation_failed` and nothing is recorded."""
+    created = schedules.create_schedule(
+        campaign_id,
+        user_id,
+        cron=schedule.cron,
+        time_zone=schedule.time_zone,
+        incremental=schedule.incremental,
+        bom=schedule.options.bom,
+        compression=schedule.options.compression,
     )
-    def create_export_schedule(
-        campaign_id: uuid.UUID,
-        user_id: User,
-        response: Response,
-        schedule: Annotated[ExportScheduleCreate, Body()],
-    ) -> ExportScheduleResponse:
-        """Export the campaign on a cron schedule: each due time becomes an export job."""
-        created = call(
-            schedules.create_schedule,
-            campaign_id,
-            user_id,
-            cron=schedule.cron,
-            time_zone=schedule.time_zone,
-            incremental=schedule.incremental,
-            bom=schedule.options.bom,
-            compression=schedule.options.compression,
-        )
-        response.headers["Location"] = f"/api/export-schedules/{created.id}"
-        return ExportScheduleResponse.of(created)
+    response.headers["Location"] = f"/api/export-schedules/{created.id}"
+    return ExportScheduleResponse.of(created)
 
-    @router.get(
-        "/campaigns/{campaign_id}/export-schedules",
-        response_model=list[ExportScheduleResponse],
-    )
-    def list_export_schedules(
-        campaign_id: uuid.UUID, user_id: User
-    ) -> list[ExportScheduleResponse]:
-        """The campaign's export schedules, oldest first (deleted ones are not listed)."""
-        found = call(schedules.list_schedules, campaign_id, user_id)
-        return [ExportScheduleResponse.of(schedule) for schedule in found]
 
-    @router.get("/export-schedules/{schedule_id}", response_model=ExportScheduleResponse)
-    def get_export_schedule(schedule_id: uuid.UUID, user_id: User) -> ExportScheduleResponse:
-        """One export schedule."""
-        return ExportScheduleResponse.of(call(schedules.get_schedule, schedule_id, user_id))
+@router.get(
+    "/campaigns/{campaign_id}/export-schedules",
+    response_model=list[ExportScheduleResponse],
+    operation_id="listExportSchedules",
+)
+def list_export_schedules(
+    campaign_id: uuid.UUID, user_id: CurrentUser, schedules: Schedules
+) -> list[ExportScheduleResponse]:
+    """The campaign's export schedules, oldest first (deleted ones are not listed)."""
+    found = schedules.list_schedules(campaign_id, user_id)
+    return [ExportScheduleResponse.of(schedule) for schedule in found]
 
-    @router.delete("/export-schedules/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
-    def delete_export_schedule(schedule_id: uuid.UUID, user_id: User) -> Response:
-        """Delete the schedule: its due times make no export job from now on."""
-        call(schedules.delete_schedule, schedule_id, user_id)
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
 
-    return router
+@router.get(
+    "/export-schedules/{schedule_id}",
+    response_model=ExportScheduleResponse,
+    operation_id="getExportSchedule",
+)
+def get_export_schedule(
+    schedule_id: uuid.UUID, user_id: CurrentUser, schedules: Schedules
+) -> ExportScheduleResponse:
+    """One export schedule."""
+    return ExportScheduleResponse.of(schedules.get_schedule(schedule_id, user_id))
+
+
+@router.delete(
+    "/export-schedules/{schedule_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    operation_id="deleteExportSchedule",
+)
+def delete_export_schedule(
+    schedule_id: uuid.UUID, user_id: CurrentUser, schedules: Schedules
+) -> Response:
+    """Delete the schedule: its due times make no export job from now on."""
+    schedules.delete_schedule(schedule_id, user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -140,5 +140,20 @@ class ExportJobCreateResponse(BaseModel):
     message: str
 
 
-class ErrorResponse(BaseModel):
-    detail: str
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description='Where: e.g. ["query", "compression"].')
+    msg: str
+    type: str
+
+
+class ProblemDetails(BaseModel):
+    """RFC 9457 problem details (`application/problem+json`), with a stable `code`."""
+
+    type: str = Field(description="https://voicesurvey.example/problems/{code}")
+    title: str
+    status: int
+    detail: str = Field(description="One line for a person; its wording may change.")
+    code: str = Field(description="The cause, stable, snake_case: branch on this.")
+    errors: list[FieldError] | None = Field(
+        None, description="validation_failed only: each field and what is wrong with it."
+    )

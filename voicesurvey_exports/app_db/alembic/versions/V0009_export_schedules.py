@@ -28,7 +28,7 @@ from alembic import op
 from voicesurvey_exports.app_db.errors import MigrationRefused
 
 revision = "V0009"
-down_revision = "V0006"
+down_revision = "V0007"
 branch_labels = None
 depends_on = None
 
