@@ -51,7 +51,7 @@ EXIT_CODES = {
     EXIT_USAGE: "usage error (bad or missing arguments)",
     EXIT_NOT_PERMITTED: "not permitted (the user may not use exports)",
     EXIT_NOT_FOUND: "not found (campaign or export job)",
-    EXIT_WRONG_STATE: "wrong state (not completed, file gone, already ended, idempotency key reused)",
+    EXIT_WRONG_STATE: "wrong state (not completed, file gone, already ended, key reused)",
     EXIT_RATE_LIMITED: "rate limited (EXPORT_REQUESTS_PER_MINUTE): retry after the time said",
     EXIT_UNAVAILABLE: "unavailable (database or S3 down): retry later",
     EXIT_CONFIG: "configuration error (a setting breaks its rule)",
