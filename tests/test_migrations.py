@@ -269,6 +269,7 @@ def test_app_tables_at_v0002_without_a_record_get_v0003(new_database):
             )
         )
         conn.execute(text("DROP TABLE export_schedules"))
+        conn.execute(text("DROP INDEX ix_export_jobs_requester_created_at"))
     assert upgrade(engine) == ["V0003", "V0004", "V0005", "V0006", "V0007", "V0009"]
     assert "dagster_run_id" in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
 

@@ -240,6 +240,8 @@ export_jobs = Table(
         postgresql_where=text("idempotency_key IS NOT NULL"),
         sqlite_where=text("idempotency_key IS NOT NULL"),
     ),
+    # The rate limit counts a user's requests of the last minute (request_rate.py).
+    Index("ix_export_jobs_requester_created_at", "requested_by_user_id", "created_at"),
 )
 
 # The outbox of completion webhooks (revision V0005): one row per job and terminal state,
