@@ -11,7 +11,7 @@ import pytest
 from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.service import cli as cli_module
 
-from .conftest import TEST_BUCKET, AppData
+from .conftest import DEFAULT_OPTIONS, TEST_BUCKET, AppData
 from .test_migrations import old_runner_database
 from .test_requests import database_refusing_links
 
@@ -34,8 +34,10 @@ def cli_env(create_postgres_database, aws_credentials):
 def test_db_upgrade_then_request_status_and_list(cli_env):
     first = cli("db", "upgrade", env=cli_env)
     assert first.returncode == 0, first.stderr
-    assert first.stdout == "app schema at V0006: applied V0001, V0002, V0003, V0004, V0005, V0006\n"
-    assert cli("db", "upgrade", env=cli_env).stdout == "app schema at V0006: nothing to apply\n"
+    assert first.stdout == (
+        "app schema at V0008: applied V0001, V0002, V0003, V0004, V0005, V0006, V0008\n"
+    )
+    assert cli("db", "upgrade", env=cli_env).stdout == "app schema at V0008: nothing to apply\n"
 
     data = AppData(get_engine(cli_env["DATABASE_URL"]))
     campaign, manager = data.campaign(), data.user("campaign_manager")
@@ -71,24 +73,26 @@ def test_db_status_and_adoption_of_an_old_database_are_one_line_each(cli_env):
         return result.stdout
 
     to_apply = "to apply (run: voicesurvey-exports db upgrade)"
-    assert db("status") == f"no app schema: V0001, V0002, V0003, V0004, V0005, V0006 {to_apply}\n"
+    assert db("status") == (
+        f"no app schema: V0001, V0002, V0003, V0004, V0005, V0006, V0008 {to_apply}\n"
+    )
     engine = get_engine(cli_env["DATABASE_URL"])
     old_runner_database(engine, (1, 2))
-    assert db("status") == f"app schema at V0002: V0003, V0004, V0005, V0006 {to_apply}\n"
+    assert db("status") == f"app schema at V0002: V0003, V0004, V0005, V0006, V0008 {to_apply}\n"
     assert db("upgrade") == (
-        "app schema at V0006: adopted at V0002 from app_schema_migrations version 2; "
-        "applied V0003, V0004, V0005, V0006\n"
+        "app schema at V0008: adopted at V0002 from app_schema_migrations version 2; "
+        "applied V0003, V0004, V0005, V0006, V0008\n"
     )
-    assert db("status") == "app schema at V0006: up to date\n"
+    assert db("status") == "app schema at V0008: up to date\n"
 
     with engine.begin() as conn:  # as a later release would leave it
         conn.exec_driver_sql("UPDATE voicesurvey_exports_alembic_version SET version_num = 'V0099'")
-    assert db("status") == "app schema at V0099: newer than this release (its latest is V0006)\n"
+    assert db("status") == "app schema at V0099: newer than this release (its latest is V0008)\n"
     refused = cli("db", "upgrade", env=cli_env)
     assert (refused.returncode, refused.stdout) == (1, "")
     assert refused.stderr == (
         "error: database: the app schema is at revision 'V0099', which this release does not "
-        "know (its latest is V0006): use a release that ships V0099\n"
+        "know (its latest is V0008): use a release that ships V0099\n"
     )
 
 
@@ -105,12 +109,24 @@ def test_request_with_bom_and_gzip_shows_the_options_in_its_json(cli_env):
         "request", "--campaign-id", campaign, "--user-id", manager, "--gzip", env=cli_env
     )
 
-    assert json.loads(plain.stdout)["options"] == {"bom": False, "compression": "none"}
+    assert json.loads(plain.stdout)["options"] == {
+        **DEFAULT_OPTIONS,
+        "bom": False,
+        "compression": "none",
+    }
     job = json.loads(both.stdout)
-    assert job["options"] == {"bom": True, "compression": "gzip"}
-    assert json.loads(gzip_only.stdout)["options"] == {"bom": False, "compression": "gzip"}
+    assert job["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "gzip"}
+    assert json.loads(gzip_only.stdout)["options"] == {
+        **DEFAULT_OPTIONS,
+        "bom": False,
+        "compression": "gzip",
+    }
     status = cli("status", job["job_id"], "--user-id", manager, env=cli_env)
-    assert json.loads(status.stdout)["options"] == {"bom": True, "compression": "gzip"}
+    assert json.loads(status.stdout)["options"] == {
+        **DEFAULT_OPTIONS,
+        "bom": True,
+        "compression": "gzip",
+    }
     assert data.job_row(uuid.UUID(job["job_id"]))["compression"] == "gzip"
 
 

@@ -39,7 +39,7 @@ from voicesurvey_exports.app_db.migrations import (
 
 from .conftest import AppData
 
-ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005", "V0006"]
+ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005", "V0006", "V0008"]
 APP_TABLES = {"users", "campaigns", "contacts", "survey_responses", "export_jobs"}
 BOTH_ENGINES = pytest.mark.parametrize("kind", ["postgres", "sqlite"])
 
@@ -105,7 +105,7 @@ def test_fresh_upgrade_builds_what_schema_py_describes(kind, new_database):
     assert current_version(migrated) is None
     assert upgrade(migrated) == ALL_REVISIONS
     assert upgrade(migrated) == []
-    assert current_version(migrated) == LATEST_VERSION == "V0006"
+    assert current_version(migrated) == LATEST_VERSION == "V0008"
 
     created = new_database(kind, "created")
     schema.metadata.create_all(created)
@@ -151,6 +151,11 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
                 "progress_percent",
                 "cancel_requested_at",
                 "s3_bucket",
+                "format",
+                "outcomes",
+                "attempted_from",
+                "attempted_to",
+                "time_zone",
             )
         ),
         Index("ix_export_jobs_status_created_at", "status", "created_at", "id"),
@@ -182,7 +187,10 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
 @BOTH_ENGINES
 @pytest.mark.parametrize(
     ("recorded_versions", "expected_applied"),
-    [((1, 2), ["V0003", "V0004", "V0005", "V0006"]), ((1, 2, 3), ["V0004", "V0005", "V0006"])],
+    [
+        ((1, 2), ["V0003", "V0004", "V0005", "V0006", "V0008"]),
+        ((1, 2, 3), ["V0004", "V0005", "V0006", "V0008"]),
+    ],
 )
 def test_old_runner_database_is_adopted_and_keeps_every_row(
     kind, recorded_versions, expected_applied, new_database
@@ -245,10 +253,11 @@ def test_app_tables_at_v0002_without_a_record_get_v0003(new_database):
             text(
                 "ALTER TABLE export_jobs DROP COLUMN bom, DROP COLUMN compression, "
                 "DROP COLUMN progress_percent, DROP COLUMN cancel_requested_at, "
-                "DROP COLUMN s3_bucket"
+                "DROP COLUMN s3_bucket, DROP COLUMN format, DROP COLUMN outcomes, "
+                "DROP COLUMN attempted_from, DROP COLUMN attempted_to, DROP COLUMN time_zone"
             )
         )
-    assert upgrade(engine) == ["V0003", "V0004", "V0005", "V0006"]
+    assert upgrade(engine) == ["V0003", "V0004", "V0005", "V0006", "V0008"]
     assert "dagster_run_id" in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
 
 
@@ -313,7 +322,7 @@ def test_downgrade_to_base_then_upgrade_rebuilds_the_schema(kind, new_database):
     with engine.begin() as conn:  # a cancelled job reads as failed in the older release
         job = AppData(engine).export_job(AppData(engine).campaign())
         conn.execute(jobs.update().where(jobs.c.id == job).values(status="cancelled"))
-    assert downgrade(engine, "V0004") == ["V0006", "V0005"]
+    assert downgrade(engine, "V0004") == ["V0008", "V0006", "V0005"]
     assert "progress_percent" not in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
     assert "export_notifications" not in inspect(engine).get_table_names()
     with engine.begin() as conn:
@@ -342,7 +351,7 @@ def test_pending_jobs_index_exists(migrated_postgres_url):
 def at_v0005(engine: Engine) -> Engine:
     """A database at revision V0005 (before V0006's rules and bucket column)."""
     upgrade(engine)
-    assert downgrade(engine, "V0005") == ["V0006"]
+    assert downgrade(engine, "V0005") == ["V0008", "V0006"]
     return engine
 
 
@@ -443,7 +452,7 @@ def test_v0006_replaces_finished_jobs_values_outside_its_rules_and_says_what_the
             )
         )
 
-    assert upgrade(engine) == ["V0006"]
+    assert upgrade(engine) == ["V0006", "V0008"]
 
     for job_id, (column, value) in jobs.items():
         rule, replacement = V0006_RULES[column]
@@ -485,7 +494,7 @@ def test_downgrade_below_v0005_is_refused_while_a_job_has_file_options(kind, new
         )
         with engine.begin() as conn:
             conn.execute(schema.export_jobs.delete().where(schema.export_jobs.c.id == job))
-    assert downgrade(engine, "V0004") == ["V0006", "V0005"]
+    assert downgrade(engine, "V0004") == ["V0008", "V0006", "V0005"]
     with engine.connect() as conn:  # the plain job, kept
         assert conn.execute(text("SELECT status FROM export_jobs")).scalars().all() == ["completed"]
 
@@ -509,6 +518,6 @@ def test_downgrade_below_v0006_is_refused_while_a_file_lies_in_another_bucket(
         downgrade(engine, "V0005")
 
     monkeypatch.setenv("S3_BUCKET_NAME", "old-exports")
-    assert downgrade(engine, "V0005") == ["V0006"]
+    assert downgrade(engine, "V0005") == ["V0008", "V0006"]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(s3_key) FROM export_jobs")).scalar_one() == 2

@@ -45,7 +45,7 @@ LEGACY_VERSION_TABLE = "app_schema_migrations"
 _LEGACY_REVISIONS = {1: "V0001", 2: "V0002", 3: "V0003"}
 # What the tables themselves amount to (tables the app made from schema.py may be newer
 # than anything the old runner recorded).
-_REVISION_OF_LEVEL = {**_LEGACY_REVISIONS, 4: "V0004", 5: "V0005", 6: "V0006"}
+_REVISION_OF_LEVEL = {**_LEGACY_REVISIONS, 4: "V0004", 5: "V0005", 6: "V0006", 8: "V0008"}
 _V0001_TABLES = ("users", "campaigns", "contacts", "survey_responses")
 
 
@@ -210,7 +210,7 @@ def _legacy_recorded_version(conn: Connection) -> int | None:
 
 
 def _level_of_tables(conn: Connection) -> int:
-    """Which version (0..6) the app tables present in the database amount to."""
+    """Which version (0..8) the app tables present in the database amount to."""
     inspector = inspect(conn)
     tables = set(inspector.get_table_names())
     present = [name for name in _V0001_TABLES if name in tables]
@@ -225,6 +225,8 @@ def _level_of_tables(conn: Connection) -> int:
     if "export_jobs" not in tables:
         return 1
     columns = {column["name"] for column in inspector.get_columns("export_jobs")}
+    if "time_zone" in columns and "export_notifications" in tables:
+        return 8
     if "s3_bucket" in columns and "export_notifications" in tables:
         return 6
     if "progress_percent" in columns and "export_notifications" in tables:

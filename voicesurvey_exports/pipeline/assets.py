@@ -98,7 +98,7 @@ def _start(
                 recovery.claim_export_job(context, conn, job)
             # A value written by SQL that this release does not know fails the job now
             # (claimed: the failure sensor ends it), not after retrying an upload.
-            unknown = export_jobs.unknown_option(job.compression)
+            unknown = export_jobs.unknown_option(job)
             if unknown:
                 raise permanent_failure(f"export job {export_job_id}: {unknown}")
         else:

@@ -52,7 +52,28 @@ def _parser() -> argparse.ArgumentParser:
                 help="start the file with the UTF-8 byte-order mark (for Excel)",
             )
             command.add_argument(
-                "--gzip", action="store_true", help="store the file gzipped (.csv.gz)"
+                "--gzip", action="store_true", help="store the file gzipped (.csv.gz, .jsonl.gz)"
+            )
+            command.add_argument(
+                "--format", help="csv (the default), jsonl, parquet or xlsx", default=None
+            )
+            command.add_argument(
+                "--outcome",
+                action="append",
+                dest="outcomes",
+                help="keep only contacts in this terminal state (repeatable; default: all)",
+            )
+            command.add_argument(
+                "--attempted-from",
+                help="keep contacts last attempted at or after this ISO 8601 instant, "
+                "with its offset (e.g. 2026-11-16T00:00:00+01:00)",
+            )
+            command.add_argument(
+                "--attempted-to", help="... and before this one (the window is [from, to))"
+            )
+            command.add_argument(
+                "--time-zone",
+                help="IANA zone the file's timestamps are written in (default UTC)",
             )
 
     serve = commands.add_parser("serve", help="serve the export HTTP API (uvicorn)")
@@ -81,11 +102,20 @@ def _run(args: argparse.Namespace) -> object:
         return _serve(args.host, args.port)
     api = ExportRequests.from_settings(Settings.from_env())
     if args.command == "request":
+        given = {
+            "format": args.format,
+            "outcomes": args.outcomes,
+            "attempted_from": args.attempted_from,
+            "attempted_to": args.attempted_to,
+            "time_zone": args.time_zone,
+        }
         return api.request_export(
             args.campaign_id,
             args.user_id,
             bom=args.bom,
             compression="gzip" if args.gzip else "none",
+            # Options not given take the service's defaults.
+            **{name: value for name, value in given.items() if value is not None},
         ).to_json()
     if args.command == "status":
         return api.get_export(args.job_id, args.user_id).to_json()

@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Connection, Engine, select
@@ -31,7 +32,16 @@ from ..app_db.engine import get_engine
 from ..app_db.errors import safe_database_errors
 from ..app_db.export_jobs import ExportJob
 from ..app_db.job_status import JobStatus
-from ..app_db.schema import COMPRESSIONS, EXPORT_ROLES, campaigns
+from ..app_db.schema import (
+    COMPRESSIONS,
+    CONTACT_STATES,
+    EXPORT_ROLES,
+    FORMATS,
+    FORMATS_WITH_ENVELOPE,
+    TERMINAL_CONTACT_STATES,
+    campaigns,
+)
+from ..app_db.times import as_utc, is_known_time_zone
 from ..export_file.s3_object import BucketUnreachable, ExportObjects
 from ..settings import ACCESS_POLICIES, Settings
 
@@ -86,14 +96,126 @@ def parse_uuid(value: str | uuid.UUID, what: str) -> uuid.UUID:
         raise InvalidRequest(f"{what} {value!r} is not a valid UUID") from None
 
 
-def check_options(bom: object, compression: object) -> None:
-    """A request's file options, refused with one line naming the value and the rule."""
+@dataclass(frozen=True)
+class FileOptions:
+    """A request's options, checked: what its job row stores."""
+
+    bom: bool = False
+    compression: str = "none"
+    format: str = "csv"
+    outcomes: tuple[str, ...] | None = None  # None: every terminal state
+    attempted_from: datetime | None = None  # aware, UTC
+    attempted_to: datetime | None = None
+    time_zone: str = "UTC"
+
+    def row_values(self) -> dict:
+        """As export_jobs.insert_job takes them."""
+        return {
+            "bom": self.bom,
+            "compression": self.compression,
+            "format": self.format,
+            "outcomes": self.outcomes,
+            "attempted_from": self.attempted_from,
+            "attempted_to": self.attempted_to,
+            "time_zone": self.time_zone,
+        }
+
+
+def check_options(
+    bom: object = False,
+    compression: object = "none",
+    format: object = "csv",
+    outcomes: object = None,
+    attempted_from: object = None,
+    attempted_to: object = None,
+    time_zone: object = "UTC",
+) -> FileOptions:
+    """A request's file options, refused with one line naming the value and the rule
+    (InvalidRequest). The CLI and the HTTP API both check with this."""
     if not isinstance(bom, bool):  # 1, "yes" or None would be stored as something else
         raise InvalidRequest(f"option bom {bom!r} must be true or false")
     if compression not in COMPRESSIONS:
         raise InvalidRequest(
             f"option compression {compression!r} must be one of: {', '.join(COMPRESSIONS)}"
         )
+    if format not in FORMATS:
+        raise InvalidRequest(f"option format {format!r} must be one of: {', '.join(FORMATS)}")
+    if format not in FORMATS_WITH_ENVELOPE:
+        if compression != "none":
+            raise InvalidRequest(
+                f"option compression {compression!r} cannot be used with format {format!r}: "
+                "it is compressed inside"
+            )
+        if bom:
+            raise InvalidRequest(
+                f"option bom true cannot be used with format {format!r}: it is not a text file"
+            )
+    if not is_known_time_zone(time_zone):
+        raise InvalidRequest(
+            f"option time_zone {time_zone!r} is not an IANA time zone name "
+            "(such as UTC, Europe/Rome, America/New_York)"
+        )
+    start = _instant("attempted_from", attempted_from)
+    end = _instant("attempted_to", attempted_to)
+    if start is not None and end is not None and start >= end:
+        raise InvalidRequest(
+            f"option attempted_from {attempted_from!s} must be before attempted_to "
+            f"{attempted_to!s} (the window is [from, to))"
+        )
+    return FileOptions(
+        bom=bom,
+        compression=compression,
+        format=format,
+        outcomes=_outcomes(outcomes),
+        attempted_from=start,
+        attempted_to=end,
+        time_zone=time_zone,
+    )
+
+
+def _outcomes(outcomes: object) -> tuple[str, ...] | None:
+    """The states in the contract's order, each once; None stays None (all of them)."""
+    if outcomes is None:
+        return None
+    terminal = ", ".join(TERMINAL_CONTACT_STATES)
+    if isinstance(outcomes, str) or not isinstance(outcomes, Sequence) or not outcomes:
+        raise InvalidRequest(
+            f"option outcomes {outcomes!r} must be a non-empty list of terminal states: {terminal}"
+        )
+    for state in outcomes:
+        if state in TERMINAL_CONTACT_STATES:
+            continue
+        if state in CONTACT_STATES:
+            raise InvalidRequest(
+                f"option outcomes: {state!r} is not a terminal state (an export holds only "
+                f"contacts whose calling is over: {terminal})"
+            )
+        raise InvalidRequest(f"option outcomes: {state!r} must be one of: {terminal}")
+    return tuple(state for state in TERMINAL_CONTACT_STATES if state in outcomes)
+
+
+def _instant(name: str, value: object) -> datetime | None:
+    """An ISO 8601 instant with its offset (a string, or an aware datetime), in UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidRequest(
+                f"option {name} {value!r} is not an ISO 8601 date and time "
+                "(e.g. 2026-11-16T00:00:00+01:00)"
+            ) from None
+    elif isinstance(value, datetime):
+        parsed = value
+    else:
+        raise InvalidRequest(f"option {name} {value!r} must be an ISO 8601 date and time")
+    if parsed.utcoffset() is None:
+        raise InvalidRequest(
+            f"option {name} {value!s} has no UTC offset: give one, e.g. "
+            f"{parsed.replace(tzinfo=None).isoformat()}+01:00 or ...Z"
+        )
+    return as_utc(parsed)
 
 
 @dataclass
@@ -123,23 +245,29 @@ class ExportRequests:
         self,
         campaign_id: str | uuid.UUID,
         user_id: str | uuid.UUID,
-        *,
-        bom: bool = False,
-        compression: str = "none",
+        **options: object,
     ) -> ExportJob:
         """Record a pending export request; the sensor picks it up within seconds.
 
-        The file options are stored on the job: `bom` starts the file with the UTF-8
-        byte-order mark, `compression` "gzip" stores the gzip of the CSV.
+        The file options (check_options) are stored on the job: `bom` starts the file with
+        the UTF-8 byte-order mark, `compression` "gzip" stores its gzip, `format` is csv,
+        jsonl, parquet or xlsx, `outcomes` and `attempted_from`/`attempted_to` filter the
+        contacts, `time_zone` is the zone its text timestamps are written in.
         """
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
-        check_options(bom, compression)
+        try:
+            checked = check_options(**options)
+        except TypeError:  # a keyword check_options does not take
+            raise InvalidRequest(
+                f"unknown option among {', '.join(sorted(options))}: the options are "
+                f"{', '.join(FileOptions.__dataclass_fields__)}"
+            ) from None
         with self._database("recording the export request", write=True) as conn:
             role = self._authorize(conn, user_id)
             self._campaign(conn, campaign_id, user_id, role)
             return export_jobs.insert_job(
-                conn, campaign_id, requested_by_user_id=user_id, bom=bom, compression=compression
+                conn, campaign_id, requested_by_user_id=user_id, **checked.row_values()
             )
 
     def list_exports(

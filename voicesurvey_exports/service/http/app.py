@@ -142,13 +142,7 @@ def build_export_router(
         campaign_id: uuid.UUID, user_id: uuid.UUID, options: ExportOptions | None
     ) -> ExportJobCreateResponse:
         options = options or ExportOptions()
-        job = call(
-            api.request_export,
-            campaign_id,
-            user_id,
-            bom=options.bom,
-            compression=options.compression,
-        )
+        job = call(api.request_export, campaign_id, user_id, **options.model_dump())
         return ExportJobCreateResponse(
             job_id=job.id,
             campaign_id=job.campaign_id,
@@ -188,10 +182,12 @@ def build_export_router(
 
     descriptions = {
         "GET": "Options as query parameters, each at most once: `bom` exactly `true` or "
-        "`false`, `compression` `none` or `gzip`. Any other parameter or value, or a "
+        "`false`, `compression` `none` or `gzip`, `format`, `outcomes` comma-separated, "
+        "`attempted_from`, `attempted_to`, `time_zone`. Any other parameter or value, or a "
         "repeated parameter, is 422 and nothing is recorded.",
         "POST": "Options as an optional JSON body: `bom` a JSON boolean, `compression` "
-        '`none` or `gzip`. Any other key or value (1, "true"), or any query parameter, is '
+        "`none` or `gzip`, `format`, `outcomes` a list, `attempted_from`, `attempted_to`, "
+        '`time_zone`. Any other key or value (1, "true"), or any query parameter, is '
         "422 and nothing is recorded.",
     }
     for method, endpoint in (("GET", initiate_export_get), ("POST", initiate_export_post)):
