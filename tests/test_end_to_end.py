@@ -24,7 +24,7 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import campaigns as campaigns_table
 from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 
-from .conftest import AppData
+from .conftest import DEFAULT_OPTIONS, AppData
 from .test_faults import RUN_STATUS, add_contacts
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
@@ -273,7 +273,7 @@ def test_http_request_with_bom_and_gzip_downloads_a_csv_gz_that_excel_reads(stac
         timeout=10,
     )
     assert created.status_code == 202, created.text
-    assert created.json()["options"] == {"bom": True, "compression": "gzip"}
+    assert created.json()["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "gzip"}
     job_url = f"{stack.api}/api/exports/{created.json()['job_id']}"
 
     def finished():
