@@ -124,6 +124,11 @@ def _start(
         partition_key,
         bom=job.bom,
         compression=job.compression,
+        format=job.format,
+        outcomes=job.outcome_states,
+        attempted_from=job.attempted_from,
+        attempted_to=job.attempted_to,
+        time_zone=job.time_zone,
     )
 
 
@@ -250,8 +255,7 @@ def _metadata(target: ExportTarget, uploaded: UploadedCsv, objects, expires_at) 
         outcome_counts=uploaded.outcome_counts,
         export_job_id=str(target.export_job_id),
         url_expires_at=iso_utc(expires_at),
-        bom=target.bom,
-        compression=target.compression,
+        options=target.options,
     )
 
 
