@@ -396,3 +396,18 @@ def test_xlsx_fails_naming_excels_cell_and_row_limits(app, tmp_path, monkeypatch
     monkeypatch.setattr(xlsx_format, "MAX_CONTACTS", 1)
     with pytest.raises(ExcelLimitExceeded, match="more than 1 contacts: an Excel worksheet holds"):
         spool_and_render(app.engine, campaign, tmp_path, "xlsx")
+
+
+def test_sqlite_writes_the_zones_time_as_postgresql_does(sqlite_url, tmp_path):
+    """The demo's path (pandas spool) renders a zone's time and offset as COPY does."""
+    app = AppData(get_engine(sqlite_url))
+    campaign = app.campaign()
+    app.contact(campaign, "refused", last_attempt_at=at("2026-11-16T10:49:55.25+00:00"))
+    for time_zone, written in (
+        ("America/New_York", "2026-11-16T05:49:55.25-05:00"),
+        ("Asia/Kolkata", "2026-11-16T16:19:55.25+05:30"),
+        ("UTC", "2026-11-16T10:49:55.25Z"),
+    ):
+        for file_format in TEXT_FORMATS:
+            [row] = export(app.engine, campaign, tmp_path, file_format, time_zone=time_zone)
+            assert row["last_attempt_at"] == written, (time_zone, file_format)

@@ -7,6 +7,7 @@ without losing a row.
 
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import (
@@ -521,3 +522,36 @@ def test_downgrade_below_v0006_is_refused_while_a_file_lies_in_another_bucket(
     assert downgrade(engine, "V0005") == ["V0008", "V0006"]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(s3_key) FROM export_jobs")).scalar_one() == 2
+
+
+@BOTH_ENGINES
+def test_downgrade_below_v0008_is_refused_while_a_job_has_a_format_filter_or_zone(
+    kind, new_database
+):
+    engine = new_database(kind, "formats")
+    upgrade(engine)
+    data = AppData(engine)
+    campaign = data.campaign()
+    data.export_job(campaign, status="completed")
+    for options in (
+        {"format": "parquet"},
+        {"outcomes": "refused"},
+        {"attempted_to": datetime(2026, 11, 16, tzinfo=UTC)},
+        {"time_zone": "Europe/Rome"},
+    ):
+        job = data.export_job(campaign, status="completed", **options)
+
+        with pytest.raises(MigrationRefused) as refused:
+            downgrade(engine, "V0006")
+
+        assert str(refused.value).startswith(
+            "cannot downgrade below V0008: 1 export jobs have a format, filter or time zone"
+        )
+        assert current_version(engine) == LATEST_VERSION
+        with engine.begin() as conn:
+            conn.execute(schema.export_jobs.delete().where(schema.export_jobs.c.id == job))
+    assert downgrade(engine, "V0006") == ["V0008"]
+    assert upgrade(engine) == ["V0008"]
+    with engine.connect() as conn:  # the plain job, kept, with the defaults
+        row = conn.execute(text("SELECT status, format, time_zone FROM export_jobs")).one()
+    assert tuple(row) == ("completed", "csv", "UTC")
