@@ -1,12 +1,17 @@
-"""The xlsx format: one sheet, the header row, then one row per contact, written with
-xlsxwriter in constant memory (each row goes to disk as it is written).
+"""The xlsx format: one sheet, the header row, then one row per contact, in constant
+memory. xlsxwriter makes the workbook's frame (the package's parts, styles and the sheet
+with its header row); the contact rows are streamed into the sheet's XML a block at a
+time, built with Arrow string kernels in the same form xlsxwriter writes in its
+constant_memory mode (inline strings, numbers): a Python call per cell cost about 7x the
+CSV's time.
 
 - A text cell is a string cell (write_string), never a formula: it holds exactly the
   stored text, so no guard is needed. XML cannot hold most control characters, and turns
-  a carriage return into a line feed: xlsxwriter writes those (all of U+0000-U+001F but
-  tab and line feed, and U+FFFE, U+FFFF) in Excel's own escape, `_xHHHH_`, and escapes a
-  stored text that looks like one (`_x000D_` is written `_x005F_x000D_`), so Excel,
-  openpyxl and pandas read back the stored text.
+  a carriage return into a line feed: those (all of U+0000-U+001F but tab and line feed,
+  and U+FFFE, U+FFFF) are written in Excel's own escape, `_xHHHH_`, as xlsxwriter writes
+  them, and a stored text that looks like one has its underscore escaped (`_x000D_` is
+  written `_x005F_x000D_`). Excel decodes both; openpyxl leaves that to its caller
+  (openpyxl.utils.escape.unescape).
 - attempts_count is a number; timestamps are the CSV's ISO 8601 text; NULL is an empty
   cell. (A spreadsheet shows an empty text and no value alike.)
 - Excel's limits fail the export, naming them: 1,048,576 rows (the header and 1,048,575
@@ -17,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import zipfile
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xlsxwriter
@@ -71,43 +78,65 @@ def render_xlsx(
         block_bytes = next_block_bytes(block_bytes)
 
 
+SHEET_PART = "xl/worksheets/sheet1.xml"
+ROWS_END = "</sheetData>"
+# Deflate's fastest level: the sheet's XML is most of the work, and compresses well anyway.
+ZIP_LEVEL = 1
+
+
+def _frame(path: Path) -> Path:
+    """A workbook with the sheet and its header row only, made by xlsxwriter."""
+    frame = path.with_name(path.name + ".frame")
+    workbook = xlsxwriter.Workbook(str(frame), {"tmpdir": str(path.parent)})
+    sheet = workbook.add_worksheet(SHEET_NAME)
+    for column, name in enumerate(CSV_COLUMNS):
+        sheet.write_string(0, column, name)
+    workbook.close()
+    return frame
+
+
 def _render_xlsx(spool_path, path, on_batch, utc: bool, block_bytes: int) -> RenderStats:
     outcomes: Counter[str] = Counter()
     rows = 0
-    workbook = xlsxwriter.Workbook(
-        str(path),
-        {
-            "constant_memory": True,
-            # Its row files hold contact data: in the run's private spool folder.
-            "tmpdir": str(path.parent),
-            "strings_to_numbers": False,
-            "strings_to_formulas": False,
-            "strings_to_urls": False,
-        },
-    )
+    frame_path = _frame(path)
     try:
-        sheet = workbook.add_worksheet(SHEET_NAME)
-        for column, name in enumerate(CSV_COLUMNS):
-            sheet.write_string(0, column, name)
-        if spool_path.stat().st_size:
-            groups = groups_of_blocks(
-                open_spool(spool_path, block_bytes), max(1, FORMAT_BYTES // block_bytes)
-            )
-            with contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables:
-                for table in tables:
-                    if rows + table.num_rows > MAX_CONTACTS:
-                        raise ExcelLimitExceeded(
-                            f"the export has more than {MAX_CONTACTS:,} contacts: an Excel "
-                            f"worksheet holds {MAX_ROWS:,} rows with the header (request "
-                            "csv, jsonl or parquet, or narrow it with outcomes or dates)"
-                        )
-                    _write_rows(sheet, table, rows + 1, utc)
-                    _count_outcomes(table, outcomes)
-                    rows += table.num_rows
-                    if on_batch is not None:
-                        on_batch(rows)
+        with (
+            zipfile.ZipFile(frame_path) as frame,
+            zipfile.ZipFile(
+                path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=ZIP_LEVEL
+            ) as workbook,
+        ):
+            for member in frame.infolist():
+                if member.filename != SHEET_PART:
+                    workbook.writestr(member, frame.read(member))
+                    continue
+                sheet_xml = frame.read(member).decode("utf-8")
+                # The header's extent would be wrong for the rows below: dimension is optional.
+                start, _, _ = sheet_xml.partition("<dimension ")
+                _, _, rest = sheet_xml.partition("<dimension ")
+                sheet_xml = start + rest.partition("/>")[2] if rest else sheet_xml
+                head, _, tail = sheet_xml.partition(ROWS_END)
+                with workbook.open(
+                    zipfile.ZipInfo(SHEET_PART, date_time=member.date_time),
+                    "w",
+                    force_zip64=True,
+                ) as sheet:
+                    sheet.write(head.encode("utf-8"))
+                    for table in _tables(spool_path, block_bytes):
+                        if rows + table.num_rows > MAX_CONTACTS:
+                            raise ExcelLimitExceeded(
+                                f"the export has more than {MAX_CONTACTS:,} contacts: an Excel "
+                                f"worksheet holds {MAX_ROWS:,} rows with the header (request "
+                                "csv, jsonl or parquet, or narrow it with outcomes or dates)"
+                            )
+                        sheet.write(_string_bytes(sheet_rows(table, rows + 2, utc)))
+                        _count_outcomes(table, outcomes)
+                        rows += table.num_rows
+                        if on_batch is not None:
+                            on_batch(rows)
+                    sheet.write((ROWS_END + tail).encode("utf-8"))
     finally:
-        workbook.close()
+        frame_path.unlink(missing_ok=True)
     release_freed_memory()
     digest, size = hashlib.sha256(), 0
     with open(path, "rb") as file:
@@ -117,6 +146,84 @@ def _render_xlsx(spool_path, path, on_batch, utc: bool, block_bytes: int) -> Ren
     return RenderStats(
         rows, size, {str(k): int(v) for k, v in outcomes.items()}, digest.hexdigest()
     )
+
+
+def _tables(spool_path: Path, block_bytes: int):
+    if not spool_path.stat().st_size:
+        return
+    groups = groups_of_blocks(
+        open_spool(spool_path, block_bytes), max(1, FORMAT_BYTES // block_bytes)
+    )
+    with contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables:
+        yield from tables
+
+
+def _string_bytes(lines: pa.Array) -> memoryview:
+    """The concatenated bytes of a string array without NULLs (no copy)."""
+    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
+    first, last = offsets[lines.offset], offsets[lines.offset + len(lines)]
+    return memoryview(lines.buffers()[2])[first:last]
+
+
+# What XML 1.0 cannot hold, or a reader would change (CR), in Excel's _xHHHH_ escape, as
+# xlsxwriter writes it; first a stored text that looks like an escape gets its "_" escaped.
+_LOOKS_ESCAPED = "(_x[0-9a-fA-F]{4}_)"
+_CONTROL = "[\\x00-\\x08\\x0b-\\x1f]"
+_NON_CHARACTERS = ("\ufffe", "\uffff")
+
+
+def excel_text(values: pa.Array) -> pa.Array:
+    """Text as the content of an inline string's <t> element (NULL stays NULL)."""
+    text = pc.replace_substring(values, "&", "&amp;")
+    text = pc.replace_substring(text, "<", "&lt;")
+    text = pc.replace_substring(text, ">", "&gt;")
+    if pc.any(pc.match_substring(text, "_x")).as_py():
+        text = pc.replace_substring_regex(text, _LOOKS_ESCAPED, "_x005F\\1")
+    if pc.any(pc.match_substring_regex(text, _CONTROL)).as_py():
+        for code in (*range(0x09), *range(0x0B, 0x20)):
+            text = pc.replace_substring(text, chr(code), f"_x{code:04X}_")
+    for char in _NON_CHARACTERS:
+        if pc.any(pc.match_substring(text, char)).as_py():
+            text = pc.replace_substring(text, char, f"_x{ord(char):04X}_")
+    return text
+
+
+def sheet_rows(table: pa.Table, first_row: int, utc: bool) -> pa.Array:
+    """A block of spool rows as the sheet's <row> elements (never NULL); a NULL is a cell
+    left out, as xlsxwriter leaves it."""
+    cells = {column: table.column(column).combine_chunks() for column in CSV_COLUMNS}
+    for column in TIMESTAMP_COLUMNS:
+        cells[column] = iso_timestamp_cells(table, column, utc)
+    _check_cell_lengths(table, cells)
+    numbers = pc.cast(pa.array(np.arange(first_row, first_row + table.num_rows)), pa.string())
+    pieces: list = ['<row r="', numbers, '">']
+    for index, column in enumerate(CSV_COLUMNS):
+        reference = chr(ord("A") + index)
+        if column == "attempts_count":
+            cell = pc.binary_join_element_wise(
+                f'<c r="{reference}',
+                numbers,
+                '"><v>',
+                pc.cast(cells[column], pa.string()),
+                "</v></c>",
+                "",
+            )
+        else:
+            # An empty text as xlsxwriter writes it, "<t></t>": readers take an empty
+            # element with xml:space="preserve" for no value.
+            opening = pc.if_else(pc.equal(cells[column], ""), "<t>", '<t xml:space="preserve">')
+            cell = pc.binary_join_element_wise(
+                f'<c r="{reference}',
+                numbers,
+                '" t="inlineStr"><is>',
+                opening,
+                excel_text(cells[column]),
+                "</t></is></c>",
+                "",
+            )
+        pieces.append(pc.fill_null(cell, ""))
+    pieces.append("</row>")
+    return pc.binary_join_element_wise(*pieces, "")
 
 
 def _check_cell_lengths(table: pa.Table, cells: dict[str, pa.Array]) -> None:
@@ -131,21 +238,3 @@ def _check_cell_lengths(table: pa.Table, cells: dict[str, pa.Array]) -> None:
                 f"{units[index].as_py():,} characters, more than the {MAX_CELL_CHARACTERS:,} "
                 "an Excel cell holds (request csv, jsonl or parquet)"
             )
-
-
-def _write_rows(sheet, table: pa.Table, first_row: int, utc: bool) -> None:
-    cells = {column: table.column(column).combine_chunks() for column in CSV_COLUMNS}
-    for column in TIMESTAMP_COLUMNS:
-        cells[column] = iso_timestamp_cells(table, column, utc)
-    _check_cell_lengths(table, cells)
-    columns = [cells[column].to_pylist() for column in CSV_COLUMNS]
-    number_column = CSV_COLUMNS.index("attempts_count")
-    write_string, write_number = sheet.write_string, sheet.write_number
-    for row, values in enumerate(zip(*columns, strict=True), start=first_row):
-        for column, value in enumerate(values):
-            if value is None:
-                continue
-            if column == number_column:
-                write_number(row, column, value)
-            else:
-                write_string(row, column, value)
