@@ -176,8 +176,10 @@ _CONTROL = "[\\x00-\\x1f]"
 def json_strings(values: pa.Array) -> pa.Array:
     """Each value as a JSON string literal ("..." with \\, " and control characters
     escaped); NULL stays NULL."""
-    escaped = pc.replace_substring(values, "\\", "\\\\")
-    escaped = pc.replace_substring(escaped, '"', '\\"')
+    escaped = values
+    for char, escape in (("\\", "\\\\"), ('"', '\\"')):
+        if pc.any(pc.match_substring(escaped, char)).as_py():  # a scan is cheaper than a copy
+            escaped = pc.replace_substring(escaped, char, escape)
     if pc.any(pc.match_substring_regex(escaped, _CONTROL)).as_py():
         for code in range(0x20):
             char = chr(code)

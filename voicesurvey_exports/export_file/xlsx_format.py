@@ -174,9 +174,10 @@ _NON_CHARACTERS = ("\ufffe", "\uffff")
 
 def excel_text(values: pa.Array) -> pa.Array:
     """Text as the content of an inline string's <t> element (NULL stays NULL)."""
-    text = pc.replace_substring(values, "&", "&amp;")
-    text = pc.replace_substring(text, "<", "&lt;")
-    text = pc.replace_substring(text, ">", "&gt;")
+    text = values
+    for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;")):
+        if pc.any(pc.match_substring(text, char)).as_py():  # a scan is cheaper than a copy
+            text = pc.replace_substring(text, char, entity)
     if pc.any(pc.match_substring(text, "_x")).as_py():
         text = pc.replace_substring_regex(text, _LOOKS_ESCAPED, "_x005F\\1")
     if pc.any(pc.match_substring_regex(text, _CONTROL)).as_py():
