@@ -76,6 +76,11 @@ REFUSED = [
         {"attempted_from": "2026-11-10T00:00:00Z", "attempted_to": "2026-11-09T00:00:00Z"},
         "must be before attempted_to 2026-11-09T00:00:00Z (the window is [from, to))",
     ),
+    (
+        {"attempted_from": "2026-11-09T00:00:00 01:00"},
+        "is not an ISO 8601 date and time (e.g. 2026-11-16T00:00:00+01:00) (in a URL query, "
+        "write its + as %2B)",
+    ),
     ({"time_zone": "Mars/Olympus"}, "option time_zone 'Mars/Olympus' is not an IANA time zone"),
     ({"time_zone": "europe/rome"}, "option time_zone 'europe/rome' is not an IANA time zone"),
     ({"time_zone": ""}, "option time_zone '' is not an IANA time zone"),

@@ -202,9 +202,11 @@ def _instant(name: str, value: object) -> datetime | None:
         try:
             parsed = datetime.fromisoformat(value)
         except ValueError:
+            # A "+" in a URL's query arrives as a space.
+            hint = " (in a URL query, write its + as %2B)" if " " in value else ""
             raise InvalidRequest(
                 f"option {name} {value!r} is not an ISO 8601 date and time "
-                "(e.g. 2026-11-16T00:00:00+01:00)"
+                f"(e.g. 2026-11-16T00:00:00+01:00){hint}"
             ) from None
     elif isinstance(value, datetime):
         parsed = value
