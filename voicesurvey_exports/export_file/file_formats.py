@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import timestamps
-from .background import read_ahead
+from .background import WriteBehind, read_ahead
 from .csv_format import (
     BOM,
     COLUMN_TYPES,
@@ -150,9 +150,14 @@ def _render_blocks(
                     groups = groups_of_blocks(
                         open_spool(spool_path, block_bytes), max(1, FORMAT_BYTES // block_bytes)
                     )
-                    with contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables:
+                    with (
+                        contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables,
+                        # The file's writes (gzip, hashing, Parquet's encoding) on a thread
+                        # of their own while the next block is formatted.
+                        WriteBehind(writer.write, GROUPS_IN_FLIGHT) as write_behind,
+                    ):
                         for table in tables:
-                            writer.write(table)
+                            write_behind.put(writer.prepare(table))
                             _count_outcomes(table, outcomes)
                             rows += table.num_rows
                             if on_batch is not None:
@@ -208,7 +213,7 @@ def json_lines(table: pa.Table, utc: bool = True) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, "")
 
 
-def _string_bytes(lines: pa.Array) -> memoryview:
+def string_bytes(lines: pa.Array) -> memoryview:
     """The concatenated bytes of a string array without NULLs (no copy)."""
     offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
     first, last = offsets[lines.offset], offsets[lines.offset + len(lines)]
@@ -221,9 +226,12 @@ class JsonLinesWriter:
         if bom:
             sink.write(BOM)
 
-    def write(self, table: pa.Table) -> None:
-        if table.num_rows:
-            self.sink.write(_string_bytes(json_lines(table, self.utc)))
+    def prepare(self, table: pa.Table) -> memoryview:
+        """The block's bytes (on the formatting thread)."""
+        return string_bytes(json_lines(table, self.utc)) if table.num_rows else memoryview(b"")
+
+    def write(self, data: memoryview) -> None:
+        self.sink.write(data)
 
     def close(self) -> None:
         pass
@@ -295,14 +303,19 @@ class ParquetFileWriter:
         self.schema = parquet_schema(time_zone)
         self.writer = pq.ParquetWriter(sink, self.schema, compression=PARQUET_COMPRESSION)
 
-    def write(self, table: pa.Table) -> None:
+    def prepare(self, table: pa.Table) -> pa.Table:
+        """The block as the file's columns (on the formatting thread: it may fail, naming
+        the contact)."""
         columns = []
         for field in self.schema:
             if field.name in TIMESTAMP_COLUMNS:
                 columns.append(parquet_timestamps(table, field.name, self.time_zone))
             else:
                 columns.append(table.column(field.name).cast(field.type))
-        self.writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
+        return pa.Table.from_arrays(columns, schema=self.schema)
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)
 
     def close(self) -> None:
         self.writer.close()

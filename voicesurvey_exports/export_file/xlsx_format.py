@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xlsxwriter
 
-from .background import read_ahead
+from .background import WriteBehind, read_ahead
 from .csv_format import (
     CSV_COLUMNS,
     FORMAT_BYTES,
@@ -48,6 +48,7 @@ from .csv_format import (
     open_spool,
     release_freed_memory,
 )
+from .file_formats import string_bytes
 
 # Excel's worksheet and cell limits.
 MAX_ROWS = 1_048_576
@@ -122,18 +123,22 @@ def _render_xlsx(spool_path, path, on_batch, utc: bool, block_bytes: int) -> Ren
                     force_zip64=True,
                 ) as sheet:
                     sheet.write(head.encode("utf-8"))
-                    for table in _tables(spool_path, block_bytes):
-                        if rows + table.num_rows > MAX_CONTACTS:
-                            raise ExcelLimitExceeded(
-                                f"the export has more than {MAX_CONTACTS:,} contacts: an Excel "
-                                f"worksheet holds {MAX_ROWS:,} rows with the header (request "
-                                "csv, jsonl or parquet, or narrow it with outcomes or dates)"
-                            )
-                        sheet.write(_string_bytes(sheet_rows(table, rows + 2, utc)))
-                        _count_outcomes(table, outcomes)
-                        rows += table.num_rows
-                        if on_batch is not None:
-                            on_batch(rows)
+                    # Deflate (which releases the GIL) on a thread of its own while Arrow
+                    # builds the next rows.
+                    with WriteBehind(sheet.write, GROUPS_IN_FLIGHT) as write_behind:
+                        for table in _tables(spool_path, block_bytes):
+                            if rows + table.num_rows > MAX_CONTACTS:
+                                raise ExcelLimitExceeded(
+                                    f"the export has more than {MAX_CONTACTS:,} contacts: an "
+                                    f"Excel worksheet holds {MAX_ROWS:,} rows with the header "
+                                    "(request csv, jsonl or parquet, or narrow it with "
+                                    "outcomes or dates)"
+                                )
+                            write_behind.put(string_bytes(sheet_rows(table, rows + 2, utc)))
+                            _count_outcomes(table, outcomes)
+                            rows += table.num_rows
+                            if on_batch is not None:
+                                on_batch(rows)
                     sheet.write((ROWS_END + tail).encode("utf-8"))
     finally:
         frame_path.unlink(missing_ok=True)
@@ -156,13 +161,6 @@ def _tables(spool_path: Path, block_bytes: int):
     )
     with contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables:
         yield from tables
-
-
-def _string_bytes(lines: pa.Array) -> memoryview:
-    """The concatenated bytes of a string array without NULLs (no copy)."""
-    offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32)
-    first, last = offsets[lines.offset], offsets[lines.offset + len(lines)]
-    return memoryview(lines.buffers()[2])[first:last]
 
 
 # What XML 1.0 cannot hold, or a reader would change (CR), in Excel's _xHHHH_ escape, as
