@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import timestamps
-from .background import WriteBehind, read_ahead
+from .background import read_ahead
 from .csv_format import (
     BOM,
     COLUMN_TYPES,
@@ -150,14 +150,11 @@ def _render_blocks(
                     groups = groups_of_blocks(
                         open_spool(spool_path, block_bytes), max(1, FORMAT_BYTES // block_bytes)
                     )
-                    with (
-                        contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables,
-                        # The file's writes (gzip, hashing, Parquet's encoding) on a thread
-                        # of their own while the next block is formatted.
-                        WriteBehind(writer.write, GROUPS_IN_FLIGHT) as write_behind,
-                    ):
+                    # (A write-behind thread, as the CSV has, measured slower and bigger
+                    # here on two busy cores: benchmarks/README.md.)
+                    with contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables:
                         for table in tables:
-                            write_behind.put(writer.prepare(table))
+                            writer.write(writer.prepare(table))
                             _count_outcomes(table, outcomes)
                             rows += table.num_rows
                             if on_batch is not None:

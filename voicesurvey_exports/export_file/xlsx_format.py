@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xlsxwriter
 
-from .background import WriteBehind, read_ahead
+from .background import read_ahead
 from .csv_format import (
     CSV_COLUMNS,
     FORMAT_BYTES,
@@ -123,22 +123,18 @@ def _render_xlsx(spool_path, path, on_batch, utc: bool, block_bytes: int) -> Ren
                     force_zip64=True,
                 ) as sheet:
                     sheet.write(head.encode("utf-8"))
-                    # Deflate (which releases the GIL) on a thread of its own while Arrow
-                    # builds the next rows.
-                    with WriteBehind(sheet.write, GROUPS_IN_FLIGHT) as write_behind:
-                        for table in _tables(spool_path, block_bytes):
-                            if rows + table.num_rows > MAX_CONTACTS:
-                                raise ExcelLimitExceeded(
-                                    f"the export has more than {MAX_CONTACTS:,} contacts: an "
-                                    f"Excel worksheet holds {MAX_ROWS:,} rows with the header "
-                                    "(request csv, jsonl or parquet, or narrow it with "
-                                    "outcomes or dates)"
-                                )
-                            write_behind.put(string_bytes(sheet_rows(table, rows + 2, utc)))
-                            _count_outcomes(table, outcomes)
-                            rows += table.num_rows
-                            if on_batch is not None:
-                                on_batch(rows)
+                    for table in _tables(spool_path, block_bytes):
+                        if rows + table.num_rows > MAX_CONTACTS:
+                            raise ExcelLimitExceeded(
+                                f"the export has more than {MAX_CONTACTS:,} contacts: an Excel "
+                                f"worksheet holds {MAX_ROWS:,} rows with the header (request "
+                                "csv, jsonl or parquet, or narrow it with outcomes or dates)"
+                            )
+                        sheet.write(string_bytes(sheet_rows(table, rows + 2, utc)))
+                        _count_outcomes(table, outcomes)
+                        rows += table.num_rows
+                        if on_batch is not None:
+                            on_batch(rows)
                     sheet.write((ROWS_END + tail).encode("utf-8"))
     finally:
         frame_path.unlink(missing_ok=True)
