@@ -30,12 +30,16 @@ from voicesurvey_exports.app_db.migrations import upgrade
 
 HERE = Path(__file__).resolve().parent
 BUCKET = "bench-exports"
-PATHS = ("floor", "naive", "project")
+PATHS = ("floor", "naive", "project", "jsonl", "parquet", "xlsx")
 LABELS = {
     "floor": "1 floor: COPY (query) TO STDOUT WITH CSV + upload",
     "naive": "2 naive pandas: read_sql all, to_csv, upload",
     "project": "3 this project: the ops' export steps",
+    "jsonl": "4 this project, format jsonl",
+    "parquet": "5 this project, format parquet",
+    "xlsx": "6 this project, format xlsx",
 }
+FORMATS = ("jsonl", "parquet", "xlsx")
 
 # Terminal contacts with realistic answers (a third answered, accents, emoji, quotes,
 # newlines, formulas), generated inside PostgreSQL.
@@ -140,6 +144,10 @@ def measure(rows: int, repeat: int, server_url: str, env: dict) -> dict:
         results["ratio_naive_to_project"] = round(
             results["naive"]["wall_seconds"] / results["project"]["wall_seconds"], 2
         )
+        for file_format in FORMATS:
+            results[f"ratio_{file_format}_to_csv"] = round(
+                results[file_format]["wall_seconds"] / results["project"]["wall_seconds"], 2
+            )
         return results
     finally:
         engine.dispose()
@@ -165,6 +173,13 @@ def print_table(rows: int, results: dict) -> None:
         ratio, rss = results["ratio_project_to_floor"], results["project"]["peak_rss_mb"]
         print(f"target: project / floor at most 1.5: {ratio:.2f} {verdict(ratio <= 1.5)}")
         print(f"target: project peak RSS at most 300 MB: {rss:.0f} {verdict(rss <= 300)}")
+        for file_format in FORMATS:
+            ratio = results[f"ratio_{file_format}_to_csv"]
+            rss = results[file_format]["peak_rss_mb"]
+            print(
+                f"target: {file_format} within 2x of csv: {ratio:.2f} {verdict(ratio <= 2)}; "
+                f"peak RSS at most 300 MB: {rss:.0f} {verdict(rss <= 300)}"
+            )
 
 
 def verdict(met: bool) -> str:

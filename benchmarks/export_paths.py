@@ -1,6 +1,7 @@
 """One export path, run in its own process so that its peak RSS is its own.
 
-    python benchmarks/export_paths.py {floor,naive,project} DATABASE_URL CAMPAIGN_ID BUCKET
+    python benchmarks/export_paths.py {floor,naive,project,jsonl,parquet,xlsx} \
+        DATABASE_URL CAMPAIGN_ID BUCKET
 
 Prints one JSON line: wall seconds of the export itself (after imports), rows, bytes
 and the process's peak RSS. AWS_ENDPOINT_URL points at the S3 server.
@@ -70,23 +71,25 @@ def naive(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path)
     return {"wall_seconds": time.perf_counter() - start, "bytes": len(body), "rows": len(rows)}
 
 
-def project(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path) -> dict:
+def project(
+    database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Path, file_format="csv"
+) -> dict:
     """The asset's own steps, without Dagster around them: extract, render, upload."""
     from voicesurvey_exports.app_db.contacts import copy_terminal_contacts
     from voicesurvey_exports.app_db.engine import get_engine
-    from voicesurvey_exports.export_file.csv_format import render_spool
+    from voicesurvey_exports.export_file.file_formats import render_spool_as
     from voicesurvey_exports.export_file.s3_object import ExportObjects
 
     engine = get_engine(database_url)
     objects = ExportObjects(s3_client(), bucket, "bench/", url_ttl_seconds=3600)
-    spool_path, csv_path = workdir / "contacts.spool.csv", workdir / "export.csv"
+    spool_path, csv_path = workdir / "contacts.spool.csv", workdir / f"export.{file_format}"
     start = time.perf_counter()
     with open(spool_path, "wb") as spool:
         copy_terminal_contacts(engine, campaign_id, spool)
     extracted_at = time.perf_counter()
-    stats = render_spool(spool_path, csv_path)
+    stats = render_spool_as(file_format, spool_path, csv_path)
     rendered_at = time.perf_counter()
-    objects.upload(csv_path, objects.key(campaign_id, uuid.uuid4()))
+    objects.upload(csv_path, objects.key(campaign_id, uuid.uuid4(), file_format=file_format))
     end = time.perf_counter()
     return {
         "wall_seconds": end - start,
@@ -100,7 +103,19 @@ def project(database_url: str, campaign_id: uuid.UUID, bucket: str, workdir: Pat
     }
 
 
-PATHS = {"floor": floor, "naive": naive, "project": project}
+def in_format(file_format: str):
+    def export(database_url, campaign_id, bucket, workdir) -> dict:
+        return project(database_url, campaign_id, bucket, workdir, file_format)
+
+    return export
+
+
+PATHS = {
+    "floor": floor,
+    "naive": naive,
+    "project": project,
+    **{name: in_format(name) for name in ("jsonl", "parquet", "xlsx")},
+}
 
 
 def main() -> None:

@@ -24,6 +24,17 @@ from voicesurvey_exports.export_file.s3_object import ExportObjects
 from voicesurvey_exports.service.requests import ExportRequests
 from voicesurvey_exports.settings import DEFAULTS, Settings
 
+# A job's options as its JSON shows them when the request gave none (every default shown).
+DEFAULT_OPTIONS = {
+    "bom": False,
+    "compression": "none",
+    "format": "csv",
+    "outcomes": list(schema.TERMINAL_CONTACT_STATES),
+    "attempted_from": None,
+    "attempted_to": None,
+    "time_zone": "UTC",
+}
+
 # Plain postgresql:// on purpose: the form operators write (see docs/configuration.md).
 # TEST_POSTGRES_URL names the server to use; without it, the local default is tried and,
 # when nothing listens there, the session starts a private server (dev/private_postgres).

@@ -27,7 +27,7 @@ from voicesurvey_exports.pipeline.sensors import (
 )
 from voicesurvey_exports.service.requests import NotCancellable, NotFound, PermissionDenied
 
-from .conftest import TEST_BUCKET, AppData, request_api, settings_for
+from .conftest import DEFAULT_OPTIONS, TEST_BUCKET, AppData, request_api, settings_for
 from .dagster_harness import materialize_export, run_status_sensor_resources
 from .test_backfill_batches import backfill_run, objects_in_bucket
 from .test_cli import cli
@@ -174,7 +174,7 @@ def test_cancel_over_http(postgres_url, s3_client):
     answer = client.post(f"/api/exports/{pending}/cancel", headers=manager)
     assert answer.status_code == 202, answer.text
     assert (answer.json()["status"], answer.json()["progress_percent"]) == ("cancelled", None)
-    assert answer.json()["options"] == {"bom": False, "compression": "none"}
+    assert answer.json()["options"] == DEFAULT_OPTIONS
     again = client.post(f"/api/exports/{pending}/cancel", headers=manager)
     assert (again.status_code, again.json()["detail"]) == (
         409,

@@ -15,7 +15,7 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.service import cli as cli_module
 from voicesurvey_exports.settings import VARIABLES
 
-from .conftest import TEST_BUCKET, AppData
+from .conftest import DEFAULT_OPTIONS, TEST_BUCKET, AppData
 from .test_migrations import old_runner_database
 from .test_requests import database_refusing_links
 
@@ -40,7 +40,8 @@ def test_db_upgrade_then_request_status_and_list(cli_env):
     assert first.returncode == 0, first.stderr
     assert (
         first.stdout
-        == "app schema at V0009: applied V0001, V0002, V0003, V0004, V0005, V0006, V0007, V0009\n"
+        == "app schema at V0009: applied V0001, V0002, V0003, V0004, V0005, V0006, V0007, "
+        "V0008, V0009\n"
     )
     assert cli("db", "upgrade", env=cli_env).stdout == "app schema at V0009: nothing to apply\n"
 
@@ -80,17 +81,18 @@ def test_db_status_and_adoption_of_an_old_database_are_one_line_each(cli_env):
     to_apply = "to apply (run: voicesurvey-exports db upgrade)"
     assert (
         db("status")
-        == f"no app schema: V0001, V0002, V0003, V0004, V0005, V0006, V0007, V0009 {to_apply}\n"
+        == "no app schema: V0001, V0002, V0003, V0004, V0005, V0006, V0007, V0008, V0009 "
+        f"{to_apply}\n"
     )
     engine = get_engine(cli_env["DATABASE_URL"])
     old_runner_database(engine, (1, 2))
     assert (
         db("status")
-        == f"app schema at V0002: V0003, V0004, V0005, V0006, V0007, V0009 {to_apply}\n"
+        == f"app schema at V0002: V0003, V0004, V0005, V0006, V0007, V0008, V0009 {to_apply}\n"
     )
     assert db("upgrade") == (
         "app schema at V0009: adopted at V0002 from app_schema_migrations version 2; "
-        "applied V0003, V0004, V0005, V0006, V0007, V0009\n"
+        "applied V0003, V0004, V0005, V0006, V0007, V0008, V0009\n"
     )
     assert db("status") == "app schema at V0009: up to date\n"
 
@@ -118,12 +120,24 @@ def test_request_with_bom_and_gzip_shows_the_options_in_its_json(cli_env):
         "request", "--campaign-id", campaign, "--user-id", manager, "--gzip", env=cli_env
     )
 
-    assert json.loads(plain.stdout)["options"] == {"bom": False, "compression": "none"}
+    assert json.loads(plain.stdout)["options"] == {
+        **DEFAULT_OPTIONS,
+        "bom": False,
+        "compression": "none",
+    }
     job = json.loads(both.stdout)
-    assert job["options"] == {"bom": True, "compression": "gzip"}
-    assert json.loads(gzip_only.stdout)["options"] == {"bom": False, "compression": "gzip"}
+    assert job["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "gzip"}
+    assert json.loads(gzip_only.stdout)["options"] == {
+        **DEFAULT_OPTIONS,
+        "bom": False,
+        "compression": "gzip",
+    }
     status = cli("status", job["job_id"], "--user-id", manager, env=cli_env)
-    assert json.loads(status.stdout)["options"] == {"bom": True, "compression": "gzip"}
+    assert json.loads(status.stdout)["options"] == {
+        **DEFAULT_OPTIONS,
+        "bom": True,
+        "compression": "gzip",
+    }
     assert data.job_row(uuid.UUID(job["job_id"]))["compression"] == "gzip"
 
 

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voicesurvey_exports.app_db.schema import COMPRESSIONS
+from voicesurvey_exports.app_db.schema import COMPRESSIONS, FORMATS
 from voicesurvey_exports.export_file.s3_object import (
+    FORMAT_SUFFIXES,
     SUFFIXES,
     ExportObjects,
     download_filename,
@@ -66,15 +67,27 @@ def test_every_compression_option_has_its_key_ending():
 
 
 @pytest.mark.parametrize(
-    ("compression", "suffix", "content_type"),
-    [("none", ".csv", "text/csv; charset=utf-8"), ("gzip", ".csv.gz", "application/gzip")],
+    ("file_format", "compression", "suffix", "content_type"),
+    [
+        ("csv", "none", ".csv", "text/csv; charset=utf-8"),
+        ("csv", "gzip", ".csv.gz", "application/gzip"),
+        ("jsonl", "none", ".jsonl", "application/x-ndjson"),
+        ("jsonl", "gzip", ".jsonl.gz", "application/gzip"),
+        ("parquet", "none", ".parquet", "application/vnd.apache.parquet"),
+        (
+            "xlsx",
+            "none",
+            ".xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+    ],
 )
 def test_a_link_names_and_types_the_download_as_its_key_says(
-    s3_client, compression, suffix, content_type
+    s3_client, file_format, compression, suffix, content_type
 ):
     objects = ExportObjects(s3_client, TEST_BUCKET, "exports/", 600)
     campaign_id, job_id = uuid.uuid4(), uuid.uuid4()
-    key = objects.key(campaign_id, job_id, compression)
+    key = objects.key(campaign_id, job_id, compression, file_format=file_format)
     assert key == f"exports/{campaign_id}/{job_id}{suffix}"
 
     url, _ = objects.sign(key, "Große Qualität", DAY)
@@ -84,6 +97,10 @@ def test_a_link_names_and_types_the_download_as_its_key_says(
         f"Große Qualität 2026-11-28{suffix}",
         content_type,
     )
+
+
+def test_every_format_has_its_key_ending():
+    assert set(FORMAT_SUFFIXES) == set(FORMATS)
 
 
 def test_an_unknown_compression_has_no_key():

@@ -24,7 +24,7 @@ from voicesurvey_exports.app_db.engine import get_engine
 from voicesurvey_exports.app_db.schema import campaigns as campaigns_table
 from voicesurvey_exports.export_file.csv_format import CSV_COLUMNS
 
-from .conftest import AppData
+from .conftest import DEFAULT_OPTIONS, AppData
 from .test_faults import RUN_STATUS, add_contacts
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
@@ -273,7 +273,7 @@ def test_http_request_with_bom_and_gzip_downloads_a_csv_gz_that_excel_reads(stac
         timeout=10,
     )
     assert created.status_code == 202, created.text
-    assert created.json()["options"] == {"bom": True, "compression": "gzip"}
+    assert created.json()["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "gzip"}
     job_url = f"{stack.api}/api/exports/{created.json()['job_id']}"
 
     def finished():
@@ -446,3 +446,78 @@ def test_a_campaign_its_user_cancels_mid_backfill_run_does_not_fail_the_run(stac
     node = local_services.graphql(stack.graphql, PARTITION_STATUSES)["data"]
     materialized = set(node["assetNodeOrError"]["assetPartitionStatuses"]["materializedPartitions"])
     assert {str(small_1), str(small_2)} <= materialized and str(large) not in materialized
+
+
+def test_http_requests_in_each_format_with_filters_and_a_zone_through_the_daemon(stack, app):
+    """The four formats over real HTTP and the real daemon, in one session: each asks for
+    the refusals of one week in Rome time; each download holds that one contact."""
+    import json
+
+    import openpyxl
+    import pyarrow.parquet as pq
+
+    default_instance_only(stack)
+    manager = app.user("campaign_manager")
+    campaign = app.campaign("Rifiuti – settimana")
+    week = "2026-11-10T09:30:00+00:00"
+    wanted = app.contact(campaign, "refused", last_attempt_at=week, external_contact_id="=x")
+    app.contact(campaign, "refused", last_attempt_at="2026-11-20T09:30:00+00:00")
+    app.contact(campaign, "completed", last_attempt_at=week)
+    app.contact(campaign, "refused", last_attempt_at=None)
+    headers = {"Authorization": f"Bearer {token(oidc_subject(app, manager))}"}
+    options = {
+        "outcomes": ["refused"],
+        "attempted_from": "2026-11-09T00:00:00+01:00",
+        "attempted_to": "2026-11-16T00:00:00+01:00",
+        "time_zone": "Europe/Rome",
+    }
+    job_urls = {}
+    for file_format in ("csv", "jsonl", "parquet", "xlsx"):
+        created = requests.post(
+            f"{stack.api}/api/campaigns/{campaign}/export",
+            headers=headers,
+            json={**options, "format": file_format},
+            timeout=10,
+        )
+        assert created.status_code == 202, created.text
+        job_urls[file_format] = f"{stack.api}/api/exports/{created.json()['job_id']}"
+
+    def all_finished():
+        jobs = {
+            name: requests.get(url, headers=headers, timeout=10).json()
+            for name, url in job_urls.items()
+        }
+        ended = all(job["status"] in ("completed", "failed") for job in jobs.values())
+        return jobs if ended else None
+
+    jobs = processes.wait_for(all_finished, 240, "the four format exports over HTTP")
+    types = {
+        "csv": "text/csv; charset=utf-8",
+        "jsonl": "application/x-ndjson",
+        "parquet": "application/vnd.apache.parquet",
+        "xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+    }
+    for file_format, job in jobs.items():
+        assert job["status"] == "completed", (file_format, job["error_message"])
+        assert job["total_records"] == 1
+        assert job["options"]["time_zone"] == "Europe/Rome"
+        download = requests.get(job["download_url"], timeout=30)
+        assert download.headers["Content-Type"] == types[file_format]
+        assert download.headers["Content-Disposition"].endswith(f".{file_format}")
+        body = download.content
+        if file_format == "csv":
+            [row] = csv.DictReader(io.StringIO(body.decode(), newline=""))
+        elif file_format == "jsonl":
+            [row] = [json.loads(line) for line in body.splitlines()]
+        elif file_format == "parquet":
+            [row] = pq.read_table(io.BytesIO(body)).to_pylist()
+            assert row["last_attempt_at"].isoformat() == "2026-11-10T10:30:00+01:00"
+            row["last_attempt_at"] = "2026-11-10T10:30:00+01:00"
+        else:
+            sheet = openpyxl.load_workbook(io.BytesIO(body)).worksheets[0]
+            header, values = sheet.iter_rows(values_only=True)
+            row = dict(zip(header, values, strict=True))
+        assert row["contact_id"] == str(wanted), file_format
+        assert row["last_attempt_at"] == "2026-11-10T10:30:00+01:00", file_format
+        guarded = "'=x" if file_format == "csv" else "=x"
+        assert row["external_contact_id"] == guarded, file_format

@@ -390,7 +390,7 @@ def test_a_timestamp_that_would_not_read_back_fails_the_job_naming_contact_and_c
 
     from .conftest import AppData
 
-    def mangle(spool):  # the rewrite of before: "+00" cut at the 20th character
+    def mangle(spool, utc=True):  # the rewrite of before: "+00" cut at the 20th character
         cells = pc.utf8_replace_slice(spool, 19, 2**31 - 1, "Z")
         return pc.utf8_replace_slice(cells, 10, 11, "T")
 

@@ -20,7 +20,7 @@ from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
 from voicesurvey_exports.service.http.deps import export_requests
 from voicesurvey_exports.settings import SettingsError
 
-from .conftest import TEST_BUCKET, AppData, request_api
+from .conftest import DEFAULT_OPTIONS, TEST_BUCKET, AppData, request_api
 from .test_requests import (
     RetentionRacesTheRefresh,
     database_refusing_links,
@@ -140,14 +140,18 @@ def test_post_takes_the_options_as_an_optional_json_body(client, app_data):
     assert [r.status_code for r in (both, gzip_only, no_body, empty_body, empty_object)] == [
         202
     ] * 5
-    assert both.json()["options"] == {"bom": True, "compression": "gzip"}
-    assert gzip_only.json()["options"] == {"bom": False, "compression": "gzip"}
+    assert both.json()["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "gzip"}
+    assert gzip_only.json()["options"] == {**DEFAULT_OPTIONS, "bom": False, "compression": "gzip"}
     for defaults in (no_body, empty_body, empty_object):
-        assert defaults.json()["options"] == {"bom": False, "compression": "none"}
+        assert defaults.json()["options"] == {
+            **DEFAULT_OPTIONS,
+            "bom": False,
+            "compression": "none",
+        }
     stored = app_data.job_row(uuid.UUID(both.json()["job_id"]))
     assert (stored["bom"], stored["compression"]) == (True, "gzip")
     shown = client.get(f"/api/exports/{both.json()['job_id']}", headers=headers).json()
-    assert shown["options"] == {"bom": True, "compression": "gzip"}
+    assert shown["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "gzip"}
     listed = client.get(f"/api/campaigns/{campaign}/exports", headers=headers).json()
     assert [job["options"]["compression"] for job in listed].count("gzip") == 2
 
@@ -162,9 +166,9 @@ def test_get_takes_the_options_as_query_parameters(client, app_data):
     none = client.get(path, headers=headers)
 
     assert [r.status_code for r in (both, bom_only, none)] == [202] * 3
-    assert both.json()["options"] == {"bom": True, "compression": "gzip"}
-    assert bom_only.json()["options"] == {"bom": True, "compression": "none"}
-    assert none.json()["options"] == {"bom": False, "compression": "none"}
+    assert both.json()["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "gzip"}
+    assert bom_only.json()["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "none"}
+    assert none.json()["options"] == {**DEFAULT_OPTIONS, "bom": False, "compression": "none"}
     stored = app_data.job_row(uuid.UUID(both.json()["job_id"]))
     assert (stored["bom"], stored["compression"]) == (True, "gzip")
 
@@ -173,7 +177,9 @@ def test_get_takes_the_options_as_query_parameters(client, app_data):
     ("method", "options", "field"),
     [
         ("POST", {"zip": True}, "zip"),
-        ("POST", {"bom": True, "format": "xlsx"}, "format"),
+        ("POST", {"bom": True, "format": "pdf"}, "format"),
+        ("POST", {"outcomes": "refused"}, "outcomes"),
+        ("GET", {"format": "xls"}, "format"),
         ("POST", {"compression": "zip"}, "compression"),
         ("POST", {"compression": "GZIP"}, "compression"),
         ("POST", {"compression": None}, "compression"),

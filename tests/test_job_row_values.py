@@ -28,7 +28,7 @@ from voicesurvey_exports.pipeline.sensors import build_export_requests_sensor
 from voicesurvey_exports.service.http.app import create_app
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
 
-from .conftest import TEST_BUCKET, AppData, request_api, settings_for
+from .conftest import DEFAULT_OPTIONS, TEST_BUCKET, AppData, request_api, settings_for
 from .dagster_harness import export_resources, materialize_export, run_failure_sensor
 from .test_http_api import AUDIENCE, ISSUER, SECRET, oidc_subject, token
 
@@ -131,7 +131,11 @@ def test_a_row_written_by_sql_is_refused_or_shown_and_exported_or_failed_naming_
         listed = client.get(f"/api/campaigns/{campaign}/exports", headers=headers)
         assert (shown.status_code, listed.status_code) == (200, 200), shown.text
         row = data.job_row(job_id)
-        assert shown.json()["options"] == {"bom": row["bom"], "compression": row["compression"]}
+        assert shown.json()["options"] == {
+            **DEFAULT_OPTIONS,
+            "bom": row["bom"],
+            "compression": row["compression"],
+        }
         assert shown.json()["progress_percent"] == row["progress_percent"]
         if row["status"] == "pending":
             result = build_export_requests_sensor(settings_for(database_url))(
@@ -228,7 +232,7 @@ def test_a_pending_job_with_an_unknown_compression_is_failed_by_the_sensor_namin
     client, headers = service(engine, s3_client), bearer(data)
     before = client.get(f"/api/exports/{unknown}", headers=headers)
     assert before.status_code == 200
-    assert before.json()["options"] == {"bom": False, "compression": "GZIP"}
+    assert before.json()["options"] == {**DEFAULT_OPTIONS, "compression": "GZIP"}
 
     with dg.instance_for_test() as instance:
         result = build_export_requests_sensor(settings_for(url))(

@@ -7,6 +7,7 @@ without losing a row.
 
 import threading
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import (
@@ -39,7 +40,7 @@ from voicesurvey_exports.app_db.migrations import (
 
 from .conftest import AppData
 
-ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005", "V0006", "V0007", "V0009"]
+ALL_REVISIONS = ["V0001", "V0002", "V0003", "V0004", "V0005", "V0006", "V0007", "V0008", "V0009"]
 APP_TABLES = {
     "users",
     "campaigns",
@@ -162,6 +163,11 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
                 "cancel_requested_at",
                 "s3_bucket",
                 "idempotency_key",
+                "format",
+                "outcomes",
+                "attempted_from",
+                "attempted_to",
+                "time_zone",
                 "schedule_id",
                 "due_at",
                 "changed_since",
@@ -198,8 +204,8 @@ def old_runner_database(engine: Engine, recorded_versions: tuple[int, ...]) -> M
 @pytest.mark.parametrize(
     ("recorded_versions", "expected_applied"),
     [
-        ((1, 2), ["V0003", "V0004", "V0005", "V0006", "V0007", "V0009"]),
-        ((1, 2, 3), ["V0004", "V0005", "V0006", "V0007", "V0009"]),
+        ((1, 2), ["V0003", "V0004", "V0005", "V0006", "V0007", "V0008", "V0009"]),
+        ((1, 2, 3), ["V0004", "V0005", "V0006", "V0007", "V0008", "V0009"]),
     ],
 )
 def test_old_runner_database_is_adopted_and_keeps_every_row(
@@ -264,13 +270,15 @@ def test_app_tables_at_v0002_without_a_record_get_v0003(new_database):
                 "ALTER TABLE export_jobs DROP COLUMN bom, DROP COLUMN compression, "
                 "DROP COLUMN progress_percent, DROP COLUMN cancel_requested_at, "
                 "DROP COLUMN s3_bucket, DROP COLUMN idempotency_key, DROP COLUMN schedule_id, "
+                "DROP COLUMN format, DROP COLUMN outcomes, DROP COLUMN attempted_from, "
+                "DROP COLUMN attempted_to, DROP COLUMN time_zone, "
                 "DROP COLUMN due_at, "
                 "DROP COLUMN changed_since, DROP COLUMN snapshot_at"
             )
         )
         conn.execute(text("DROP TABLE export_schedules"))
         conn.execute(text("DROP INDEX ix_export_jobs_requester_created_at"))
-    assert upgrade(engine) == ["V0003", "V0004", "V0005", "V0006", "V0007", "V0009"]
+    assert upgrade(engine) == ["V0003", "V0004", "V0005", "V0006", "V0007", "V0008", "V0009"]
     assert "dagster_run_id" in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
 
 
@@ -335,7 +343,7 @@ def test_downgrade_to_base_then_upgrade_rebuilds_the_schema(kind, new_database):
     with engine.begin() as conn:  # a cancelled job reads as failed in the older release
         job = AppData(engine).export_job(AppData(engine).campaign())
         conn.execute(jobs.update().where(jobs.c.id == job).values(status="cancelled"))
-    assert downgrade(engine, "V0004") == ["V0009", "V0007", "V0006", "V0005"]
+    assert downgrade(engine, "V0004") == ["V0009", "V0008", "V0007", "V0006", "V0005"]
     assert "progress_percent" not in {c["name"] for c in inspect(engine).get_columns("export_jobs")}
     assert "export_notifications" not in inspect(engine).get_table_names()
     with engine.begin() as conn:
@@ -364,7 +372,7 @@ def test_pending_jobs_index_exists(migrated_postgres_url):
 def at_v0005(engine: Engine) -> Engine:
     """A database at revision V0005 (before V0006's rules and bucket column)."""
     upgrade(engine)
-    assert downgrade(engine, "V0005") == ["V0009", "V0007", "V0006"]
+    assert downgrade(engine, "V0005") == ["V0009", "V0008", "V0007", "V0006"]
     return engine
 
 
@@ -465,7 +473,7 @@ def test_v0006_replaces_finished_jobs_values_outside_its_rules_and_says_what_the
             )
         )
 
-    assert upgrade(engine) == ["V0006", "V0007", "V0009"]
+    assert upgrade(engine) == ["V0006", "V0007", "V0008", "V0009"]
 
     for job_id, (column, value) in jobs.items():
         rule, replacement = V0006_RULES[column]
@@ -507,7 +515,7 @@ def test_downgrade_below_v0005_is_refused_while_a_job_has_file_options(kind, new
         )
         with engine.begin() as conn:
             conn.execute(schema.export_jobs.delete().where(schema.export_jobs.c.id == job))
-    assert downgrade(engine, "V0004") == ["V0009", "V0007", "V0006", "V0005"]
+    assert downgrade(engine, "V0004") == ["V0009", "V0008", "V0007", "V0006", "V0005"]
     with engine.connect() as conn:  # the plain job, kept
         assert conn.execute(text("SELECT status FROM export_jobs")).scalars().all() == ["completed"]
 
@@ -531,6 +539,39 @@ def test_downgrade_below_v0006_is_refused_while_a_file_lies_in_another_bucket(
         downgrade(engine, "V0005")
 
     monkeypatch.setenv("S3_BUCKET_NAME", "old-exports")
-    assert downgrade(engine, "V0005") == ["V0009", "V0007", "V0006"]
+    assert downgrade(engine, "V0005") == ["V0009", "V0008", "V0007", "V0006"]
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(s3_key) FROM export_jobs")).scalar_one() == 2
+
+
+@BOTH_ENGINES
+def test_downgrade_below_v0008_is_refused_while_a_job_has_a_format_filter_or_zone(
+    kind, new_database
+):
+    engine = new_database(kind, "formats")
+    upgrade(engine)
+    data = AppData(engine)
+    campaign = data.campaign()
+    data.export_job(campaign, status="completed")
+    for options in (
+        {"format": "parquet"},
+        {"outcomes": "refused"},
+        {"attempted_to": datetime(2026, 11, 16, tzinfo=UTC)},
+        {"time_zone": "Europe/Rome"},
+    ):
+        job = data.export_job(campaign, status="completed", **options)
+
+        with pytest.raises(MigrationRefused) as refused:
+            downgrade(engine, "V0007")
+
+        assert str(refused.value).startswith(
+            "cannot downgrade below V0008: 1 export jobs have a format, filter or time zone"
+        )
+        assert current_version(engine) == LATEST_VERSION
+        with engine.begin() as conn:
+            conn.execute(schema.export_jobs.delete().where(schema.export_jobs.c.id == job))
+    assert downgrade(engine, "V0007") == ["V0009", "V0008"]
+    assert upgrade(engine) == ["V0008", "V0009"]
+    with engine.connect() as conn:  # the plain job, kept, with the defaults
+        row = conn.execute(text("SELECT status, format, time_zone FROM export_jobs")).one()
+    assert tuple(row) == ("completed", "csv", "UTC")

@@ -22,7 +22,7 @@ from voicesurvey_exports.service.requests import (
     describe_storage_error,
 )
 
-from .conftest import TEST_BUCKET, TEST_REGION, AppData, request_api
+from .conftest import DEFAULT_OPTIONS, TEST_BUCKET, TEST_REGION, AppData, request_api
 
 
 @pytest.fixture
@@ -81,8 +81,8 @@ def test_request_returns_a_pending_job_for_the_user(api, app_data):
 
 def test_a_request_without_options_asks_for_a_plain_csv(api, app_data):
     job = api.request_export(app_data.campaign(), app_data.user())
-    assert job.options == {"bom": False, "compression": "none"}
-    assert job.to_json()["options"] == {"bom": False, "compression": "none"}
+    assert job.options == {**DEFAULT_OPTIONS, "bom": False, "compression": "none"}
+    assert job.to_json()["options"] == {**DEFAULT_OPTIONS, "bom": False, "compression": "none"}
 
 
 def test_a_jobs_json_shows_its_times_to_the_microsecond_as_the_http_api_does(api, app_data):
@@ -112,10 +112,14 @@ def test_a_requests_options_are_stored_on_its_job(api, app_data):
 
     job = api.request_export(campaign, user, bom=True, compression="gzip")
 
-    assert job.to_json()["options"] == {"bom": True, "compression": "gzip"}
+    assert job.to_json()["options"] == {**DEFAULT_OPTIONS, "bom": True, "compression": "gzip"}
     stored = app_data.job_row(job.id)
     assert (stored["status"], stored["bom"], stored["compression"]) == ("pending", True, "gzip")
-    assert api.get_export(job.id, user).options == {"bom": True, "compression": "gzip"}
+    assert api.get_export(job.id, user).options == {
+        **DEFAULT_OPTIONS,
+        "bom": True,
+        "compression": "gzip",
+    }
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from voicesurvey_exports.service import cli as cli_module
 from voicesurvey_exports.service.http.app import create_app
 from voicesurvey_exports.service.http.auth import AuthSettings, TokenVerifier
 
-from .conftest import TEST_BUCKET, AppData, request_api
+from .conftest import DEFAULT_OPTIONS, TEST_BUCKET, AppData, request_api
 from .test_http_api import AUDIENCE, ISSUER, SECRET, user_with_token
 
 
@@ -78,7 +78,12 @@ def test_cli_creates_lists_and_deletes_a_schedule(run_cli, app_data):
     created = json.loads(out)
     assert created["cron"] == "0 6 * * *" and created["time_zone"] == "Europe/Rome"
     assert created["incremental"] is True and created["enabled"] is True
-    assert created["options"] == {"bom": True, "compression": "gzip"}
+    assert created["options"] == {
+        **DEFAULT_OPTIONS,
+        "bom": True,
+        "compression": "gzip",
+        "time_zone": "Europe/Rome",  # the files' zone is the schedule's unless given
+    }
     assert created["campaign_id"] == str(campaign)
     assert created["created_by_user_id"] == str(manager)
     code, out, _ = run_cli(
@@ -155,7 +160,7 @@ def test_http_creates_reads_lists_and_deletes_a_schedule(client, app_data):
     assert created.status_code == 201, created.text
     body = created.json()
     assert created.headers["location"] == f"/api/export-schedules/{body['schedule_id']}"
-    assert body["options"] == {"bom": False, "compression": "none"}
+    assert body["options"] == {**DEFAULT_OPTIONS, "time_zone": body["time_zone"]}
     assert (body["cron"], body["time_zone"], body["incremental"]) == (
         "30 7 * * 1",
         "America/New_York",
@@ -246,4 +251,33 @@ def test_owner_policy_hides_other_campaigns_schedules_as_404(app_data, s3_client
     ):
         assert response.status_code == 404
     assert client.get(collection, headers=owner_headers).status_code == 200
+    assert app_data.count(export_schedules) == 1
+
+
+def test_http_schedule_options_take_the_new_formats_and_their_own_time_zone(client, app_data):
+    _, headers = user_with_token(app_data, "campaign_manager")
+    campaign = app_data.campaign()
+    created = client.post(
+        f"/api/campaigns/{campaign}/export-schedules",
+        headers=headers,
+        json={
+            "cron": "0 6 * * *",
+            "time_zone": "Europe/Rome",
+            "options": {"format": "parquet", "outcomes": ["refused"], "time_zone": "UTC"},
+        },
+    )
+    assert created.status_code == 201, created.text
+    assert created.json()["time_zone"] == "Europe/Rome"
+    assert created.json()["options"] == {
+        **DEFAULT_OPTIONS,
+        "format": "parquet",
+        "outcomes": ["refused"],
+        "time_zone": "UTC",
+    }
+    refused = client.post(
+        f"/api/campaigns/{campaign}/export-schedules",
+        headers=headers,
+        json={"cron": "0 6 * * *", "options": {"format": "xlsx", "compression": "gzip"}},
+    )
+    assert refused.status_code == 422 and "xlsx" in refused.json()["detail"]
     assert app_data.count(export_schedules) == 1

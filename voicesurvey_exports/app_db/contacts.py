@@ -1,10 +1,12 @@
-"""The export's one query: a campaign's contacts in a terminal state, with their answers.
+"""The export's one query: a campaign's contacts in a terminal state, with their answers,
+narrowed by a request's filters (ContactFilter: outcomes, a last_attempt_at window).
 
 Its rows go to a raw CSV spool: the CSV columns in CSV order, no header, NULL as an
 unquoted empty field and the empty string as a quoted one (``""``), timestamps in UTC as
 PostgreSQL's ISO output writes them ("2026-11-16 09:49:55+00", "...:55.12+00",
-"0044-03-15 12:00:00+00 BC", "12026-01-01 00:00:00+00", "infinity"): text, since
-Python's datetime holds none but years 1-9999. exports.csv_format turns the spool into
+"0044-03-15 12:00:00+00 BC", "12026-01-01 00:00:00+00", "infinity"), or, for a request's
+time zone, in that zone with its offset ("2026-11-16 04:49:55-05", "...+05:30"): text,
+since Python's datetime holds none but years 1-9999. exports.csv_format turns the spool into
 the export file; it reads nothing but an unquoted empty field as NULL, so text like
 "N/A" or "NULL" stays text.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import io
 import uuid
+import zoneinfo
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO
 
@@ -23,11 +27,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from sqlalchemy import ColumnElement, Connection, Engine, Select, func, or_, select, text
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import psycopg2 as psycopg2_dialect
 
 from .engine import is_postgres
 from .schema import TERMINAL_CONTACT_STATES, contacts, survey_responses
-from .times import as_utc, utcnow
+from .times import as_utc, is_known_time_zone, utcnow
 
 # Every spool timestamp is in UTC.
 SPOOL_UTC_SUFFIX = "+00"
@@ -46,12 +50,39 @@ def _changed_since(changed_since: datetime) -> ColumnElement:
     )
 
 
+@dataclass(frozen=True)
+class ContactFilter:
+    """Which terminal contacts an export keeps: those in `outcomes` (a subset of the
+    terminal states) last attempted in [attempted_from, attempted_to), and, for an
+    incremental delivery, changed since `changed_since`. Either attempt bound leaves out
+    contacts never attempted (NULL last_attempt_at)."""
+
+    outcomes: tuple[str, ...] = TERMINAL_CONTACT_STATES
+    attempted_from: datetime | None = None
+    attempted_to: datetime | None = None
+    changed_since: datetime | None = None
+
+    def conditions(self, campaign_id: uuid.UUID) -> list:
+        # Never a state outside the terminal ones, whatever the caller passes.
+        states = [state for state in TERMINAL_CONTACT_STATES if state in self.outcomes]
+        where = [contacts.c.campaign_id == campaign_id, contacts.c.state.in_(states)]
+        if self.attempted_from is not None:
+            where.append(contacts.c.last_attempt_at >= self.attempted_from)
+        if self.attempted_to is not None:
+            where.append(contacts.c.last_attempt_at < self.attempted_to)
+        if self.changed_since is not None:  # reads survey_responses: the query joins it
+            where.append(_changed_since(self.changed_since))
+        return where
+
+
+EVERY_TERMINAL_CONTACT = ContactFilter()
+
+
 def terminal_contacts_query(
-    campaign_id: uuid.UUID, changed_since: datetime | None = None
+    campaign_id: uuid.UUID, contact_filter: ContactFilter = EVERY_TERMINAL_CONTACT
 ) -> Select:
-    """Rows in CSV column order, ordered by contact id (no phone numbers or emails); with
-    ``changed_since``, only those changed since then."""
-    query = (
+    """Rows in CSV column order, ordered by contact id (no phone numbers or emails)."""
+    return (
         select(
             contacts.c.campaign_id,
             contacts.c.id.label("contact_id"),
@@ -67,27 +98,22 @@ def terminal_contacts_query(
         .select_from(
             contacts.outerjoin(survey_responses, survey_responses.c.contact_id == contacts.c.id)
         )
-        .where(
-            contacts.c.campaign_id == campaign_id,
-            contacts.c.state.in_(TERMINAL_CONTACT_STATES),
-        )
+        .where(*contact_filter.conditions(campaign_id))
         .order_by(contacts.c.id)
     )
-    return query if changed_since is None else query.where(_changed_since(changed_since))
 
 
 def count_terminal_contacts(
-    conn: Connection, campaign_id: uuid.UUID, changed_since: datetime | None = None
+    conn: Connection,
+    campaign_id: uuid.UUID,
+    contact_filter: ContactFilter = EVERY_TERMINAL_CONTACT,
 ) -> int:
     """How many rows the export of the campaign will have (ix_contacts_campaign_id_state)."""
-    query = select(func.count()).where(
-        contacts.c.campaign_id == campaign_id,
-        contacts.c.state.in_(TERMINAL_CONTACT_STATES),
-    )
-    if changed_since is not None:
+    query = select(func.count()).where(*contact_filter.conditions(campaign_id))
+    if contact_filter.changed_since is not None:
         query = query.select_from(
             contacts.outerjoin(survey_responses, survey_responses.c.contact_id == contacts.c.id)
-        ).where(_changed_since(changed_since))
+        )
     return conn.execute(query).scalar_one()
 
 
@@ -109,8 +135,9 @@ def copy_terminal_contacts(
     campaign_id: uuid.UUID,
     spool: BinaryIO,
     on_progress: Callable[[int], None] | None = None,
+    contact_filter: ContactFilter = EVERY_TERMINAL_CONTACT,
+    time_zone: str = "UTC",
     *,
-    changed_since: datetime | None = None,
     on_window_end: Callable[[datetime], None] | None = None,
 ) -> int:
     """Write the query's rows to a raw CSV spool (see csv_format.SPOOL_COLUMN_TYPES);
@@ -123,15 +150,18 @@ def copy_terminal_contacts(
     ends, so answers with newlines make it run ahead of the rows; the return value is
     exact. Whatever it raises stops the export.
 
-    ``changed_since`` keeps the rows changed since then; ``on_window_end(time)`` is told,
+    ``contact_filter`` says which terminal contacts (outcomes, attempt window, changed
+    since); timestamps are written in ``time_zone``. ``on_window_end(time)`` is told,
     before any row, the time from which the rows this call cannot see are changed (the
     next incremental delivery's ``changed_since``).
     """
-    query = terminal_contacts_query(campaign_id, changed_since)
+    if not is_known_time_zone(time_zone):
+        raise ValueError(f"time zone {time_zone!r} is not an IANA time zone name")
+    query = terminal_contacts_query(campaign_id, contact_filter)
     if is_postgres(engine):
-        # The campaign id is a uuid.UUID and changed_since a datetime, so binding them
-        # literally is injection-safe.
-        sql = query.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
+        compiled = query.compile(
+            dialect=psycopg2_dialect.dialect(), compile_kwargs={"render_postcompile": True}
+        )
         counter = None
         if on_progress is not None:
             counter = _ChunkCounter(spool, on_progress)
@@ -139,10 +169,18 @@ def copy_terminal_contacts(
         with engine.begin() as conn:
             if on_window_end is not None:  # first: before the COPY's snapshot
                 on_window_end(as_utc(conn.execute(WINDOW_END_SQL).scalar_one()))
-            # ISO timestamps in UTC: the spool's documented format.
-            conn.execute(text("SET LOCAL TIME ZONE 'UTC'"))
+            # ISO timestamps in the request's zone (UTC by default): the spool's
+            # documented format. set_config takes the zone as a bound parameter.
+            conn.execute(text("SELECT set_config('TimeZone', :zone, true)"), {"zone": time_zone})
             conn.execute(text("SET LOCAL DateStyle = 'ISO, YMD'"))
             cursor = conn.connection.dbapi_connection.cursor()
+            # COPY takes no parameters: psycopg2 binds them into the statement, quoted
+            # and escaped as for any query (never formatted in by hand).
+            params = {
+                name: str(value) if isinstance(value, uuid.UUID) else value
+                for name, value in compiled.params.items()
+            }
+            sql = cursor.mogrify(str(compiled), params).decode()
             try:
                 cursor.copy_expert(f"COPY ({sql}) TO STDOUT WITH (FORMAT csv)", spool)
                 spool.flush()
@@ -167,7 +205,7 @@ def copy_terminal_contacts(
         on_window_end(utcnow())
     with engine.connect() as conn:
         for chunk in pd.read_sql(query, conn, chunksize=SQLITE_CHUNK_ROWS):
-            write_spool_rows(chunk, spool)
+            write_spool_rows(chunk, spool, time_zone)
             rows += len(chunk)
             if on_progress is not None:
                 on_progress(rows)
@@ -199,7 +237,7 @@ class _ChunkCounter(io.RawIOBase):
         return len(data)
 
 
-def write_spool_rows(rows: pd.DataFrame, spool: BinaryIO) -> None:
+def write_spool_rows(rows: pd.DataFrame, spool: BinaryIO, time_zone: str = "UTC") -> None:
     """Append rows (the query's columns, in order) to the spool in COPY's CSV dialect."""
     columns = {}
     for column in rows.columns:
@@ -210,7 +248,11 @@ def write_spool_rows(rows: pd.DataFrame, spool: BinaryIO) -> None:
         if column in ("campaign_id", "contact_id"):
             values = values.map(str)
         elif column in ("last_attempt_at", "completed_at"):
-            columns[column] = postgres_timestamp_text(values)
+            columns[column] = (
+                postgres_timestamp_text(values)
+                if time_zone == "UTC"
+                else postgres_zoned_text(values, zoneinfo.ZoneInfo(time_zone))
+            )
             continue
         columns[column] = pa.array(values, type=pa.string(), from_pandas=True)
     # Arrow's writer quotes every text cell and leaves NULL an unquoted empty field, so ''
@@ -234,3 +276,30 @@ def postgres_timestamp_text(values: pd.Series) -> pa.Array:
     # As PostgreSQL writes them: no trailing zeros, no "." for whole seconds.
     text = pc.replace_substring_regex(text, r"\.?0+$", "")
     return pc.binary_join_element_wise(text, pa.scalar(SPOOL_UTC_SUFFIX), "")
+
+
+def postgres_zoned_text(values: pd.Series, zone: zoneinfo.ZoneInfo) -> pa.Array:
+    """Datetimes (SQLite's: naive UTC, years 1-9999) as PostgreSQL's ISO text in a zone:
+    "2026-11-16 04:49:55.12-05", "...+05:30", "...+00:09:21"."""
+    from .times import as_utc
+
+    texts = []
+    for value in values:
+        if value is None or pd.isna(value):
+            texts.append(None)
+            continue
+        if isinstance(value, pd.Timestamp):
+            value = value.to_pydatetime()
+        local = as_utc(value).astimezone(zone)
+        text_value = local.replace(tzinfo=None).isoformat(sep=" ")
+        if local.microsecond:
+            text_value = text_value.rstrip("0")
+        seconds = int(local.utcoffset().total_seconds())
+        sign, seconds = ("-" if seconds < 0 else "+"), abs(seconds)
+        hours, rest = divmod(seconds, 3600)
+        minutes, secs = divmod(rest, 60)
+        offset = f"{sign}{hours:02d}"
+        if minutes or secs:
+            offset += f":{minutes:02d}" + (f":{secs:02d}" if secs else "")
+        texts.append(text_value + offset)
+    return pa.array(texts, pa.string())

@@ -21,14 +21,32 @@ from sqlalchemy import Connection, and_, case, cast, func, or_, select, tuple_
 from . import notifications
 from .errors import safe_database_errors
 from .job_status import OPEN_JOB_STATUSES, TERMINAL_JOB_STATUSES, JobStatus
-from .schema import COMPRESSIONS, campaigns, export_jobs
-from .times import as_utc, iso_utc, utcnow
+from .schema import (
+    COMPRESSIONS,
+    FORMATS,
+    FORMATS_WITH_ENVELOPE,
+    TERMINAL_CONTACT_STATES,
+    campaigns,
+    export_jobs,
+)
+from .times import as_utc, is_known_time_zone, iso_utc, utcnow
+
+# export_jobs.outcomes holds the states comma-separated.
+OUTCOME_SEPARATOR = ","
+
+
+def outcomes_column(outcomes: Collection[str] | None) -> str | None:
+    """The stored form of a request's outcomes (None: every terminal state)."""
+    return None if outcomes is None else OUTCOME_SEPARATOR.join(outcomes)
+
 
 _TIMES = (
     "url_expires_at",
     "created_at",
     "completed_at",
     "cancel_requested_at",
+    "attempted_from",
+    "attempted_to",
     "due_at",
     "changed_since",
     "snapshot_at",
@@ -57,6 +75,12 @@ class ExportJob:
     cancel_requested_at: datetime | None = None
     # The bucket of s3_key (revision V0006); None on rows recorded before: the configured one.
     s3_bucket: str | None = None
+    # The format, filters and time zone (revision V0008); outcomes as stored (NULL: all).
+    format: str = "csv"
+    outcomes: str | None = None
+    attempted_from: datetime | None = None
+    attempted_to: datetime | None = None
+    time_zone: str = "UTC"
     # A recurring export's delivery (revision V0009): its schedule and due time; for an
     # incremental one the window's start (None: every terminal contact) and, once
     # extracted, the database snapshot's time its rows reach (the next window's start).
@@ -66,9 +90,24 @@ class ExportJob:
     snapshot_at: datetime | None = None
 
     @property
+    def outcome_states(self) -> tuple[str, ...]:
+        """The terminal states the file keeps."""
+        if self.outcomes is None:
+            return TERMINAL_CONTACT_STATES
+        return tuple(self.outcomes.split(OUTCOME_SEPARATOR))
+
+    @property
     def options(self) -> dict:
-        """The request's file options, as every job JSON shows them."""
-        return {"bom": self.bom, "compression": self.compression}
+        """The request's file options, as every job JSON shows them (defaults included)."""
+        return {
+            "bom": self.bom,
+            "compression": self.compression,
+            "format": self.format,
+            "outcomes": list(self.outcome_states),
+            "attempted_from": None if self.attempted_from is None else iso_utc(self.attempted_from),
+            "attempted_to": None if self.attempted_to is None else iso_utc(self.attempted_to),
+            "time_zone": self.time_zone,
+        }
 
     @classmethod
     def from_row(cls, row) -> ExportJob:
@@ -83,8 +122,8 @@ class ExportJob:
         for name, value in asdict(self).items():
             if name in ("id", "dagster_run_id"):  # the run id is Dagster's, not the app's
                 continue
-            if name in ("bom", "compression"):
-                out["options"] = self.options
+            if name in _OPTION_FIELDS:
+                out.setdefault("options", self.options)
                 continue
             if isinstance(value, uuid.UUID):
                 value = str(value)
@@ -94,20 +133,54 @@ class ExportJob:
         return out
 
 
+_OPTION_FIELDS = (
+    "bom",
+    "compression",
+    "format",
+    "outcomes",
+    "attempted_from",
+    "attempted_to",
+    "time_zone",
+)
+
+
 @dataclass(frozen=True)
 class PendingJob:
     id: uuid.UUID
     campaign_id: uuid.UUID
     campaign_exists: bool
     compression: str = "none"
+    bom: bool = False
+    format: str = "csv"
+    outcomes: str | None = None
+    time_zone: str = "UTC"
 
 
-def unknown_option(compression: str) -> str | None:
+def unknown_option(job: ExportJob | PendingJob) -> str | None:
     """Why the pipeline cannot make a job's file, in one line, when its row holds an option
     value this release does not know (written by SQL where the schema's rules are missing);
     None when it can."""
-    if compression not in COMPRESSIONS:
-        return f"export_jobs.compression is {compression!r}, not one of: {', '.join(COMPRESSIONS)}"
+    if job.compression not in COMPRESSIONS:
+        return (
+            f"export_jobs.compression is {job.compression!r}, not one of: {', '.join(COMPRESSIONS)}"
+        )
+    if job.format not in FORMATS:
+        return f"export_jobs.format is {job.format!r}, not one of: {', '.join(FORMATS)}"
+    if job.format not in FORMATS_WITH_ENVELOPE and (job.bom or job.compression != "none"):
+        return (
+            f"export_jobs.format is {job.format!r}, which takes neither a BOM nor gzip "
+            f"(bom {job.bom!r}, compression {job.compression!r})"
+        )
+    if job.outcomes is not None:
+        states = job.outcomes.split(OUTCOME_SEPARATOR)
+        unknown = [state for state in states if state not in TERMINAL_CONTACT_STATES]
+        if unknown:
+            return (
+                f"export_jobs.outcomes is {job.outcomes!r}: {unknown[0]!r} is not one of the "
+                f"terminal states {', '.join(TERMINAL_CONTACT_STATES)}"
+            )
+    if not is_known_time_zone(job.time_zone):
+        return f"export_jobs.time_zone is {job.time_zone!r}, not an IANA time zone name"
     return None
 
 
@@ -122,6 +195,11 @@ def insert_job(
     bom: bool = False,
     compression: str = "none",
     idempotency_key: str | None = None,
+    format: str = "csv",
+    outcomes: Collection[str] | None = None,
+    attempted_from: datetime | None = None,
+    attempted_to: datetime | None = None,
+    time_zone: str = "UTC",
 ) -> ExportJob:
     row = conn.execute(
         export_jobs.insert()
@@ -134,6 +212,11 @@ def insert_job(
             dagster_run_id=dagster_run_id,
             bom=bom,
             compression=compression,
+            format=format,
+            outcomes=outcomes_column(outcomes),
+            attempted_from=attempted_from,
+            attempted_to=attempted_to,
+            time_zone=time_zone,
             progress_percent=0 if status == JobStatus.RUNNING else None,
         )
         .returning(*export_jobs.c)
@@ -218,6 +301,10 @@ def next_pending_jobs(
             export_jobs.c.campaign_id,
             (campaigns.c.id.is_not(None)).label("campaign_exists"),
             export_jobs.c.compression,
+            export_jobs.c.bom,
+            export_jobs.c.format,
+            export_jobs.c.outcomes,
+            export_jobs.c.time_zone,
         )
         .select_from(export_jobs.outerjoin(campaigns, campaigns.c.id == export_jobs.c.campaign_id))
         .where(export_jobs.c.status == JobStatus.PENDING)
@@ -227,7 +314,16 @@ def next_pending_jobs(
     if exclude_ids:
         query = query.where(export_jobs.c.id.not_in(list(exclude_ids)))
     return [
-        PendingJob(row.id, row.campaign_id, bool(row.campaign_exists), row.compression)
+        PendingJob(
+            row.id,
+            row.campaign_id,
+            bool(row.campaign_exists),
+            row.compression,
+            row.bom,
+            row.format,
+            row.outcomes,
+            row.time_zone,
+        )
         for row in conn.execute(query)
     ]
 

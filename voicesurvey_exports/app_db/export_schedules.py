@@ -18,7 +18,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from . import export_jobs as jobs
 from .job_status import OPEN_JOB_STATUSES, JobStatus
-from .schema import export_jobs, export_schedules
+from .schema import TERMINAL_CONTACT_STATES, export_jobs, export_schedules
 from .times import as_utc, iso_utc, utcnow
 
 
@@ -44,6 +44,21 @@ class ExportSchedule:
             values[name] = as_utc(values[name])
         return cls(**{name: values[name] for name in cls.__dataclass_fields__})
 
+    @property
+    def shown_options(self) -> dict:
+        """The options as a job's JSON shows them: every default, the outcomes listed (a
+        schedule made before an option existed has its default)."""
+        values = job_values(self.options)
+        return {
+            "bom": values["bom"],
+            "compression": values["compression"],
+            "format": values["format"],
+            "outcomes": list(self.options.get("outcomes") or TERMINAL_CONTACT_STATES),
+            "attempted_from": self.options.get("attempted_from"),
+            "attempted_to": self.options.get("attempted_to"),
+            "time_zone": values["time_zone"],
+        }
+
     def to_json(self) -> dict:
         """The schedule as the CLI and the app show it: ids as strings, ISO 8601 UTC times."""
         return {
@@ -52,7 +67,7 @@ class ExportSchedule:
             "created_by_user_id": str(self.created_by_user_id),
             "cron": self.cron,
             "time_zone": self.time_zone,
-            "options": dict(self.options),
+            "options": self.shown_options,
             "incremental": self.incremental,
             "enabled": self.enabled,
             "disabled_reason": self.disabled_reason,
@@ -62,6 +77,22 @@ class ExportSchedule:
 
 
 _LIVE = export_schedules.c.deleted_at.is_(None)
+
+
+def job_values(options: dict) -> dict:
+    """A schedule's stored options as export_jobs columns (a schedule made before an
+    option existed has its default)."""
+    values = {
+        "bom": options.get("bom", False),
+        "compression": options.get("compression", "none"),
+        "format": options.get("format", "csv"),
+        "outcomes": jobs.outcomes_column(options.get("outcomes")),
+        "time_zone": options.get("time_zone", "UTC"),
+    }
+    for bound in ("attempted_from", "attempted_to"):
+        stored = options.get(bound)
+        values[bound] = None if stored is None else datetime.fromisoformat(stored)
+    return values
 
 
 def insert_schedule(
@@ -151,8 +182,8 @@ def record_due_time(
             due_at=due_at,
             # Where the window starts now; the run reads it again when it extracts.
             changed_since=delivered_through(conn, schedule.id) if schedule.incremental else None,
-            # The options as the request path checked them; their names are the columns'.
-            **schedule.options,
+            # The options as the request path checked them, in the columns' form.
+            **job_values(schedule.options),
         )
         .on_conflict_do_nothing(index_elements=["schedule_id", "due_at"])
         .returning(export_jobs.c.id)

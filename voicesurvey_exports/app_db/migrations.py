@@ -51,6 +51,7 @@ _REVISION_OF_LEVEL = {
     5: "V0005",
     6: "V0006",
     7: "V0007",
+    8: "V0008",
     9: "V0009",
 }
 _V0001_TABLES = ("users", "campaigns", "contacts", "survey_responses")
@@ -217,7 +218,7 @@ def _legacy_recorded_version(conn: Connection) -> int | None:
 
 
 def _level_of_tables(conn: Connection) -> int:
-    """Which version (0..7, 9) the app tables present in the database amount to."""
+    """Which version (0..9) the app tables present in the database amount to."""
     inspector = inspect(conn)
     tables = set(inspector.get_table_names())
     present = [name for name in _V0001_TABLES if name in tables]
@@ -234,6 +235,8 @@ def _level_of_tables(conn: Connection) -> int:
     columns = {column["name"] for column in inspector.get_columns("export_jobs")}
     if "schedule_id" in columns and "export_schedules" in tables:
         return 9
+    if "time_zone" in columns and "export_notifications" in tables:
+        return 8
     if "idempotency_key" in columns and "export_notifications" in tables:
         return 7
     if "s3_bucket" in columns and "export_notifications" in tables:

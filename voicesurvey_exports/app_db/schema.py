@@ -45,6 +45,11 @@ CONTACT_STATES = ("pending", "in_progress", "completed", "refused", "not_reached
 EXPORT_JOB_STATUSES = tuple(status.value for status in JobStatus)
 # File options a request may ask for (revision V0005).
 COMPRESSIONS = ("none", "gzip")
+# File formats (revision V0008); parquet and xlsx are compressed inside and have no BOM.
+FORMATS = ("csv", "jsonl", "parquet", "xlsx")
+FORMATS_WITH_ENVELOPE = ("csv", "jsonl")
+# An IANA time zone name ("America/Argentina/ComodRivadavia" is 32 characters).
+TIME_ZONE_LENGTH = 64
 # S3 bucket names are 3 to 63 characters.
 BUCKET_NAME_LENGTH = 63
 # An Idempotency-Key: 1-255 printable ASCII characters (as Stripe takes them).
@@ -91,6 +96,13 @@ EXPORT_JOB_RULES = {
     "ck_export_jobs_total_records": "total_records >= 0",
     "ck_export_jobs_size_bytes": "size_bytes >= 0",
     "ck_export_jobs_s3_bucket": "s3_bucket <> ''",
+    # Revision V0008: the format and the filters.
+    "ck_export_jobs_format": _in("format", FORMATS),
+    "ck_export_jobs_format_envelope": f"{_in('format', FORMATS_WITH_ENVELOPE)} "
+    "OR (compression = 'none' AND NOT bom)",
+    "ck_export_jobs_outcomes": "outcomes <> ''",
+    "ck_export_jobs_attempted_window": "attempted_from < attempted_to",
+    "ck_export_jobs_time_zone": "time_zone <> ''",
 }
 # SQLite only: PostgreSQL's native enum and boolean types refuse anything else already.
 EXPORT_JOB_SQLITE_RULES = {
@@ -216,6 +228,15 @@ export_jobs = Table(
     Column("s3_bucket", String(BUCKET_NAME_LENGTH)),
     # The request's Idempotency-Key (revision V0007): one job per user and key.
     Column("idempotency_key", String(IDEMPOTENCY_KEY_LENGTH)),
+    # What the request asked the file to be and hold (revision V0008): its format; the
+    # outcomes it keeps (comma-separated terminal states; NULL: all of them); the window
+    # [attempted_from, attempted_to) on contacts.last_attempt_at (NULL: unbounded); the
+    # IANA time zone its text timestamps are written in.
+    Column("format", String(16), nullable=False, server_default="csv"),
+    Column("outcomes", Text),
+    _timestamptz(name="attempted_from"),
+    _timestamptz(name="attempted_to"),
+    Column("time_zone", String(TIME_ZONE_LENGTH), nullable=False, server_default="UTC"),
     # A recurring export's delivery (revision V0009): its schedule and due time, one job
     # per due time (the unique constraint); `changed_since` the window's start of an
     # incremental delivery (NULL: every terminal contact), `snapshot_at` where the rows

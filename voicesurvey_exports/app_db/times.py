@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import zoneinfo
 from datetime import UTC, datetime
 
 
@@ -20,3 +22,13 @@ def iso_utc(value: datetime) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@functools.cache
+def known_time_zones() -> frozenset[str]:
+    """The IANA zone names this machine's zoneinfo knows (its tz database or tzdata)."""
+    return frozenset(zoneinfo.available_timezones())
+
+
+def is_known_time_zone(name: object) -> bool:
+    return isinstance(name, str) and name in known_time_zones()

@@ -342,10 +342,12 @@ def render_spool(
     *,
     bom: bool = False,
     gzip: bool = False,
+    utc: bool = True,
 ) -> RenderStats:
     """Stream the raw spool into the export CSV, batch by batch; with `bom` the file
     starts with the UTF-8 byte-order mark, with `gzip` it is the gzip of that CSV
-    (compressed as it is written: the uncompressed file never exists).
+    (compressed as it is written: the uncompressed file never exists). `utc`: the spool's
+    timestamps are in UTC (written with "Z"); else in a zone (written with its offset).
     ``on_batch(rows_so_far)`` after each batch (whatever it raises stops the rendering)."""
     if spool_path.stat().st_size == 0:  # no terminal contacts: a header-only file
         with _export_file(csv_path, bom=bom, gzip=gzip) as (_, out):
@@ -354,7 +356,9 @@ def render_spool(
     block_bytes = SPOOL_BLOCK_BYTES
     while True:
         try:
-            return _render_spool(spool_path, csv_path, block_bytes, on_batch, bom=bom, gzip=gzip)
+            return _render_spool(
+                spool_path, csv_path, block_bytes, on_batch, bom=bom, gzip=gzip, utc=utc
+            )
         except pa.ArrowInvalid as error:
             # Arrow cannot split a row across blocks: start again with blocks big
             # enough for the longest row. Only campaigns with huge answers pay for it.
@@ -394,18 +398,14 @@ def _render_spool(
     *,
     bom: bool,
     gzip: bool,
+    utc: bool,
 ) -> RenderStats:
-    reader = pa_csv.open_csv(
-        spool_path,
-        read_options=pa_csv.ReadOptions(column_names=list(CSV_COLUMNS), block_size=block_bytes),
-        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
-        convert_options=SPOOL_CONVERT_OPTIONS,
-    )
+    reader = open_spool(spool_path, block_bytes)
     outcomes: Counter[str] = Counter()
     rows = 0
     with _export_file(csv_path, bom=bom, gzip=gzip) as (sink, out):
         csv_tables = _CsvTableWriter(sink)
-        groups = _groups_of_blocks(reader, max(1, FORMAT_BYTES // block_bytes))
+        groups = groups_of_blocks(reader, max(1, FORMAT_BYTES // block_bytes))
         # Arrow reads the next groups and writes (hashes, compresses) the previous ones
         # on threads of their own while pandas formats this one (background.py).
         with (
@@ -413,7 +413,7 @@ def _render_spool(
             WriteBehind(csv_tables.write, GROUPS_IN_FLIGHT) as write_behind,
         ):
             for table in tables:
-                write_behind.put(_format_table(table))
+                write_behind.put(_format_table(table, utc))
                 _count_outcomes(table, outcomes)
                 rows += table.num_rows
                 if on_batch is not None:
@@ -426,14 +426,32 @@ def _render_spool(
     )
 
 
-def _groups_of_blocks(reader: pa_csv.CSVStreamingReader, size: int) -> Iterator[pa.Table]:
+def open_spool(spool_path: Path, block_bytes: int) -> pa_csv.CSVStreamingReader:
+    """The spool's rows, one Arrow batch per block (SPOOL_COLUMN_TYPES)."""
+    return pa_csv.open_csv(
+        spool_path,
+        read_options=pa_csv.ReadOptions(column_names=list(CSV_COLUMNS), block_size=block_bytes),
+        parse_options=pa_csv.ParseOptions(newlines_in_values=True),
+        convert_options=SPOOL_CONVERT_OPTIONS,
+    )
+
+
+def groups_of_blocks(reader: pa_csv.CSVStreamingReader, size: int) -> Iterator[pa.Table]:
     """The reader's batches (one per block), `size` at a time, as tables (no copy)."""
     batches = iter(reader)
     while group := list(itertools.islice(batches, size)):
         yield pa.Table.from_batches(group)
 
 
-def _format_table(table: pa.Table) -> pa.Table:
+def iso_timestamp_cells(table: pa.Table, column: str, utc: bool) -> pa.Array:
+    """A spool column's timestamps as the file writes them, each checked to read back."""
+    spool = table.column(column).combine_chunks()
+    cells = timestamps.iso_cells(spool, utc)
+    timestamps.check_cells(spool, cells, table.column("contact_id"), column, utc)
+    return cells
+
+
+def _format_table(table: pa.Table, utc: bool = True) -> pa.Table:
     """Spool rows as the CSV's cells: pandas guards the free-text columns, Arrow rewrites
     the timestamps (each checked to read back as stored: timestamps.check_cells); the ids,
     the outcome and the attempts go through as Arrow read them."""
@@ -442,9 +460,7 @@ def _format_table(table: pa.Table) -> pa.Table:
     )
     cells = {column: pa.array(frame[column]) for column in FREE_TEXT_COLUMNS}
     for column in TIMESTAMP_COLUMNS:
-        spool = table.column(column).combine_chunks()
-        cells[column] = timestamps.iso_cells(spool)
-        timestamps.check_cells(spool, cells[column], table.column("contact_id"), column)
+        cells[column] = iso_timestamp_cells(table, column, utc)
     return pa.Table.from_arrays(
         [cells.get(column, table.column(column)) for column in CSV_COLUMNS],
         names=list(CSV_COLUMNS),

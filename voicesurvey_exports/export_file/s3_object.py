@@ -27,10 +27,19 @@ if TYPE_CHECKING:
 
 CSV_CONTENT_TYPE = "text/csv; charset=utf-8"
 GZIP_CONTENT_TYPE = "application/gzip"
-# A job's compression option -> its object's (and download's) file name ending. The key
-# says what the object holds, so anything holding only the key (a refresh of the link,
-# retention) serves it right.
+# A job's compression option -> its object's (and download's) file name ending, for a CSV.
+# The key says what the object holds, so anything holding only the key (a refresh of the
+# link, retention) serves it right.
 SUFFIXES = {"none": ".csv", "gzip": ".csv.gz"}
+# A job's format -> its file name ending (".gz" after it for gzip) and what it holds.
+FORMAT_SUFFIXES = {"csv": ".csv", "jsonl": ".jsonl", "parquet": ".parquet", "xlsx": ".xlsx"}
+GZIP_SUFFIX = ".gz"
+CONTENT_TYPES = {
+    ".csv": CSV_CONTENT_TYPE,
+    ".jsonl": "application/x-ndjson",
+    ".parquet": "application/vnd.apache.parquet",
+    ".xlsx": "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
 # Private objects, encrypted at rest with S3-managed keys unless a KMS key is configured.
 SERVER_SIDE_ENCRYPTION = "AES256"
 # An attempt's part of a key: a Dagster run id (a UUID) as it is spelt.
@@ -87,20 +96,25 @@ class ExportObjects:
         export_job_id: uuid.UUID,
         compression: str = "none",
         attempt: str | None = None,
+        file_format: str = "csv",
     ) -> str:
-        """``{prefix}{campaign_id}/{export_job_id}/{attempt}.csv`` (``.csv.gz`` for gzip):
+        """``{prefix}{campaign_id}/{export_job_id}/{attempt}.csv`` (``.csv.gz`` for gzip;
+        ``.jsonl``, ``.jsonl.gz``, ``.parquet``, ``.xlsx`` for the other formats):
         each attempt at a job (a run: the first, a retry, a re-execution) writes its own
         object, so an attempt that lost the job can never overwrite the winner's file,
         nor a clean-up of the loser's delete it. Without ``attempt``, the layout of
         files written before that: ``{prefix}{campaign_id}/{export_job_id}.csv``."""
         if compression not in SUFFIXES:
             raise ValueError(f"compression {compression!r} is not one of {tuple(SUFFIXES)}")
+        if file_format not in FORMAT_SUFFIXES:
+            raise ValueError(f"format {file_format!r} is not one of {tuple(FORMAT_SUFFIXES)}")
         job = f"{campaign_id}/{export_job_id}"
         if attempt is not None:
             if not _ATTEMPT_RULE.fullmatch(attempt):
                 raise ValueError(f"attempt {attempt!r} must be 1-{MAX_ATTEMPT_LENGTH} of a-z 0-9 -")
             job = f"{job}/{attempt}"
-        return f"{self.prefix}{job}{SUFFIXES[compression]}"
+        suffix = FORMAT_SUFFIXES[file_format] + (GZIP_SUFFIX if compression == "gzip" else "")
+        return f"{self.prefix}{job}{suffix}"
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -130,7 +144,8 @@ class ExportObjects:
 
     def sign(self, key: str, campaign_name: str, export_date: date) -> tuple[str, datetime]:
         """A GET link valid for url_ttl_seconds that downloads as an attachment named
-        after the campaign and the export's date (.csv, or .csv.gz for a gzip key)."""
+        after the campaign and the export's date, ending as the key does (.csv, .csv.gz,
+        .jsonl, .jsonl.gz, .parquet, .xlsx)."""
         # RFC 6266: browsers take filename* (RFC 5987, UTF-8) and fall back to filename.
         suffix = suffix_of(key)
         fallback = download_filename(campaign_name, export_date, suffix)
@@ -237,13 +252,21 @@ def describe_s3_error(error: BaseException) -> str:
 
 
 def suffix_of(key: str) -> str:
-    """The file name ending of an export object: .csv.gz for a gzip export, else .csv."""
-    return SUFFIXES["gzip"] if key.endswith(SUFFIXES["gzip"]) else SUFFIXES["none"]
+    """The file name ending of an export object: its format's (.csv, .jsonl, .parquet,
+    .xlsx), then .gz for a gzip export; .csv for a key that says nothing else."""
+    for suffix in FORMAT_SUFFIXES.values():
+        for ending in (suffix + GZIP_SUFFIX, suffix):
+            if key.endswith(ending):
+                return ending
+    return SUFFIXES["none"]
 
 
 def content_type(key: str) -> str:
     """What the object holds, as its key's ending says."""
-    return GZIP_CONTENT_TYPE if suffix_of(key) == SUFFIXES["gzip"] else CSV_CONTENT_TYPE
+    suffix = suffix_of(key)
+    if suffix.endswith(GZIP_SUFFIX):
+        return GZIP_CONTENT_TYPE
+    return CONTENT_TYPES[suffix]
 
 
 def download_filename(campaign_name: str, export_date: date, suffix: str = ".csv") -> str:

@@ -1,5 +1,11 @@
-"""The CSV's timestamps: from PostgreSQL's ISO text in UTC (the spool) to ISO 8601 UTC
-(the file), and the check that every written cell reads back as the stored instant.
+"""The CSV's timestamps: from PostgreSQL's ISO text (the spool) to ISO 8601 (the file), and
+the check that every written cell reads back as the stored instant.
+
+In UTC (the default) the spool's text ends "+00" and the file writes "Z". With a
+request's time zone the extraction has PostgreSQL write local times with their offset
+("2026-11-16 04:49:55-05", "...+05:30", historic "+00:09:21") and the file writes ISO
+8601's offset form: `2026-11-16T04:49:55-05:00`, `+05:30`, `+00:09:21` (seconds only where
+the zone's offset had them, before standard time).
 
 The file writes `2026-11-16T09:49:55Z`, with fractional seconds when the value has them
 (`09:49:55.123456Z`, trailing zeros dropped); years 0000-9999 as four digits, others in
@@ -23,12 +29,18 @@ INFINITIES = ("infinity", "-infinity")
 # in four or more digits, " BC" after years before 1 AD.
 SPOOL_UTC = "+00"
 _SPOOL_PATTERN = re.compile(
-    r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?\+00( BC)?", re.ASCII
+    r"(\d{4,})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+    r"([+-])(\d\d)(?::(\d\d))?(?::(\d\d))?( BC)?",
+    re.ASCII,
 )
 # The file's form, as the check reads it back.
 _ISO_PATTERN = re.compile(
-    r"([+-]?)(\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?Z", re.ASCII
+    r"([+-]?)(\d{4,})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:\.(\d{1,6}))?"
+    r"(?:Z|([+-])(\d\d):(\d\d)(?::(\d\d))?)",
+    re.ASCII,
 )
+# A usual zone cell: "+05" becomes "+05:00"; "+05:30" stays.
+_HOUR_OFFSET_AT_END = r"([+-]\d\d)$"
 _TO_END = 2**31 - 1  # a slice end past any cell
 
 
@@ -36,26 +48,36 @@ class TimestampMismatch(ValueError):
     """A timestamp cell would not read back as the instant the database holds."""
 
 
-# A timestamp's fields: (astronomical year, month, day, hour, minute, second, microsecond),
-# or one of INFINITIES.
-Fields = tuple[int, int, int, int, int, int, int] | str
+# A timestamp's fields: (astronomical year, month, day, hour, minute, second, microsecond,
+# UTC offset in seconds), or one of INFINITIES.
+Fields = tuple[int, int, int, int, int, int, int, int] | str
 
 
 def _microseconds(digits: str | None) -> int:
     return int((digits or "").ljust(6, "0"))
 
 
+def _offset_seconds(sign: str, hours: str, minutes: str | None, seconds: str | None) -> int:
+    total = int(hours) * 3600 + int(minutes or 0) * 60 + int(seconds or 0)
+    return -total if sign == "-" else total
+
+
 def spool_fields(text: str) -> Fields:
-    """The fields of PostgreSQL's text for a timestamp in UTC."""
+    """The fields of PostgreSQL's ISO text for a timestamp (with its zone's offset)."""
     if text in INFINITIES:
         return text
     match = _SPOOL_PATTERN.fullmatch(text)
     if match is None:
-        raise ValueError(f"{text!r} is not PostgreSQL's ISO text of a timestamp in UTC")
+        raise ValueError(f"{text!r} is not PostgreSQL's ISO text of a timestamp")
     year = int(match[1])
-    if match[8]:  # "0044 ... BC": 1 BC is year 0
+    if match[12]:  # "0044 ... BC": 1 BC is year 0
         year = 1 - year
-    return (year, *(int(match[n]) for n in range(2, 7)), _microseconds(match[7]))
+    return (
+        year,
+        *(int(match[n]) for n in range(2, 7)),
+        _microseconds(match[7]),
+        _offset_seconds(match[8], match[9], match[10], match[11]),
+    )
 
 
 def iso_year(year: int) -> str:
@@ -65,17 +87,30 @@ def iso_year(year: int) -> str:
     return f"{'+' if year > 0 else '-'}{abs(year):04d}"
 
 
-def iso_from_fields(fields: Fields) -> str:
+def iso_offset(seconds: int, utc: bool = True) -> str:
+    """ "Z" in UTC; otherwise "+HH:MM", with ":SS" when the offset has seconds."""
+    if utc and seconds == 0:
+        return "Z"
+    sign = "-" if seconds < 0 else "+"
+    hours, rest = divmod(abs(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{sign}{hours:02d}:{minutes:02d}" + (f":{secs:02d}" if secs else "")
+
+
+def iso_from_fields(fields: Fields, utc: bool = True) -> str:
     if isinstance(fields, str):
         return fields
-    year, month, day, hour, minute, second, microsecond = fields
+    year, month, day, hour, minute, second, microsecond, offset = fields
     fraction = f".{microsecond:06d}".rstrip("0") if microsecond else ""
-    return f"{iso_year(year)}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}{fraction}Z"
+    return (
+        f"{iso_year(year)}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}{fraction}"
+        + iso_offset(offset, utc)
+    )
 
 
-def iso_from_spool(text: str) -> str:
+def iso_from_spool(text: str, utc: bool = True) -> str:
     """One spool cell in the file's form (the unusual ones take this way)."""
-    return iso_from_fields(spool_fields(text))
+    return iso_from_fields(spool_fields(text), utc)
 
 
 def _days_in_month(year: int, month: int) -> int:
@@ -91,7 +126,7 @@ def read_iso(cell: str) -> Fields:
         return cell
     match = _ISO_PATTERN.fullmatch(cell)
     if match is None:
-        raise ValueError(f"{cell!r} is not an ISO 8601 UTC timestamp")
+        raise ValueError(f"{cell!r} is not an ISO 8601 timestamp")
     sign, digits = match[1], match[2]
     year = -int(digits) if sign == "-" else int(digits)
     # One way to write each year: unsigned exactly for 0000-9999, no leading zeros past four.
@@ -106,41 +141,63 @@ def read_iso(cell: str) -> Fields:
         and second <= 59
     ):
         raise ValueError(f"{cell!r} is not a date and time of day")
-    return (year, month, day, hour, minute, second, _microseconds(match[8]))
+    offset = 0 if match[9] is None else _offset_seconds(*match.group(9, 10, 11, 12))
+    return (year, month, day, hour, minute, second, _microseconds(match[8]), offset)
 
 
-def usual_spool_cells(spool: pa.Array) -> pa.Array:
+def usual_spool_cells(spool: pa.Array, utc: bool = True) -> pa.Array:
     """True where a spool cell is a year 1-9999 (its first "-" fifth, no " BC", no infinity),
     NULL where it is NULL."""
-    return pc.and_(pc.ends_with(spool, SPOOL_UTC), pc.equal(pc.find_substring(spool, "-"), 4))
+    year_1_to_9999 = pc.equal(pc.find_substring(spool, "-"), 4)
+    if utc:
+        return pc.and_(pc.ends_with(spool, SPOOL_UTC), year_1_to_9999)
+    return pc.and_(pc.invert(pc.ends_with(spool, " BC")), year_1_to_9999)
 
 
-def iso_cells(spool: pa.Array) -> pa.Array:
-    """A spool column's timestamps in the file's form. Timestamps are ASCII, so the byte
-    slice kernels serve (several times faster than the UTF-8 ones)."""
-    cells = pc.binary_replace_slice(spool, -len(SPOOL_UTC), _TO_END, "Z")
-    cells = pc.binary_replace_slice(cells, 10, 11, "T")
-    unusual = pc.invert(pc.fill_null(usual_spool_cells(spool), True))
+def iso_cells(spool: pa.Array, utc: bool = True) -> pa.Array:
+    """A spool column's timestamps in the file's form ("Z" in UTC, else the zone's offset).
+    Timestamps are ASCII, so the byte slice kernels serve (several times faster than the
+    UTF-8 ones)."""
+    if utc:
+        cells = pc.binary_replace_slice(spool, -len(SPOOL_UTC), _TO_END, "Z")
+        cells = pc.binary_replace_slice(cells, 10, 11, "T")
+    else:
+        cells = pc.binary_replace_slice(spool, 10, 11, "T")
+        cells = pc.replace_substring_regex(cells, _HOUR_OFFSET_AT_END, r"\1:00")
+    unusual = pc.invert(pc.fill_null(usual_spool_cells(spool, utc), True))
     if pc.any(unusual).as_py():
         texts = pc.filter(spool, unusual).to_pylist()
         cells = pc.replace_with_mask(
-            cells, unusual, pa.array([iso_from_spool(text) for text in texts], pa.string())
+            cells, unusual, pa.array([iso_from_spool(text, utc) for text in texts], pa.string())
         )
     return cells
 
 
-def check_cells(spool: pa.Array, cells: pa.Array, contact_ids: pa.Array, column: str) -> None:
+def _expected_usual_cells(spool: pa.Array, utc: bool) -> pa.Array:
+    """The usual cells' file form, worked out another way than iso_cells does."""
+    if utc:
+        return pc.binary_replace_slice(
+            pc.binary_replace_slice(spool, 10, 11, "T"), -len(SPOOL_UTC), _TO_END, "Z"
+        )
+    hours_only = pc.replace_substring_regex(
+        spool, r"^(\d{4}-\d\d-\d\d) ([0-9:.]+)([+-]\d\d)$", r"\1T\2\3:00"
+    )
+    return pc.replace_substring_regex(hours_only, r"^(\d{4}-\d\d-\d\d) ([0-9:.+-]+)$", r"\1T\2")
+
+
+def check_cells(
+    spool: pa.Array, cells: pa.Array, contact_ids: pa.Array, column: str, utc: bool = True
+) -> None:
     """Raise TimestampMismatch, naming the first contact and the column, unless every cell
     is NULL where the spool's is and otherwise reads back as the spool's instant.
 
     A usual value's PostgreSQL text already is its ISO 8601 form but for the "T" and the
-    "Z": its cell must be exactly that text (compared in Arrow, a few ms per 100,000 rows).
-    The others are parsed back (read_iso) and compared field by field in Python.
+    "Z" (or the offset's minutes): its cell must be exactly that text (compared in Arrow, a
+    few ms per 100,000 rows). The others are parsed back (read_iso) and compared field by
+    field in Python.
     """
-    usual = pc.fill_null(usual_spool_cells(spool), False)
-    expected = pc.binary_replace_slice(
-        pc.binary_replace_slice(spool, 10, 11, "T"), -len(SPOOL_UTC), _TO_END, "Z"
-    )
+    usual = pc.fill_null(usual_spool_cells(spool, utc), False)
+    expected = _expected_usual_cells(spool, utc)
     passed = (
         pc.all(pc.equal(pc.is_null(spool), pc.is_null(cells))).as_py()
         and pc.all(pc.or_(pc.invert(usual), pc.equal(expected, cells))).as_py()
@@ -156,16 +213,19 @@ def check_cells(spool: pa.Array, cells: pa.Array, contact_ids: pa.Array, column:
     for index, stored, cell in zip(
         pc.indices_nonzero(to_check).to_pylist(), spool_texts, cell_texts, strict=True
     ):
-        if not _reads_back(stored, cell):
+        if not _reads_back(stored, cell, utc):
             raise TimestampMismatch(
                 f"contact {contact_ids[index].as_py()}: {column} {stored!r} would be written "
-                f"as {cell!r}, which does not read back as that instant in ISO 8601 UTC"
+                f"as {cell!r}, which does not read back as that instant in ISO 8601 "
+                + ("UTC" if utc else "with its offset")
             )
 
 
-def _reads_back(stored: str | None, cell: str | None) -> bool:
+def _reads_back(stored: str | None, cell: str | None, utc: bool = True) -> bool:
     if stored is None or cell is None:
         return stored is cell
+    if utc != cell.endswith("Z") and cell not in INFINITIES:
+        return False  # UTC writes Z, a zone its offset
     try:
         return read_iso(cell) == spool_fields(stored)
     except ValueError:

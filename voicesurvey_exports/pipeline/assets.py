@@ -99,7 +99,7 @@ def _start(
                 recovery.claim_export_job(context, conn, job)
             # A value written by SQL that this release does not know fails the job now
             # (claimed: the failure sensor ends it), not after retrying an upload.
-            unknown = export_jobs.unknown_option(job.compression)
+            unknown = export_jobs.unknown_option(job)
             if unknown:
                 raise permanent_failure(f"export job {export_job_id}: {unknown}")
         else:
@@ -125,6 +125,11 @@ def _start(
         partition_key,
         bom=job.bom,
         compression=job.compression,
+        format=job.format,
+        outcomes=job.outcome_states,
+        attempted_from=job.attempted_from,
+        attempted_to=job.attempted_to,
+        time_zone=job.time_zone,
         schedule_id=job.schedule_id,
         incremental=schedule is not None and schedule.incremental,
     )
@@ -253,8 +258,7 @@ def _metadata(target: ExportTarget, uploaded: UploadedCsv, objects, expires_at) 
         outcome_counts=uploaded.outcome_counts,
         export_job_id=str(target.export_job_id),
         url_expires_at=iso_utc(expires_at),
-        bom=target.bom,
-        compression=target.compression,
+        options=target.options,
     )
 
 

@@ -16,6 +16,7 @@ import zlib
 import dagster as dg
 
 from ..export_file.csv_format import BOM, HEADER
+from ..export_file.file_formats import FILE_STARTS
 from .partitions import campaigns_partitions
 
 ASSET_KEY = dg.AssetKey("campaign_export")
@@ -25,7 +26,9 @@ SIZE = "stored_size_matches_written"
 DESCRIPTIONS = {
     ROWS: "The file has one row per terminal contact the database returned at extraction.",
     HEADER_CHECK: "The stored file starts with the ten-column header of the column contract "
-    "(after the byte-order mark when the request asked for one; gunzipped, for gzip).",
+    "(after the byte-order mark when the request asked for one; gunzipped, for gzip); a "
+    "JSON Lines file with its first key, a Parquet or xlsx file with its format's magic "
+    "bytes.",
     SIZE: "The stored object's size equals the bytes written to the file.",
 }
 
@@ -50,14 +53,18 @@ with warnings.catch_warnings():
 GZIP_START_BYTES = 4096
 
 
-def expected_start(bom: bool) -> bytes:
-    """What the CSV must start with: the header, behind the BOM when one was asked for."""
-    return BOM + HEADER if bom else HEADER
+def expected_start(bom: bool, file_format: str = "csv", empty: bool = False) -> bytes:
+    """What the file must start with: the CSV's header, behind the BOM when one was asked
+    for; the other formats' own start (an empty JSON Lines file: the BOM or nothing)."""
+    start = HEADER if file_format == "csv" else FILE_STARTS[file_format]
+    if file_format == "jsonl" and empty:
+        start = b""
+    return BOM + start if bom else start
 
 
-def stored_start_bytes(*, bom: bool, gzip: bool) -> int:
+def stored_start_bytes(*, bom: bool, gzip: bool, file_format: str = "csv") -> int:
     """How many of the stored object's first bytes evaluate needs."""
-    return GZIP_START_BYTES if gzip else len(expected_start(bom))
+    return GZIP_START_BYTES if gzip else len(expected_start(bom, file_format))
 
 
 def csv_start(stored_start: bytes, *, length: int, gzip: bool) -> bytes:
@@ -82,11 +89,12 @@ def evaluate(
     blocking: bool,
     bom: bool = False,
     gzip: bool = False,
+    file_format: str = "csv",
 ) -> list[dg.AssetCheckEvaluation]:
     """The three checks' evaluations for one campaign's stored file. `stored_start` is
     the object's first stored_start_bytes(bom=, gzip=) bytes; `written_bytes` and
     `stored_bytes` count stored (compressed, for gzip) bytes."""
-    expected = expected_start(bom)
+    expected = expected_start(bom, file_format, empty=file_rows == 0)
     header_passed = csv_start(stored_start, length=len(expected), gzip=gzip) == expected
     where = "the stored file, gunzipped," if gzip else "the stored file"
     results = [
@@ -102,8 +110,14 @@ def evaluate(
             # Not what it starts with instead: that may be a row of contact data.
             f"{where} does not start with "
             + ("the byte-order mark and " if bom else "")
-            + "the column contract's header",
-            {"expected_header": HEADER.decode().strip(), "byte_order_mark": bom},
+            + (
+                "the column contract's header" if file_format == "csv" else f"a {file_format} start"
+            ),
+            {
+                "expected_header": HEADER.decode().strip(),
+                "expected_start": repr(expected),
+                "byte_order_mark": bom,
+            },
         ),
         (
             SIZE,

@@ -8,6 +8,7 @@ batches to the CSV file, and to S3 in multipart chunks, so memory stays flat at 
 campaign size. Steps hand each other file paths and counts only.
 """
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,9 +17,10 @@ from pathlib import Path
 import dagster as dg
 
 from ..app_db import export_jobs, export_schedules
-from ..app_db.contacts import copy_terminal_contacts, count_terminal_contacts
+from ..app_db.contacts import ContactFilter, copy_terminal_contacts, count_terminal_contacts
 from ..app_db.schema import TERMINAL_CONTACT_STATES
-from ..export_file.csv_format import render_spool
+from ..app_db.times import iso_utc
+from ..export_file.file_formats import render_spool_as
 from ..export_file.s3_object import ExportObjects
 from .export_checks import evaluate, failure_reason, stored_start_bytes
 from .failures import permanent_failure
@@ -45,6 +47,38 @@ class ExportTarget:
     # schedule's latest completed delivery.
     schedule_id: uuid.UUID | None = None
     incremental: bool = False
+    format: str = "csv"
+    outcomes: tuple[str, ...] = TERMINAL_CONTACT_STATES
+    attempted_from: datetime | None = None
+    attempted_to: datetime | None = None
+    time_zone: str = "UTC"
+
+    @property
+    def contact_filter(self) -> ContactFilter:
+        return ContactFilter(self.outcomes, self.attempted_from, self.attempted_to)
+
+    @property
+    def extraction_time_zone(self) -> str:
+        """The zone the spool's timestamps come in: Parquet stores instants (its column's
+        tz metadata names the request's zone), the text formats write the zone's times."""
+        return "UTC" if self.format == "parquet" else self.time_zone
+
+    @property
+    def options(self) -> dict:
+        """The request's options, as the materialisation shows them."""
+        return {
+            "format": self.format,
+            "compression": self.compression,
+            "bom": self.bom,
+            "outcomes": ",".join(self.outcomes),
+            "attempted_from": iso_or_none(self.attempted_from),
+            "attempted_to": iso_or_none(self.attempted_to),
+            "time_zone": self.time_zone,
+        }
+
+
+def iso_or_none(value: datetime | None) -> str | None:
+    return None if value is None else iso_utc(value)
 
 
 @dataclass(frozen=True)
@@ -105,12 +139,13 @@ def extract_contacts(
         # Read now, not when the job was made: a delivery that completed meanwhile counts.
         with app_db.engine.connect() as conn:
             changed_since = export_schedules.delivered_through(conn, target.schedule_id)
+    contact_filter = dataclasses.replace(target.contact_filter, changed_since=changed_since)
 
     def count_rows() -> int:
         # At the first report, beside the running COPY: an export done within a second
         # never counts, and the count cannot hold up a COPY that waits on a lock.
         with app_db.engine.connect() as conn:
-            return count_terminal_contacts(conn, target.campaign_id, changed_since)
+            return count_terminal_contacts(conn, target.campaign_id, contact_filter)
 
     progress = progress_of(context, target.export_job_id, count_rows)
     with open(spool_path, "wb") as spool_file:
@@ -119,7 +154,8 @@ def extract_contacts(
             target.campaign_id,
             spool_file,
             on_progress=progress.extracted,
-            changed_since=changed_since,
+            contact_filter=contact_filter,
+            time_zone=target.extraction_time_zone,
             on_window_end=window_end.append if target.incremental else None,
         )
     if target.incremental:
@@ -140,14 +176,16 @@ def extract_contacts(
 
 def render_file(context, extracted: ExtractedContacts, target: ExportTarget) -> RenderedCsv:
     spool_path = Path(extracted.spool_path)
-    csv_path = spool_path.with_name("export.csv")
+    csv_path = spool_path.with_name(f"export.{target.format}")
     progress = progress_of(context, extracted.export_job_id, extracted.database_rows)
-    stats = render_spool(
+    stats = render_spool_as(
+        target.format,
         spool_path,
         csv_path,
         on_batch=progress.rendered,
         bom=target.bom,
         gzip=target.compression == "gzip",
+        time_zone=target.time_zone,
     )
     progress.finished(RENDER)
     spool_path.unlink()
@@ -168,7 +206,11 @@ def render_file(context, extracted: ExtractedContacts, target: ExportTarget) -> 
 def object_key(context, objects: ExportObjects, target: ExportTarget) -> str:
     """This run's own key for the job's object: a run never writes over another's."""
     return objects.key(
-        target.campaign_id, target.export_job_id, target.compression, attempt=context.run_id
+        target.campaign_id,
+        target.export_job_id,
+        target.compression,
+        attempt=context.run_id,
+        file_format=target.format,
     )
 
 
@@ -217,7 +259,7 @@ def check_stored_file(
     failing one fails this campaign with its reason, never retried."""
     gzip = target.compression == "gzip"
     stored_bytes, stored_start = objects.stored(
-        uploaded.s3_key, stored_start_bytes(bom=target.bom, gzip=gzip)
+        uploaded.s3_key, stored_start_bytes(bom=target.bom, gzip=gzip, file_format=target.format)
     )
     evaluations = evaluate(
         partition_key=target.partition_key,
@@ -229,6 +271,7 @@ def check_stored_file(
         blocking=blocking,
         bom=target.bom,
         gzip=gzip,
+        file_format=target.format,
     )
     checks.extend(evaluations)
     reason = failure_reason(evaluations)

@@ -53,7 +53,7 @@ def build_export_requests_sensor(settings: Settings) -> dg.SensorDefinition:
                     )
                     continue
                 # A value written by SQL that this release does not know: fail it now.
-                unknown = export_jobs.unknown_option(job.compression)
+                unknown = export_jobs.unknown_option(job)
                 if unknown:
                     export_jobs.mark_failed(conn, job.id, unknown)
                     continue

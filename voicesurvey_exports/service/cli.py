@@ -23,7 +23,11 @@ from ..settings import Settings, SettingsError
 from .requests import (
     ExportRequestError,
     ExportRequests,
+    FileGone,
+    IdempotencyKeyReused,
     InvalidRequest,
+    NotCancellable,
+    NotCompleted,
     NotFound,
     PermissionDenied,
     RateLimited,
@@ -45,6 +49,8 @@ EXIT_WRONG_STATE = 5  # the HTTP API's 409s: not completed, file gone, already e
 EXIT_RATE_LIMITED = 6  # EXPORT_REQUESTS_PER_MINUTE reached: retry after the time said
 EXIT_UNAVAILABLE = 75  # the database or S3 could not be reached: retry later
 EXIT_CONFIG = 78  # a setting breaks its rule: nothing was done
+# The HTTP API's 409s: what the job's state (or an earlier request) does not allow.
+WRONG_STATE_ERRORS = (NotCompleted, FileGone, NotCancellable, IdempotencyKeyReused)
 EXIT_CODES = {
     EXIT_OK: "success",
     EXIT_FAILED: "the database refused the operation",
@@ -188,7 +194,28 @@ def _parser() -> argparse.ArgumentParser:
                 help="start the file with the UTF-8 byte-order mark (for Excel)",
             )
             command.add_argument(
-                "--gzip", action="store_true", help="store the file gzipped (.csv.gz)"
+                "--gzip", action="store_true", help="store the file gzipped (.csv.gz, .jsonl.gz)"
+            )
+            command.add_argument(
+                "--format", help="csv (the default), jsonl, parquet or xlsx", default=None
+            )
+            command.add_argument(
+                "--outcome",
+                action="append",
+                dest="outcomes",
+                help="keep only contacts in this terminal state (repeatable; default: all)",
+            )
+            command.add_argument(
+                "--attempted-from",
+                help="keep contacts last attempted at or after this ISO 8601 instant, "
+                "with its offset (e.g. 2026-11-16T00:00:00+01:00)",
+            )
+            command.add_argument(
+                "--attempted-to", help="... and before this one (the window is [from, to))"
+            )
+            command.add_argument(
+                "--time-zone",
+                help="IANA zone the file's timestamps are written in (default UTC)",
             )
             command.add_argument(
                 "--idempotency-key",
@@ -257,6 +284,17 @@ def _add_schedule_commands(add) -> None:
     create.add_argument(
         "--compression", choices=("none", "gzip"), default="none", help="store files gzipped"
     )
+    create.add_argument("--format", help="csv (the default), jsonl, parquet or xlsx")
+    create.add_argument(
+        "--outcome",
+        action="append",
+        dest="outcomes",
+        help="keep only contacts in this terminal state (repeatable; default: all)",
+    )
+    create.add_argument(
+        "--file-time-zone",
+        help="IANA zone the files' timestamps are written in (default: --time-zone)",
+    )
     listing = action("list", "list a campaign's export schedules")
     listing.add_argument("--campaign-id", **campaign)
     listing.add_argument("--user-id", **user)
@@ -272,6 +310,7 @@ def _run_schedule(args: argparse.Namespace, api: ExportRequests) -> object:
 
     schedules = ExportSchedules(api)
     if args.schedule_command == "create":
+        given = {"format": args.format, "outcomes": args.outcomes}
         return schedules.create_schedule(
             args.campaign_id,
             args.user_id,
@@ -280,6 +319,9 @@ def _run_schedule(args: argparse.Namespace, api: ExportRequests) -> object:
             incremental=args.incremental,
             bom=args.bom,
             compression=args.compression,
+            file_time_zone=args.file_time_zone,
+            # Options not given take the service's defaults.
+            **{name: value for name, value in given.items() if value is not None},
         ).to_json()
     if args.schedule_command == "list":
         return [s.to_json() for s in schedules.list_schedules(args.campaign_id, args.user_id)]
@@ -307,12 +349,21 @@ def _run(args: argparse.Namespace) -> object:
     if args.command == "schedule":
         return _run_schedule(args, api)
     if args.command == "request":
+        given = {
+            "format": args.format,
+            "outcomes": args.outcomes,
+            "attempted_from": args.attempted_from,
+            "attempted_to": args.attempted_to,
+            "time_zone": args.time_zone,
+        }
         return api.request_export(
             args.campaign_id,
             args.user_id,
             bom=args.bom,
             compression="gzip" if args.gzip else "none",
             idempotency_key=args.idempotency_key,
+            # Options not given take the service's defaults.
+            **{name: value for name, value in given.items() if value is not None},
         ).to_json()
     if args.command == "status":
         return api.get_export(args.job_id, args.user_id).to_json()
@@ -365,10 +416,11 @@ def exit_code(error: Exception) -> int:
         return EXIT_NOT_FOUND
     if isinstance(error, RateLimited):
         return EXIT_RATE_LIMITED
-    if isinstance(error, InvalidRequest):
-        # Bad ids and options are argparse's (exit 2) before anything runs; what the
-        # service still refuses is the job's state: not completed, file gone, ended.
+    if isinstance(error, WRONG_STATE_ERRORS):
         return EXIT_WRONG_STATE
+    if isinstance(error, InvalidRequest):
+        # A value the service refuses (an option, a cron): a usage error, as argparse's.
+        return EXIT_USAGE
     if isinstance(error, StorageUnavailable):
         return EXIT_UNAVAILABLE
     if isinstance(error, (AppDatabaseError, SQLAlchemyError)):

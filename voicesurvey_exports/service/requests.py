@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -34,8 +35,17 @@ from ..app_db.engine import get_engine
 from ..app_db.errors import safe_database_errors
 from ..app_db.export_jobs import ExportJob
 from ..app_db.job_status import JobStatus
-from ..app_db.schema import COMPRESSIONS, EXPORT_ROLES, IDEMPOTENCY_KEY_LENGTH, campaigns
-from ..app_db.times import utcnow
+from ..app_db.schema import (
+    COMPRESSIONS,
+    CONTACT_STATES,
+    EXPORT_ROLES,
+    FORMATS,
+    FORMATS_WITH_ENVELOPE,
+    IDEMPOTENCY_KEY_LENGTH,
+    TERMINAL_CONTACT_STATES,
+    campaigns,
+)
+from ..app_db.times import as_utc, is_known_time_zone, utcnow
 from ..export_file.s3_object import BucketUnreachable, ExportObjects
 from ..settings import ACCESS_POLICIES, DEFAULTS, Settings
 
@@ -126,14 +136,128 @@ def check_idempotency_key(key: object) -> None:
         )
 
 
-def check_options(bom: object, compression: object) -> None:
-    """A request's file options, refused with one line naming the value and the rule."""
+@dataclass(frozen=True)
+class FileOptions:
+    """A request's options, checked: what its job row stores."""
+
+    bom: bool = False
+    compression: str = "none"
+    format: str = "csv"
+    outcomes: tuple[str, ...] | None = None  # None: every terminal state
+    attempted_from: datetime | None = None  # aware, UTC
+    attempted_to: datetime | None = None
+    time_zone: str = "UTC"
+
+    def row_values(self) -> dict:
+        """As export_jobs.insert_job takes them."""
+        return {
+            "bom": self.bom,
+            "compression": self.compression,
+            "format": self.format,
+            "outcomes": self.outcomes,
+            "attempted_from": self.attempted_from,
+            "attempted_to": self.attempted_to,
+            "time_zone": self.time_zone,
+        }
+
+
+def check_options(
+    bom: object = False,
+    compression: object = "none",
+    format: object = "csv",
+    outcomes: object = None,
+    attempted_from: object = None,
+    attempted_to: object = None,
+    time_zone: object = "UTC",
+) -> FileOptions:
+    """A request's file options, refused with one line naming the value and the rule
+    (InvalidRequest). The CLI and the HTTP API both check with this."""
     if not isinstance(bom, bool):  # 1, "yes" or None would be stored as something else
         raise InvalidRequest(f"option bom {bom!r} must be true or false")
     if compression not in COMPRESSIONS:
         raise InvalidRequest(
             f"option compression {compression!r} must be one of: {', '.join(COMPRESSIONS)}"
         )
+    if format not in FORMATS:
+        raise InvalidRequest(f"option format {format!r} must be one of: {', '.join(FORMATS)}")
+    if format not in FORMATS_WITH_ENVELOPE:
+        if compression != "none":
+            raise InvalidRequest(
+                f"option compression {compression!r} cannot be used with format {format!r}: "
+                "it is compressed inside"
+            )
+        if bom:
+            raise InvalidRequest(
+                f"option bom true cannot be used with format {format!r}: it is not a text file"
+            )
+    if not is_known_time_zone(time_zone):
+        raise InvalidRequest(
+            f"option time_zone {time_zone!r} is not an IANA time zone name "
+            "(such as UTC, Europe/Rome, America/New_York)"
+        )
+    start = _instant("attempted_from", attempted_from)
+    end = _instant("attempted_to", attempted_to)
+    if start is not None and end is not None and start >= end:
+        raise InvalidRequest(
+            f"option attempted_from {attempted_from!s} must be before attempted_to "
+            f"{attempted_to!s} (the window is [from, to))"
+        )
+    return FileOptions(
+        bom=bom,
+        compression=compression,
+        format=format,
+        outcomes=_outcomes(outcomes),
+        attempted_from=start,
+        attempted_to=end,
+        time_zone=time_zone,
+    )
+
+
+def _outcomes(outcomes: object) -> tuple[str, ...] | None:
+    """The states in the contract's order, each once; None stays None (all of them)."""
+    if outcomes is None:
+        return None
+    terminal = ", ".join(TERMINAL_CONTACT_STATES)
+    if isinstance(outcomes, str) or not isinstance(outcomes, Sequence) or not outcomes:
+        raise InvalidRequest(
+            f"option outcomes {outcomes!r} must be a non-empty list of terminal states: {terminal}"
+        )
+    for state in outcomes:
+        if state in TERMINAL_CONTACT_STATES:
+            continue
+        if state in CONTACT_STATES:
+            raise InvalidRequest(
+                f"option outcomes: {state!r} is not a terminal state (an export holds only "
+                f"contacts whose calling is over: {terminal})"
+            )
+        raise InvalidRequest(f"option outcomes: {state!r} must be one of: {terminal}")
+    return tuple(state for state in TERMINAL_CONTACT_STATES if state in outcomes)
+
+
+def _instant(name: str, value: object) -> datetime | None:
+    """An ISO 8601 instant with its offset (a string, or an aware datetime), in UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            # A "+" in a URL's query arrives as a space.
+            hint = " (in a URL query, write its + as %2B)" if " " in value else ""
+            raise InvalidRequest(
+                f"option {name} {value!r} is not an ISO 8601 date and time "
+                f"(e.g. 2026-11-16T00:00:00+01:00){hint}"
+            ) from None
+    elif isinstance(value, datetime):
+        parsed = value
+    else:
+        raise InvalidRequest(f"option {name} {value!r} must be an ISO 8601 date and time")
+    if parsed.utcoffset() is None:
+        raise InvalidRequest(
+            f"option {name} {value!s} has no UTC offset: give one, e.g. "
+            f"{parsed.replace(tzinfo=None).isoformat()}+01:00 or ...Z"
+        )
+    return as_utc(parsed)
 
 
 @dataclass
@@ -167,23 +291,20 @@ class ExportRequests:
         campaign_id: str | uuid.UUID,
         user_id: str | uuid.UUID,
         *,
-        bom: bool = False,
-        compression: str = "none",
         idempotency_key: str | None = None,
+        **options: object,
     ) -> ExportJob:
         """Record a pending export request; the sensor picks it up within seconds.
 
-        The file options are stored on the job: `bom` starts the file with the UTF-8
-        byte-order mark, `compression` "gzip" stores the gzip of the CSV. A user who
+        The file options (check_options) are stored on the job: `bom` starts the file with
+        the UTF-8 byte-order mark, `compression` "gzip" stores its gzip, `format` is csv,
+        jsonl, parquet or xlsx, `outcomes` and `attempted_from`/`attempted_to` filter the
+        contacts, `time_zone` is the zone its text timestamps are written in. A user who
         started ``requests_per_minute`` exports in the last 60 s is refused (RateLimited).
         With an `idempotency_key`, see request_export_once.
         """
         job, _ = self.request_export_once(
-            campaign_id,
-            user_id,
-            bom=bom,
-            compression=compression,
-            idempotency_key=idempotency_key,
+            campaign_id, user_id, idempotency_key=idempotency_key, **options
         )
         return job
 
@@ -192,9 +313,8 @@ class ExportRequests:
         campaign_id: str | uuid.UUID,
         user_id: str | uuid.UUID,
         *,
-        bom: bool = False,
-        compression: str = "none",
         idempotency_key: str | None = None,
+        **options: object,
     ) -> tuple[ExportJob, bool]:
         """request_export, and whether the job is an earlier request's: the same key from
         the same user within 24 hours is the first request's job (one row, one run) if
@@ -202,10 +322,15 @@ class ExportRequests:
         Concurrent requests with one key record one job: the unique index decides."""
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
-        check_options(bom, compression)
+        try:
+            checked = check_options(**options)
+        except TypeError:  # a keyword check_options does not take
+            raise InvalidRequest(
+                f"unknown option among {', '.join(sorted(options))}: the options are "
+                f"{', '.join(FileOptions.__dataclass_fields__)}"
+            ) from None
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
-        request = (campaign_id, bom, compression)
         with self._database("recording the export request", write=True) as conn:
             role = self._authorize(conn, user_id)
             self._campaign(conn, campaign_id, user_id, role)
@@ -214,14 +339,13 @@ class ExportRequests:
                 conn,
                 campaign_id,
                 requested_by_user_id=user_id,
-                bom=bom,
-                compression=compression,
                 idempotency_key=idempotency_key,
+                **checked.row_values(),
             )
             if idempotency_key is None:
                 self._within_rate_limit(conn, user_id)
                 return insert(), False
-            first = _first_request(conn, user_id, idempotency_key, request)
+            first = _first_request(conn, user_id, idempotency_key, campaign_id, checked)
             if first is not None:
                 return first, True  # a replay starts nothing, so it is not counted
             self._within_rate_limit(conn, user_id)
@@ -230,7 +354,7 @@ class ExportRequests:
                     job = insert()
             except IntegrityError:
                 # A concurrent request with the same key recorded its job first.
-                first = _first_request(conn, user_id, idempotency_key, request)
+                first = _first_request(conn, user_id, idempotency_key, campaign_id, checked)
                 if first is None:
                     raise
                 return first, True
@@ -430,7 +554,7 @@ class ExportRequests:
 
 
 def _first_request(
-    conn: Connection, user_id: uuid.UUID, key: str, request: tuple
+    conn: Connection, user_id: uuid.UUID, key: str, campaign_id: uuid.UUID, options: FileOptions
 ) -> ExportJob | None:
     """The job an Idempotency-Key stands for, if its 24 hours are not over."""
     job = export_jobs.job_of_idempotency_key(conn, user_id, key)
@@ -439,13 +563,26 @@ def _first_request(
     if job.created_at < utcnow() - IDEMPOTENCY_WINDOW:
         export_jobs.forget_idempotency_key(conn, job.id)
         return None
-    if (job.campaign_id, job.bom, job.compression) != request:
+    if (job.campaign_id, _request_of(job)) != (campaign_id, options):
         raise IdempotencyKeyReused(
             f"Idempotency-Key {key!r} was used at {job.created_at.isoformat()} for export "
-            f"job {job.id} (campaign {job.campaign_id}, bom {str(job.bom).lower()}, "
-            f"compression {job.compression}): send a new key for another request"
+            f"job {job.id} (campaign {job.campaign_id}, options {json.dumps(job.options)}): "
+            "send a new key for another request"
         )
     return job
+
+
+def _request_of(job: ExportJob) -> FileOptions:
+    """The checked options a job was requested with (as check_options gives them)."""
+    return FileOptions(
+        bom=job.bom,
+        compression=job.compression,
+        format=job.format,
+        outcomes=None if job.outcomes is None else job.outcome_states,
+        attempted_from=job.attempted_from,
+        attempted_to=job.attempted_to,
+        time_zone=job.time_zone,
+    )
 
 
 def _created_by(conn: Connection, campaign_id: uuid.UUID, user_id: uuid.UUID) -> bool:

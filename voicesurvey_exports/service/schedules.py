@@ -19,9 +19,11 @@ from sqlalchemy import Connection
 
 from ..app_db import export_schedules
 from ..app_db.export_schedules import ExportSchedule
+from ..app_db.times import iso_utc
 from .requests import (
     ExportRequestError,
     ExportRequests,
+    FileOptions,
     InvalidRequest,
     NotFound,
     check_options,
@@ -29,6 +31,21 @@ from .requests import (
 )
 
 CRON_FIELDS = 5
+
+
+def _stored_options(options: FileOptions) -> dict:
+    """The checked options as the schedule's JSON keeps them (the HTTP model's shape)."""
+    return {
+        "bom": options.bom,
+        "compression": options.compression,
+        "format": options.format,
+        "outcomes": None if options.outcomes is None else list(options.outcomes),
+        "attempted_from": None
+        if options.attempted_from is None
+        else iso_utc(options.attempted_from),
+        "attempted_to": None if options.attempted_to is None else iso_utc(options.attempted_to),
+        "time_zone": options.time_zone,
+    }
 
 
 def check_cron(cron: object) -> str:
@@ -79,16 +96,26 @@ class ExportSchedules:
         cron: str,
         time_zone: str = "UTC",
         incremental: bool = False,
-        bom: bool = False,
-        compression: str = "none",
+        file_time_zone: str | None = None,
+        **options: object,
     ) -> ExportSchedule:
+        """A recurring export of the campaign. ``options`` are a request's (check_options)
+        but its time zone: the files' zone is the schedule's ``time_zone`` unless
+        ``file_time_zone`` (HTTP's ``options.time_zone``) names another."""
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
         cron = check_cron(cron)
         time_zone = check_time_zone(time_zone)
         if not isinstance(incremental, bool):
             raise InvalidRequest(f"incremental {incremental!r} must be true or false")
-        check_options(bom, compression)
+        options["time_zone"] = file_time_zone or time_zone
+        try:
+            checked = check_options(**options)
+        except TypeError:  # a keyword check_options does not take
+            raise InvalidRequest(
+                f"unknown option among {', '.join(sorted(options))}: the options are "
+                f"{', '.join(FileOptions.__dataclass_fields__)}"
+            ) from None
         api = self.requests
         with api.database("recording the export schedule", write=True) as conn:
             role = api.authorize(conn, user_id)
@@ -99,7 +126,7 @@ class ExportSchedules:
                 user_id,
                 cron=cron,
                 time_zone=time_zone,
-                options={"bom": bom, "compression": compression},
+                options=_stored_options(checked),
                 incremental=incremental,
             )
 

@@ -117,11 +117,7 @@ def _initiate_export(
 ) -> ExportJobCreateResponse:
     options = options or ExportOptions()
     job, replayed = api.request_export_once(
-        campaign_id,
-        user_id,
-        bom=options.bom,
-        compression=options.compression,
-        idempotency_key=idempotency_key,
+        campaign_id, user_id, idempotency_key=idempotency_key, **options.model_dump()
     )
     _accepted(response, job.id, api.first_poll_seconds(job))
     if replayed:
@@ -172,9 +168,10 @@ CREATE_PROBLEMS = ("idempotency_key_reused", "rate_limited")
     "/campaigns/{campaign_id}/export",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExportJobCreateResponse,
-    summary="Request a CSV export of the campaign (options in the query)",
+    summary="Request an export of the campaign (options in the query)",
     description="Options as query parameters, each at most once: `bom` exactly `true` or "
-    "`false`, `compression` `none` or `gzip`. Any other parameter or value, or a "
+    "`false`, `compression` `none` or `gzip`, `format`, `outcomes` comma-separated, "
+    "`attempted_from`, `attempted_to`, `time_zone`. Any other parameter or value, or a "
     "repeated parameter, is 422 and nothing is recorded.",
     operation_id="createExportViaGet",
     responses={**problem_responses(*CREATE_PROBLEMS), 202: {"headers": CREATED_HEADERS}},
@@ -196,9 +193,10 @@ def initiate_export_get(
     "/campaigns/{campaign_id}/export",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ExportJobCreateResponse,
-    summary="Request a CSV export of the campaign",
+    summary="Request an export of the campaign",
     description="Options as an optional JSON body: `bom` a JSON boolean, `compression` "
-    '`none` or `gzip`. Any other key or value (1, "true"), or any query parameter, is '
+    "`none` or `gzip`, `format`, `outcomes` a list, `attempted_from`, `attempted_to`, "
+    '`time_zone`. Any other key or value (1, "true"), or any query parameter, is '
     "422 and nothing is recorded.",
     operation_id="createExport",
     responses={

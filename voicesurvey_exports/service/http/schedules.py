@@ -32,7 +32,9 @@ class ExportScheduleCreate(BaseModel):
         "those whose contact row or survey response changed since the last completed one.",
     )
     options: ExportOptions = Field(
-        default_factory=ExportOptions, description="The export options of every delivery."
+        default_factory=ExportOptions,
+        description="The export options of every delivery; `time_zone`, when not given, "
+        "is the schedule's own.",
     )
 
 
@@ -61,7 +63,7 @@ class ExportScheduleResponse(BaseModel):
             created_by_user_id=schedule.created_by_user_id,
             cron=schedule.cron,
             time_zone=schedule.time_zone,
-            options=ExportOptions(**schedule.options),
+            options=ExportOptions(**schedule.shown_options),
             incremental=schedule.incremental,
             enabled=schedule.enabled,
             disabled_reason=schedule.disabled_reason,
@@ -108,14 +110,17 @@ def create_export_schedule(
 ) -> ExportScheduleResponse:
     """Export the campaign on a cron schedule: each due time becomes an export job.
     A bad cron, zone or option is 422 `validation_failed` and nothing is recorded."""
+    options = schedule.options.model_dump(exclude_unset=True)
     created = schedules.create_schedule(
         campaign_id,
         user_id,
         cron=schedule.cron,
         time_zone=schedule.time_zone,
         incremental=schedule.incremental,
-        bom=schedule.options.bom,
-        compression=schedule.options.compression,
+        # The files' zone is the schedule's unless the options name one; other options
+        # not given take the defaults.
+        file_time_zone=options.pop("time_zone", None),
+        **options,
     )
     response.headers["Location"] = f"/api/export-schedules/{created.id}"
     return ExportScheduleResponse.of(created)

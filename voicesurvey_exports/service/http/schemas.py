@@ -6,14 +6,51 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...app_db.export_jobs import ExportJob
 from ...app_db.job_status import JobStatus
+from ...app_db.schema import FORMATS, TERMINAL_CONTACT_STATES
+from ..requests import InvalidRequest, check_options
 
 # Plain strings: the OpenAPI schema lists them as an enum of strings, as before.
 JobStatusName = Literal[tuple(status.value for status in JobStatus)]
 Compression = Literal["none", "gzip"]
+Format = Literal[FORMATS]
+Outcome = Literal[TERMINAL_CONTACT_STATES]
+
+FORMAT_DESCRIPTION = (
+    "csv (the default), jsonl (one JSON object per line), parquet (zstd inside) or xlsx "
+    "(one sheet); parquet and xlsx take neither gzip nor a BOM. See docs/export-file.md."
+)
+OUTCOMES_DESCRIPTION = "Keep only contacts in these terminal states (default: all four)."
+ATTEMPTED_FROM_DESCRIPTION = (
+    "Keep contacts last attempted at or after this ISO 8601 instant, which must carry its "
+    "offset (2026-11-16T00:00:00+01:00, or Z); contacts never attempted are left out."
+)
+ATTEMPTED_TO_DESCRIPTION = (
+    "... and before this one (the window is [attempted_from, attempted_to)); same form."
+)
+TIME_ZONE_DESCRIPTION = (
+    "IANA zone the file's text timestamps are written in, with its offset "
+    "(2026-11-16T05:49:55-05:00); UTC (the default) writes Z."
+)
+
+
+def _checked(model: BaseModel, outcomes: list[str] | None) -> None:
+    """The service's one check of the options (a refusal is a 422 naming the value)."""
+    try:
+        check_options(
+            bom=model.bom if isinstance(model.bom, bool) else model.bom == "true",
+            compression=model.compression,
+            format=model.format,
+            outcomes=outcomes,
+            attempted_from=model.attempted_from,
+            attempted_to=model.attempted_to,
+            time_zone=model.time_zone,
+        )
+    except InvalidRequest as error:
+        raise ValueError(str(error)) from None
 
 
 class ExportOptions(BaseModel):
@@ -29,9 +66,19 @@ class ExportOptions(BaseModel):
     )
     compression: Compression = Field(
         "none",
-        description='"gzip": the object is the gzip of the same CSV (key and download name '
-        "end .csv.gz, Content-Type application/gzip).",
+        description='"gzip": the object is the gzip of the same CSV or JSON Lines (key and '
+        "download name end .csv.gz or .jsonl.gz, Content-Type application/gzip).",
     )
+    format: Format = Field("csv", description=FORMAT_DESCRIPTION)
+    outcomes: list[Outcome] | None = Field(None, description=OUTCOMES_DESCRIPTION)
+    attempted_from: str | None = Field(None, description=ATTEMPTED_FROM_DESCRIPTION)
+    attempted_to: str | None = Field(None, description=ATTEMPTED_TO_DESCRIPTION)
+    time_zone: str = Field("UTC", description=TIME_ZONE_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportOptions:
+        _checked(self, self.outcomes)
+        return self
 
 
 class ExportQueryOptions(BaseModel):
@@ -47,12 +94,38 @@ class ExportQueryOptions(BaseModel):
         "none", description=ExportOptions.model_fields["compression"].description
     )
 
+    format: Format = Field("csv", description=FORMAT_DESCRIPTION)
+    outcomes: str | None = Field(
+        None, description=OUTCOMES_DESCRIPTION + " Comma-separated: refused,not_reached."
+    )
+    attempted_from: str | None = Field(None, description=ATTEMPTED_FROM_DESCRIPTION)
+    attempted_to: str | None = Field(None, description=ATTEMPTED_TO_DESCRIPTION)
+    time_zone: str = Field("UTC", description=TIME_ZONE_DESCRIPTION)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportQueryOptions:
+        _checked(self, self.outcome_list())
+        return self
+
+    def outcome_list(self) -> list[str] | None:
+        if self.outcomes is None:
+            return None
+        return self.outcomes.split(",") if self.outcomes else []
+
     def options(self) -> ExportOptions:
-        return ExportOptions(bom=self.bom == "true", compression=self.compression)
+        return ExportOptions(
+            bom=self.bom == "true",
+            compression=self.compression,
+            format=self.format,
+            outcomes=self.outcome_list(),
+            attempted_from=self.attempted_from,
+            attempted_to=self.attempted_to,
+            time_zone=self.time_zone,
+        )
 
 
 class StoredExportOptions(BaseModel):
-    """A job's file options as its row holds them."""
+    """A job's file options as its row holds them (every default shown)."""
 
     bom: bool
     # Not only the two known values: a job shows what its row holds, even a value written
@@ -61,6 +134,15 @@ class StoredExportOptions(BaseModel):
         description='"none" or "gzip", as requested; any other value is one this service '
         "does not know, written to the job's row by other means (the job fails, naming it)."
     )
+    format: Format | str = Field(description=FORMAT_DESCRIPTION)
+    outcomes: list[str] = Field(description="The terminal states the file keeps.")
+    attempted_from: str | None = Field(
+        description="Start of the last_attempt_at window, ISO 8601 UTC (null: unbounded)."
+    )
+    attempted_to: str | None = Field(
+        description="End (excluded) of the last_attempt_at window, ISO 8601 UTC (null: unbounded)."
+    )
+    time_zone: str = Field(description="The zone the file's text timestamps are written in.")
 
 
 class ExportJobResponse(BaseModel):

@@ -1,7 +1,7 @@
 """Recurring exports (issue 26): export_schedules, and the deliveries' columns on export_jobs.
 
 Revision ID: V0009
-Revises: V0006
+Revises: V0008
 
 - export_schedules: a campaign's recurring export, made by a user: a five-field cron
   expression in an IANA time zone, the export options (JSON, as a request takes them),
@@ -28,7 +28,7 @@ from alembic import op
 from voicesurvey_exports.app_db.errors import MigrationRefused
 
 revision = "V0009"
-down_revision = "V0007"
+down_revision = "V0008"
 branch_labels = None
 depends_on = None
 
