@@ -129,6 +129,25 @@ def test_the_cron_is_read_in_the_schedules_time_zone(engine, app_data):
     ]
 
 
+def test_a_due_time_makes_a_job_with_the_schedules_export_options(engine, app_data):
+    manager, campaign = app_data.user(), app_data.campaign()
+    options = {
+        "bom": False,
+        "compression": "none",
+        "format": "parquet",
+        "outcomes": ["refused", "not_reached"],
+        "attempted_from": "2026-01-01T00:00:00Z",
+        "attempted_to": None,
+        "time_zone": "Europe/Rome",
+    }
+    schedule = app_data.schedule(campaign, manager, options=options, created_at=LONG_AGO)
+    record_due_deliveries(engine, "role", datetime(2026, 1, 2, 6, 1, tzinfo=UTC))
+    [job] = jobs_of(engine, schedule)
+    with engine.connect() as conn:
+        shown = get_job(conn, job["id"]).options
+    assert shown == {**options, "attempted_from": "2026-01-01T00:00:00Z"}
+
+
 def test_a_schedule_is_not_due_before_it_existed(engine, app_data):
     manager, campaign = app_data.user(), app_data.campaign()
     created = datetime(2026, 1, 2, 6, 0, 30, tzinfo=UTC)
