@@ -168,9 +168,28 @@ UNKNOWN_VALUES = {
     # (SQLite stores at most 64-bit integers.)
     "bom": st.one_of(
         st.integers(-(2**63), 2**63 - 1).filter(lambda value: value not in (0, 1)),
-        no_nul(3).filter(lambda value: not reads_as_0_or_1(value)),
+        no_nul(3).filter(lambda value: not reads_as_0_or_1(value) and not reads_as_bool(value)),
     ),
 }
+
+
+def reads_as_bool(text: str) -> bool:
+    """Whether PostgreSQL's boolean input reads this text as true or false ("t", " yes",
+    "of", "1"): it stores a boolean the service knows, so no rule need refuse it."""
+    word = text.strip(" \t\n\r\f\v").lower()
+    if word in ("1", "0"):
+        return True
+    return bool(word) and any(
+        full.startswith(word) and len(word) >= shortest
+        for full, shortest in (
+            ("true", 1),
+            ("false", 1),
+            ("yes", 1),
+            ("no", 1),
+            ("on", 2),
+            ("off", 2),
+        )
+    )
 
 
 def reads_as_0_or_1(text: str) -> bool:
