@@ -213,6 +213,18 @@ def check_options(
     )
 
 
+def check_named_options(options: dict) -> FileOptions:
+    """check_options of options given by name (a request's, a schedule's); a name that is
+    no option is refused like a bad value."""
+    try:
+        return check_options(**options)
+    except TypeError:  # a keyword check_options does not take
+        raise InvalidRequest(
+            f"unknown option among {', '.join(sorted(options))}: the options are "
+            f"{', '.join(FileOptions.__dataclass_fields__)}"
+        ) from None
+
+
 def _outcomes(outcomes: object) -> tuple[str, ...] | None:
     """The states in the contract's order, each once; None stays None (all of them)."""
     if outcomes is None:
@@ -322,13 +334,7 @@ class ExportRequests:
         Concurrent requests with one key record one job: the unique index decides."""
         campaign_id = parse_uuid(campaign_id, "campaign id")
         user_id = parse_uuid(user_id, "user id")
-        try:
-            checked = check_options(**options)
-        except TypeError:  # a keyword check_options does not take
-            raise InvalidRequest(
-                f"unknown option among {', '.join(sorted(options))}: the options are "
-                f"{', '.join(FileOptions.__dataclass_fields__)}"
-            ) from None
+        checked = check_named_options(options)
         if idempotency_key is not None:
             check_idempotency_key(idempotency_key)
         with self._database("recording the export request", write=True) as conn:

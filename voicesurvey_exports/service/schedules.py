@@ -26,7 +26,7 @@ from .requests import (
     FileOptions,
     InvalidRequest,
     NotFound,
-    check_options,
+    check_named_options,
     parse_uuid,
 )
 
@@ -109,13 +109,7 @@ class ExportSchedules:
         if not isinstance(incremental, bool):
             raise InvalidRequest(f"incremental {incremental!r} must be true or false")
         options["time_zone"] = file_time_zone or time_zone
-        try:
-            checked = check_options(**options)
-        except TypeError:  # a keyword check_options does not take
-            raise InvalidRequest(
-                f"unknown option among {', '.join(sorted(options))}: the options are "
-                f"{', '.join(FileOptions.__dataclass_fields__)}"
-            ) from None
+        checked = check_named_options(options)
         api = self.requests
         with api.database("recording the export schedule", write=True) as conn:
             role = api.authorize(conn, user_id)

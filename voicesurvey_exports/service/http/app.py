@@ -24,6 +24,7 @@ from .auth import AuthSettings, TokenVerifier
 from .body_guard import BodyGuard
 from .deps import CurrentUser, Requests
 from .problems import (
+    COMMON_PROBLEMS,
     Problem,
     install_problem_handlers,
     problem_responses,
@@ -37,16 +38,6 @@ from .schemas import (
     ExportQueryOptions,
 )
 
-# Every route may answer these; each route adds its own below.
-COMMON_PROBLEMS = (
-    "unauthenticated",
-    "invalid_token",
-    "unknown_user",
-    "forbidden",
-    "not_found",
-    "validation_failed",
-    "unavailable",
-)
 # Defaults and bounds of the list's page size (`?limit=`).
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 200
 # A running export asked to cancel ends within seconds (the cancel sensor's interval).

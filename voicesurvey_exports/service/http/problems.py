@@ -105,6 +105,17 @@ PROBLEMS: dict[str, ProblemKind] = {
     ),
 }
 
+# Every route of the API may answer these; each route adds its own.
+COMMON_PROBLEMS = (
+    "unauthenticated",
+    "invalid_token",
+    "unknown_user",
+    "forbidden",
+    "not_found",
+    "validation_failed",
+    "unavailable",
+)
+
 # The request API's refusals, most specific first.
 SERVICE_ERRORS: tuple[tuple[type[Exception], str], ...] = (
     (NotCompleted, "export_not_completed"),

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ...app_db.export_schedules import ExportSchedule
 from ..schedules import ExportSchedules
 from .deps import CurrentUser, Requests
-from .problems import problem_responses
+from .problems import COMMON_PROBLEMS, problem_responses
 from .schemas import ExportOptions
 
 
@@ -83,15 +83,7 @@ Schedules = Annotated[ExportSchedules, Depends(export_schedules)]
 router = APIRouter(
     prefix="/api",
     tags=["export schedules"],
-    responses=problem_responses(
-        "unauthenticated",
-        "invalid_token",
-        "unknown_user",
-        "forbidden",
-        "not_found",
-        "validation_failed",
-        "unavailable",
-    ),
+    responses=problem_responses(*COMMON_PROBLEMS),
 )
 
 
