@@ -376,7 +376,18 @@ def _export_file(csv_path: Path, *, bom: bool, gzip: bool) -> Iterator[tuple]:
     The hash and the size are of the bytes that land on disk (compressed, with gzip):
     exactly what is uploaded and downloaded. On exit the gzip trailer is written too.
     """
-    with open(csv_path, "wb") as file:
+    with hashed_sink(csv_path, gzip=gzip) as (sink, out):
+        # Written here so that column names stay unquoted.
+        sink.write(BOM + HEADER if bom else HEADER)
+        yield sink, out
+
+
+@contextlib.contextmanager
+def hashed_sink(path: Path, *, gzip: bool) -> Iterator[tuple]:
+    """(where a file's bytes go, the hashing file on disk), for every format: with gzip
+    the sink compresses (level 6, no time or name, so the same bytes give the same
+    file), and the hash and size are of the bytes on disk. On exit the file is closed."""
+    with open(path, "wb") as file:
         out = _HashingFile(file)
         with (
             gzip_format.GzipFile(
@@ -385,8 +396,6 @@ def _export_file(csv_path: Path, *, bom: bool, gzip: bool) -> Iterator[tuple]:
             if gzip
             else contextlib.nullcontext(out)
         ) as sink:
-            # Written here so that column names stay unquoted.
-            sink.write(BOM + HEADER if bom else HEADER)
             yield sink, out
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import calendar
 import contextlib
-import gzip as gzip_format
 import json
 from collections import Counter
 from collections.abc import Callable
@@ -37,13 +36,12 @@ from .csv_format import (
     CSV_COLUMNS,
     FORMAT_BYTES,
     GROUPS_IN_FLIGHT,
-    GZIP_LEVEL,
     SPOOL_BLOCK_BYTES,
     TIMESTAMP_COLUMNS,
     RenderStats,
     _count_outcomes,
-    _HashingFile,
     groups_of_blocks,
+    hashed_sink,
     iso_timestamp_cells,
     next_block_bytes,
     open_spool,
@@ -135,33 +133,25 @@ def _render_blocks(
 ) -> RenderStats:
     outcomes: Counter[str] = Counter()
     rows = 0
-    with open(path, "wb") as file:
-        out = _HashingFile(file)
-        with (
-            gzip_format.GzipFile(
-                filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=out, mtime=0
-            )
-            if gzip
-            else contextlib.nullcontext(out)
-        ) as sink:
-            writer = make_writer(sink)
-            try:
-                if spool_path.stat().st_size:
-                    groups = groups_of_blocks(
-                        open_spool(spool_path, block_bytes), max(1, FORMAT_BYTES // block_bytes)
-                    )
-                    # (A write-behind thread, as the CSV has, measured slower and bigger
-                    # here on two busy cores: benchmarks/README.md.)
-                    with contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables:
-                        for table in tables:
-                            writer.write(writer.prepare(table))
-                            _count_outcomes(table, outcomes)
-                            rows += table.num_rows
-                            if on_batch is not None:
-                                on_batch(rows)
-            finally:
-                # Also on failure, while the file is open (the failed file is discarded).
-                writer.close()
+    with hashed_sink(path, gzip=gzip) as (sink, out):
+        writer = make_writer(sink)
+        try:
+            if spool_path.stat().st_size:
+                groups = groups_of_blocks(
+                    open_spool(spool_path, block_bytes), max(1, FORMAT_BYTES // block_bytes)
+                )
+                # (A write-behind thread, as the CSV has, measured slower and bigger
+                # here on two busy cores: benchmarks/README.md.)
+                with contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables:
+                    for table in tables:
+                        writer.write(writer.prepare(table))
+                        _count_outcomes(table, outcomes)
+                        rows += table.num_rows
+                        if on_batch is not None:
+                            on_batch(rows)
+        finally:
+            # Also on failure, while the file is open (the failed file is discarded).
+            writer.close()
     release_freed_memory()
     return RenderStats(
         rows, out.size, {str(k): int(v) for k, v in outcomes.items()}, out.hash.hexdigest()
