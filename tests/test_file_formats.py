@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+import zipfile
 from datetime import UTC, datetime, timedelta
 
 import openpyxl
@@ -380,6 +381,36 @@ def test_xlsx_keeps_text_as_stored_and_never_a_formula(app, tmp_path):
     assert all(row["attempts_count"] == 2 for row in rows)
     sheet = openpyxl.load_workbook(path).worksheets[0]
     assert all(cell.data_type != "f" for row in sheet.iter_rows() for cell in row)
+
+
+def test_xlsx_is_deflated_and_smaller_than_the_csv(app, tmp_path):
+    # Its sheet part was once stored uncompressed: four times the CSV's bytes to upload.
+    campaign = app.campaign()
+    for index in range(2_000):
+        contact = app.contact(campaign, "completed", attempts_count=index % 5)
+        app.response(contact, campaign, f"answer {index % 7}", "Très bien 👍", None)
+    xlsx = spool_and_render(app.engine, campaign, tmp_path, "xlsx")
+    csv = spool_and_render(app.engine, campaign, tmp_path, "csv")
+    with zipfile.ZipFile(xlsx) as workbook:
+        assert {info.compress_type for info in workbook.infolist()} == {zipfile.ZIP_DEFLATED}
+    assert xlsx.stat().st_size < csv.stat().st_size / 2
+    assert len(read_rows("xlsx", xlsx)) == 2_000
+
+
+def test_text_formats_escape_only_what_needs_it_in_a_mixed_block(app, tmp_path):
+    # Escaping runs over the values that hold a special character only, and puts them
+    # back in place: plain and special values interleaved must all come back as stored.
+    campaign = app.campaign()
+    specials = ['say "hi"', "back\\slash", "a\r\nb", "<&>", "_x0041_", "\x01\x07\x1f", "\ufffe"]
+    texts = [specials[i % 7] if i % 3 == 0 else f"plain {i}" for i in range(300)]
+    for text in texts:
+        contact = app.contact(campaign, "completed", external_contact_id=text)
+        app.response(contact, campaign, text, None, text)
+    for file_format in ("jsonl", "xlsx"):
+        rows = export(app.engine, campaign, tmp_path, file_format)
+        assert sorted(row["external_contact_id"] for row in rows) == sorted(texts)
+        assert all(row["q1_answer"] == row["external_contact_id"] for row in rows)
+        assert all(row["q3_answer"] == row["external_contact_id"] for row in rows)
 
 
 def test_xlsx_fails_naming_excels_cell_and_row_limits(app, tmp_path, monkeypatch):

@@ -28,13 +28,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import timestamps
-from .arrow_bytes import string_bytes
-from .background import read_ahead
+from .arrow_bytes import escape_where_needed, string_bytes
+from .background import WriteBehind, read_ahead
 from .csv_format import (
     BOM,
     COLUMN_TYPES,
     CSV_COLUMNS,
     FORMAT_BYTES,
+    FREE_TEXT_COLUMNS,
     GROUPS_IN_FLIGHT,
     SPOOL_BLOCK_BYTES,
     TIMESTAMP_COLUMNS,
@@ -140,11 +141,14 @@ def _render_blocks(
                 groups = groups_of_blocks(
                     open_spool(spool_path, block_bytes), max(1, FORMAT_BYTES // block_bytes)
                 )
-                # (A write-behind thread, as the CSV has, measured slower and bigger
-                # here on two busy cores: benchmarks/README.md.)
-                with contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables:
+                # The writes (hashing, gzip, Parquet's encoding) run beside the next
+                # block's formatting, as the CSV's do.
+                with (
+                    contextlib.closing(read_ahead(groups, GROUPS_IN_FLIGHT)) as tables,
+                    WriteBehind(writer.write, GROUPS_IN_FLIGHT) as behind,
+                ):
                     for table in tables:
-                        writer.write(writer.prepare(table))
+                        behind.put(writer.prepare(table))
                         _count_outcomes(table, outcomes)
                         rows += table.num_rows
                         if on_batch is not None:
@@ -160,25 +164,29 @@ def _render_blocks(
 
 # JSON Lines --------------------------------------------------------------------------
 
-# JSON's short escapes; the other control characters are written \u00XX.
+# What JSON escapes: the backslash, the double quote and the control characters (with
+# the short escapes where JSON has one, else as \u00XX).
+_JSON_SPECIAL = '[\\x00-\\x1f"\\\\]'
 _SHORT_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
-_CONTROL = "[\\x00-\\x1f]"
 
 
 def json_strings(values: pa.Array) -> pa.Array:
     """Each value as a JSON string literal ("..." with \\, " and control characters
     escaped); NULL stays NULL."""
+    escaped = escape_where_needed(values, _JSON_SPECIAL, _json_escaped)
+    return pc.binary_join_element_wise('"', escaped, '"', "")
+
+
+def _json_escaped(values: pa.Array) -> pa.Array:
     escaped = values
     for char, escape in (("\\", "\\\\"), ('"', '\\"')):
+        escaped = pc.replace_substring(escaped, char, escape)
+    for code in range(0x20):
+        char = chr(code)
         if pc.any(pc.match_substring(escaped, char)).as_py():  # a scan is cheaper than a copy
+            escape = _SHORT_ESCAPES.get(char, f"\\u{code:04x}")
             escaped = pc.replace_substring(escaped, char, escape)
-    if pc.any(pc.match_substring_regex(escaped, _CONTROL)).as_py():
-        for code in range(0x20):
-            char = chr(code)
-            escaped = pc.replace_substring(
-                escaped, char, _SHORT_ESCAPES.get(char, f"\\u{code:04x}")
-            )
-    return pc.binary_join_element_wise('"', escaped, '"', "")
+    return escaped
 
 
 def json_lines(table: pa.Table, utc: bool = True) -> pa.Array:
@@ -188,10 +196,13 @@ def json_lines(table: pa.Table, utc: bool = True) -> pa.Array:
         values = table.column(column).combine_chunks()
         if column == "attempts_count":
             cells = pc.cast(values, pa.string())
-        elif column in TIMESTAMP_COLUMNS:
-            cells = json_strings(iso_timestamp_cells(table, column, utc))
-        else:
+        elif column in FREE_TEXT_COLUMNS:
             cells = json_strings(values)
+        else:
+            # Ids, outcomes and ISO timestamps hold nothing JSON escapes: quoted as they are.
+            if column in TIMESTAMP_COLUMNS:
+                values = iso_timestamp_cells(table, column, utc)
+            cells = pc.binary_join_element_wise('"', values, '"', "")
         pieces += [
             ("{" if index == 0 else ",") + json.dumps(column) + ":",
             pc.fill_null(cells, "null"),

@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import xlsxwriter
 
-from .arrow_bytes import string_bytes
-from .background import read_ahead
+from .arrow_bytes import escape_where_needed, string_bytes
+from .background import WriteBehind, read_ahead
 from .csv_format import (
     CSV_COLUMNS,
     FORMAT_BYTES,
@@ -117,12 +117,14 @@ def _render_xlsx(spool_path, path, on_batch, utc: bool, block_bytes: int) -> Ren
                 _, _, rest = sheet_xml.partition("<dimension ")
                 sheet_xml = start + rest.partition("/>")[2] if rest else sheet_xml
                 head, _, tail = sheet_xml.partition(ROWS_END)
-                with workbook.open(
-                    zipfile.ZipInfo(SHEET_PART, date_time=member.date_time),
-                    "w",
-                    force_zip64=True,
-                ) as sheet:
-                    sheet.write(head.encode("utf-8"))
+                # By name, so that the part takes the archive's compression: a bare
+                # ZipInfo would be stored uncompressed (about 4x the bytes at 1,000,000).
+                with (
+                    workbook.open(SHEET_PART, "w", force_zip64=True) as sheet,
+                    # Deflate and CRC release the GIL: they run beside the next block's XML.
+                    WriteBehind(sheet.write, GROUPS_IN_FLIGHT) as behind,
+                ):
+                    behind.put(head.encode("utf-8"))
                     for table in _tables(spool_path, block_bytes):
                         if rows + table.num_rows > MAX_CONTACTS:
                             raise ExcelLimitExceeded(
@@ -130,12 +132,13 @@ def _render_xlsx(spool_path, path, on_batch, utc: bool, block_bytes: int) -> Ren
                                 f"worksheet holds {MAX_ROWS:,} rows with the header (request "
                                 "csv, jsonl or parquet, or narrow it with outcomes or dates)"
                             )
-                        sheet.write(string_bytes(sheet_rows(table, rows + 2, utc)))
+                        # (The view keeps the array's buffer alive until it is written.)
+                        behind.put(string_bytes(sheet_rows(table, rows + 2, utc)))
                         _count_outcomes(table, outcomes)
                         rows += table.num_rows
                         if on_batch is not None:
                             on_batch(rows)
-                    sheet.write((ROWS_END + tail).encode("utf-8"))
+                    behind.put((ROWS_END + tail).encode("utf-8"))
     finally:
         frame_path.unlink(missing_ok=True)
     release_freed_memory()
@@ -169,8 +172,16 @@ _CONTROL = "[\\x00-\\x08\\x0b-\\x1f]"
 _NON_CHARACTERS = ("\ufffe", "\uffff")
 
 
+# Any of the above: only the values that hold one go through _excel_escaped's passes.
+_EXCEL_SPECIAL = "[&<>\\x00-\\x08\\x0b-\\x1f\\x{FFFE}\\x{FFFF}]|_x[0-9a-fA-F]{4}_"
+
+
 def excel_text(values: pa.Array) -> pa.Array:
     """Text as the content of an inline string's <t> element (NULL stays NULL)."""
+    return escape_where_needed(values, _EXCEL_SPECIAL, _excel_escaped)
+
+
+def _excel_escaped(values: pa.Array) -> pa.Array:
     text = values
     for char, entity in (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;")):
         if pc.any(pc.match_substring(text, char)).as_py():  # a scan is cheaper than a copy
@@ -179,7 +190,8 @@ def excel_text(values: pa.Array) -> pa.Array:
         text = pc.replace_substring_regex(text, _LOOKS_ESCAPED, "_x005F\\1")
     if pc.any(pc.match_substring_regex(text, _CONTROL)).as_py():
         for code in (*range(0x09), *range(0x0B, 0x20)):
-            text = pc.replace_substring(text, chr(code), f"_x{code:04X}_")
+            if pc.any(pc.match_substring(text, chr(code))).as_py():
+                text = pc.replace_substring(text, chr(code), f"_x{code:04X}_")
     for char in _NON_CHARACTERS:
         if pc.any(pc.match_substring(text, char)).as_py():
             text = pc.replace_substring(text, char, f"_x{ord(char):04X}_")
@@ -206,7 +218,7 @@ def sheet_rows(table: pa.Table, first_row: int, utc: bool) -> pa.Array:
                 "</v></c>",
                 "",
             )
-        else:
+        elif column in FREE_TEXT_COLUMNS:
             # An empty text as xlsxwriter writes it, "<t></t>": readers take an empty
             # element with xml:space="preserve" for no value.
             opening = pc.if_else(pc.equal(cells[column], ""), "<t>", '<t xml:space="preserve">')
@@ -216,6 +228,16 @@ def sheet_rows(table: pa.Table, first_row: int, utc: bool) -> pa.Array:
                 '" t="inlineStr"><is>',
                 opening,
                 excel_text(cells[column]),
+                "</t></is></c>",
+                "",
+            )
+        else:
+            # Ids, outcomes and ISO timestamps: never empty, nothing XML would change.
+            cell = pc.binary_join_element_wise(
+                f'<c r="{reference}',
+                numbers,
+                '" t="inlineStr"><is><t>',
+                cells[column],
                 "</t></is></c>",
                 "",
             )
