@@ -173,7 +173,7 @@ _NON_CHARACTERS = ("\ufffe", "\uffff")
 
 
 # Any of the above: only the values that hold one go through _excel_escaped's passes.
-_EXCEL_SPECIAL = "[&<>\\x00-\\x08\\x0b-\\x1f\\x{FFFE}\\x{FFFF}]|_x[0-9a-fA-F]{4}_"
+_EXCEL_SPECIAL = "|".join(("[&<>]", _CONTROL, "[\\x{FFFE}\\x{FFFF}]", _LOOKS_ESCAPED))
 
 
 def excel_text(values: pa.Array) -> pa.Array:
