@@ -56,6 +56,9 @@ def settings_for(database_url: str, **variables: str) -> Settings:
             "S3_BUCKET_NAME": TEST_BUCKET,
             "AWS_REGION": TEST_REGION,
             "EXPORT_URL_EXPIRATION_SECONDS": "600",
+            # A request-sensor tick that finds nothing returns at once (the waiting
+            # tick has its own test in test_sensors.py).
+            "EXPORT_SENSOR_WAIT_SECONDS": "0",
             **variables,
         }
     )

@@ -77,7 +77,8 @@ def insert_by_sql(engine: Engine, campaign: uuid.UUID, *, checked=True, **values
 
 
 def no_nul(max_size: int) -> st.SearchStrategy[str]:
-    return st.text(st.characters(blacklist_characters="\x00"), max_size=max_size)
+    # Text a client can send: UTF-8 (no lone surrogates, which no driver encodes), no NUL.
+    return st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=max_size)
 
 
 def known_or_any(known, anything):

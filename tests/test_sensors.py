@@ -1,4 +1,6 @@
 import json
+import threading
+import time
 import uuid
 
 import dagster as dg
@@ -76,6 +78,57 @@ def test_started_jobs_leave_the_cursor(instance, database_url, app_data):
 
     assert result.run_requests == [] and json.loads(result.cursor) == []
     assert app_data.job_row(job)["status"] == "running"
+
+
+def test_a_tick_that_finds_nothing_waits_and_launches_a_request_made_meanwhile(
+    instance, database_url, app_data
+):
+    campaign, user = app_data.campaign(), app_data.user()
+    sensor = build_export_requests_sensor(
+        settings_for(database_url, EXPORT_SENSOR_WAIT_SECONDS="30")
+    )
+    made = []
+    request = threading.Timer(0.5, lambda: made.append(app_data.export_job(campaign, user)))
+    request.start()
+    try:
+        result, _ = tick(sensor, instance, database_url)
+    finally:
+        request.join()
+
+    # The tick ended when the request came, not after its 30 s, and launched it.
+    assert [r.run_key for r in result.run_requests] == [str(made[0])]
+    assert json.loads(result.cursor) == [str(made[0])]
+
+
+def test_a_tick_that_finds_nothing_ends_after_its_wait_with_no_runs(
+    instance, database_url, app_data
+):
+    sensor = build_export_requests_sensor(
+        settings_for(database_url, EXPORT_SENSOR_WAIT_SECONDS="1")
+    )
+    began = time.monotonic()
+    result, _ = tick(sensor, instance, database_url)
+    assert result.run_requests == [] and json.loads(result.cursor) == []
+    assert time.monotonic() - began >= 0.75
+
+
+def test_a_tick_does_not_wait_while_runs_it_launched_are_still_to_start(
+    instance, database_url, app_data
+):
+    campaign, user = app_data.campaign(), app_data.user()
+    sensor = build_export_requests_sensor(
+        settings_for(database_url, EXPORT_SENSOR_WAIT_SECONDS="30")
+    )
+    queued = app_data.export_job(campaign, user)
+    first, _ = tick(sensor, instance, database_url)
+    assert [r.run_key for r in first.run_requests] == [str(queued)]
+
+    # Its run has not started (the row is still pending): the next tick looks once and
+    # ends, rather than hold a code-server thread for 30 s while runs queue up.
+    began = time.monotonic()
+    second, _ = tick(sensor, instance, database_url, cursor=first.cursor)
+    assert second.run_requests == [] and json.loads(second.cursor) == [str(queued)]
+    assert time.monotonic() - began < 15
 
 
 def test_bounded_batch_reaches_newer_jobs_while_older_ones_wait(instance, database_url, app_data):

@@ -107,3 +107,18 @@ def test_http_body_limit_defaults_to_64_kib_and_refuses_values_out_of_range():
             f"EXPORT_HTTP_MAX_BODY_BYTES={value!r} must be a whole number (digits 0-9) of at "
             "least 1024 and at most 16777216 (the service holds a body whole in memory)"
         )
+
+
+@pytest.mark.parametrize("value", ["31", "-1", "4.5"])
+def test_sensor_wait_beyond_30_seconds_is_refused_naming_the_limit(value):
+    # Dagster gives up on a sensor evaluation after 60 s and fails the tick.
+    with pytest.raises(SettingsError) as error:
+        settings(EXPORT_SENSOR_WAIT_SECONDS=value)
+    message = str(error.value)
+    assert message.startswith(f"EXPORT_SENSOR_WAIT_SECONDS={value!r} must be a whole number")
+    assert "at most 30" in message and "60 s" in message
+
+
+def test_sensor_wait_defaults_to_4_seconds_of_plain_dagster_daemons_5_second_loop():
+    assert settings().sensor_wait_seconds == 4
+    assert settings(EXPORT_SENSOR_WAIT_SECONDS="0").sensor_wait_seconds == 0
