@@ -1,6 +1,9 @@
 """The definitions load, and run, with Dagster's deprecation warnings as errors."""
 
 import importlib
+import os
+import subprocess
+import sys
 import warnings
 
 import dagster as dg
@@ -80,3 +83,25 @@ def test_asset_declares_its_kinds_and_partitions():
 def test_backfills_export_several_campaigns_per_run():
     policy = campaign_export.backfill_policy
     assert policy.max_partitions_per_run == CAMPAIGNS_PER_BACKFILL_RUN > 1
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+def test_loading_the_definitions_leaves_the_garbage_collector_as_it_found_it(collecting):
+    # The collector pauses while the pipeline loads (each run worker imports it anew):
+    # left off, a long-lived code server or webserver would never free a cycle again.
+    script = (
+        "import gc, sys\n"
+        f"gc.enable() if {collecting} else gc.disable()\n"
+        "import voicesurvey_exports.pipeline.definitions as d\n"
+        "assert d.defs.assets\n"
+        "print(gc.isenabled(), gc.get_freeze_count() > 100_000)\n"
+    )
+    shown = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "DATABASE_URL": "sqlite:///unused.db"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    # What the pipeline made while loading is left out of later scans (gc.freeze).
+    assert shown == [str(collecting), "True"]
