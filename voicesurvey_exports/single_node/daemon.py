@@ -8,7 +8,8 @@ own `dagster-daemon run` runs every feature too, at Dagster's pace (docs/operati
 Dagster 1.13 has two loop periods that are module constants, not settings:
 - the sensor daemon sleeps until 5 s have passed since each loop began
   (`MIN_INTERVAL_LOOP_TIME`), so a sensor whose minimum interval is 1 s still looks only
-  every 5 s: on average 2.5 s of every export request's wait;
+  every 5 s (the request sensor's waiting tick, pipeline/sensors.py, hides most of that
+  from requests on plain dagster-daemon; the failure and cancel sensors keep the 5 s);
 - the backfill daemon looks for new backfills every 30 s
   (`DEFAULT_DAEMON_INTERVAL_SECONDS`, also the asset daemon's default interval, which
   this project does not use), so a backfill launched from the UI waited up to 30 s.
