@@ -55,8 +55,9 @@ def _collector_paused() -> Iterator[None]:
     hundred thousand objects that live as long as the process, and Python's cyclic
     collector, which runs after every 700 new objects and scans the whole heap each time
     it has grown by a quarter, went over them again and again: 0.8 of a run worker's 1.9
-    CPU-seconds of imports, and on Dagster's own launcher every run is a new process. So the collector waits while they are made, and then leaves them out
-    of its scans for good (gc.freeze); it is as it was for everything made afterwards."""
+    CPU-seconds of imports, and on Dagster's own launcher every run is a new process. So
+    the collector waits while they are made, and then leaves them out of its scans for
+    good (gc.freeze); it is as it was for everything made afterwards."""
     collecting = gc.isenabled()
     gc.disable()
     try:
