@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import subprocess
 import uuid
@@ -45,6 +46,16 @@ DEFAULT_SERVER_URL = os.environ.get(
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 TEST_BUCKET = "test-exports"
 TEST_REGION = "eu-central-1"
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen_heap():
+    """Loading the definitions freezes the heap out of the collector's scans (as the
+    pipeline's processes want); in this process it would also keep every earlier test's
+    garbage, so it is unfrozen after each test."""
+    yield
+    if gc.get_freeze_count():
+        gc.unfreeze()
 
 
 def settings_for(database_url: str, **variables: str) -> Settings:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from ..settings import Settings
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -63,10 +65,16 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        gc.freeze()
         if collecting:
             gc.enable()
-        gc.freeze()
+
+
+def _load() -> dg.Definitions:
+    from ..settings import Settings
+
+    return build_defs(Settings.from_env())
 
 
 with _collector_paused():
-    defs = build_defs(Settings.from_env())
+    defs = _load()

@@ -25,7 +25,7 @@ from .partitions import campaigns_partitions
 from .resources import AppDatabase, ExportDestination
 
 # How often a waiting request-sensor tick looks again (one indexed query on the app
-# database's pending jobs).
+# database's pending jobs, on the connection the tick holds while it waits).
 WAITING_TICK_POLL_SECONDS = 0.25
 
 
@@ -48,24 +48,25 @@ def build_export_requests_sensor(settings: Settings) -> dg.SensorDefinition:
         # hides newer requests. run_key = job id makes a repeat (e.g. after a cursor
         # reset) a no-op.
         handed_over = {uuid.UUID(job_id) for job_id in json.loads(context.cursor or "[]")}
-        with app_db.engine.connect() as conn:
-            handed_over = export_jobs.still_pending(conn, handed_over)
         # Dagster's daemon starts a sensor tick at most every 5 s, whatever the sensor's
         # minimum interval: a tick that finds nothing new keeps looking for up to
         # EXPORT_SENSOR_WAIT_SECONDS, so that a request waits about a quarter second for
         # its run rather than 2.5 s on average. The waiting holds one of the code
         # server's threads (the daemon's other sensors run beside it, sensors.use_threads),
-        # so a tick waits only while no run it launched is still waiting to start: when
-        # runs queue up, a new request waits behind them anyway, and the code server's
-        # threads are starting them.
-        deadline = time.monotonic() + (0 if handed_over else wait_seconds)
-        while True:
-            with app_db.engine.begin() as conn:
-                batch = export_jobs.next_pending_jobs(conn, handed_over, batch_size)
-                if batch or time.monotonic() + WAITING_TICK_POLL_SECONDS > deadline:
-                    run_requests = _run_requests(conn, batch, handed_over)
-                    break
-            time.sleep(WAITING_TICK_POLL_SECONDS)
+        # which also start runs: a tick waits only while no run is queued or starting,
+        # when a new request would wait behind those runs anyway.
+        wait = wait_seconds if wait_seconds and not _runs_to_start(context.instance) else 0
+        deadline = time.monotonic() + wait
+        with app_db.engine.connect() as conn:
+            handed_over = export_jobs.still_pending(conn, handed_over)
+            conn.commit()
+            while True:
+                with conn.begin():
+                    batch = export_jobs.next_pending_jobs(conn, handed_over, batch_size)
+                    if batch or time.monotonic() + WAITING_TICK_POLL_SECONDS > deadline:
+                        run_requests = _run_requests(conn, batch, handed_over)
+                        break
+                time.sleep(WAITING_TICK_POLL_SECONDS)
         new_partitions = sorted(
             {request.partition_key for request in run_requests}
             - set(context.instance.get_dynamic_partitions(campaigns_partitions.name))
@@ -79,6 +80,16 @@ def build_export_requests_sensor(settings: Settings) -> dg.SensorDefinition:
         )
 
     return export_requests_sensor
+
+
+def _runs_to_start(instance: dg.DagsterInstance) -> bool:
+    """Whether any run of the instance is queued or on its way to starting."""
+    waiting = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+    ]
+    return instance.get_runs_count(filters=dg.RunsFilter(statuses=waiting)) > 0
 
 
 def _run_requests(

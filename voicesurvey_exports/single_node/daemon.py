@@ -22,8 +22,9 @@ and backfills are due; each sensor keeps its own minimum interval.
 
 from __future__ import annotations
 
-# Sensor daemon loop period, seconds. The request sensor runs every
-# EXPORT_SENSOR_INTERVAL_SECONDS (default 1), so it fires within 1-1.5 s.
+# Sensor daemon loop period, seconds: the failure, cancel and other sensors tick every
+# 0.5-2 s (their minimum intervals); the request sensor's waiting tick looks for new
+# requests nearly all the time on either daemon.
 SENSOR_LOOP_SECONDS = 0.5
 # Backfill daemon loop period, seconds (an idle iteration is one small query).
 BACKFILL_LOOP_SECONDS = 5
