@@ -35,6 +35,22 @@ def tick(sensor, instance, database_url, cursor=None):
     return sensor(context), context
 
 
+def tick_while_a_request_is_made(sensor, instance, database_url, app_data, after_seconds):
+    """A tick, and the id of an export request made (from another thread) after_seconds
+    into it."""
+    made = []
+    request = threading.Timer(
+        after_seconds, lambda: made.append(app_data.export_job(app_data.campaign()))
+    )
+    request.start()
+    try:
+        result, _ = tick(sensor, instance, database_url)
+    finally:
+        request.join()
+    (job_id,) = made
+    return result, job_id
+
+
 def test_each_pending_job_gets_one_run_keyed_by_job_id(instance, database_url, app_data):
     campaign = app_data.campaign()
     user = app_data.user()
@@ -83,22 +99,15 @@ def test_started_jobs_leave_the_cursor(instance, database_url, app_data):
 def test_a_tick_that_finds_nothing_waits_and_launches_a_request_made_meanwhile(
     instance, database_url, app_data
 ):
-    campaign, user = app_data.campaign(), app_data.user()
     sensor = build_export_requests_sensor(
         settings_for(database_url, EXPORT_SENSOR_WAIT_SECONDS="4")
     )
-    made = []
-    request = threading.Timer(0.5, lambda: made.append(app_data.export_job(campaign, user)))
     began = time.monotonic()
-    request.start()
-    try:
-        result, _ = tick(sensor, instance, database_url)
-    finally:
-        request.join()
+    result, made = tick_while_a_request_is_made(sensor, instance, database_url, app_data, 0.5)
 
     # The tick launched the request made half a second in, and ended then, not after 4 s.
-    assert [r.run_key for r in result.run_requests] == [str(made[0])]
-    assert json.loads(result.cursor) == [str(made[0])]
+    assert [r.run_key for r in result.run_requests] == [str(made)]
+    assert json.loads(result.cursor) == [str(made)]
     assert time.monotonic() - began < 3
 
 
@@ -126,17 +135,11 @@ def test_a_tick_does_not_wait_while_runs_are_queued_or_starting(
     sensor = build_export_requests_sensor(
         settings_for(database_url, EXPORT_SENSOR_WAIT_SECONDS="4")
     )
-    made = []
-    request = threading.Timer(1.5, lambda: made.append(app_data.export_job(app_data.campaign())))
-    request.start()
-    try:
-        result, _ = tick(sensor, instance, database_url)
-    finally:
-        request.join()
+    result, made = tick_while_a_request_is_made(sensor, instance, database_url, app_data, 1.5)
 
     # Had it waited, it would have launched the request made 1.5 s in.
     assert result.run_requests == [] and json.loads(result.cursor) == []
-    assert made and app_data.job_row(made[0])["status"] == "pending"
+    assert app_data.job_row(made)["status"] == "pending"
 
 
 def test_bounded_batch_reaches_newer_jobs_while_older_ones_wait(instance, database_url, app_data):
